@@ -1,0 +1,49 @@
+"""The engine contract: what a layer hands over for one layer and direction, and what comes back."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from ..cells import CellSpec, State
+
+
+class Engine(ABC):
+    """Runs the recurrence of one layer and direction over a whole sequence, forward and backward.
+
+    Contract of :meth:`run` (the layer has already done the input GEMM and any time reversal):
+
+    ========  ==================  ===========================================================
+    argument  shape               meaning
+    ========  ==================  ===========================================================
+    gx        ``(T, B, G·H)``     input projection ``LN_ih(W_ih x_t) + b_ih`` of every step
+    params    name -> tensor      this layer/direction's parameters by base name (``weight_hh`` …)
+    state     ``((B, ·), …)``     initial state, ``h`` first (``(h, c)`` for LSTM)
+    lengths   ``(B,)`` int64      valid steps of each sequence (``1 <= lengths <= T``), or None
+    ========  ==================  ===========================================================
+
+    Returns ``(out, state)``: ``out`` ``(T, B, state_size)`` holds ``h_t`` of every step, zero at
+    ``t >= lengths[b]``; ``state`` is the state after each sequence's last valid step. The result must be
+    differentiable with respect to ``gx``, every tensor in ``params`` and ``state``, and equal (up to rounding)
+    to looping ``spec.step`` over time.
+    """
+
+    name: str
+    priority: int
+    """Higher wins when ``engine="auto"`` chooses among engines that cover a call."""
+
+    @abstractmethod
+    def status(self) -> tuple[bool, str]:
+        """``(available, reason)``: whether the engine can run on this machine, and why not if it cannot."""
+
+    @abstractmethod
+    def covers(self, spec: CellSpec, x: Tensor) -> bool:
+        """Whether this engine runs ``spec`` for inputs of ``x``'s device and dtype."""
+
+    @abstractmethod
+    def run(
+        self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
+    ) -> tuple[Tensor, State]:
+        """Run the recurrence (see the class docstring for the contract)."""

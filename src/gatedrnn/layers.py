@@ -1,0 +1,508 @@
+"""The ``torch.nn``-compatible modules: sequence layers (``LSTM``, ``GRU``, ``RNN``) and single-step cells.
+
+A layer validates its input, brings it to the padded time-major form (``sequence.py``), computes the input
+projection of all time steps in one GEMM, hands the recurrence of each layer and direction to an engine
+(``engines/``), and stacks layers and directions exactly as ``torch.nn`` does. It never loops over time itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from . import engine as engine_registry
+from .cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from .checks import (
+    check_bool,
+    check_choice,
+    check_dropout,
+    check_finite_float,
+    check_input,
+    check_like,
+    check_size,
+    check_tensor,
+)
+from .sequence import from_padded, reverse_padded, to_padded
+
+_FOREIGN_OPTIONS = {
+    "proj_size": "projections exist only for LSTM",
+    "peephole": "peephole connections read the cell state, which only LSTM has",
+    "coupled": "coupled input-forget gates (f = 1 - i) exist only for LSTM; {cls} has no forget gate",
+    "forget_bias": "only LSTM has a forget gate",
+    "reset": "the reset gate's placement exists only for GRU",
+    "nonlinearity": "the choice of nonlinearity exists only for RNN",
+}
+
+
+def _reject_options(cls: str, options: dict[str, Any]) -> None:
+    """Name the first keyword that ``cls`` does not take, and why (most often: it belongs to another cell)."""
+    for key in options:
+        why = _FOREIGN_OPTIONS.get(key, "no such option")
+        raise TypeError(f"{key}: not an option of {cls}: {why.format(cls=cls)}")
+
+
+def _check_state(hx: Any, spec: CellSpec, leading: tuple[int, ...], batched: bool, x: Tensor) -> list[Tensor]:
+    """Check an initial state ``hx`` (``h_0`` or ``(h_0, c_0)``); return its tensors with a batch dimension."""
+    names = spec.state_names
+    if len(names) == 1:
+        parts = (hx,)
+    elif isinstance(hx, (tuple, list)) and len(hx) == len(names):
+        parts = tuple(hx)
+    else:
+        raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+    states = []
+    for name, width, part in zip(names, spec.state_widths(), parts):
+        check_like(f"hx ({name}_0)", part, (*leading, width), x)
+        states.append(part if batched else part.unsqueeze(-2))
+    return states
+
+
+def _lstm_spec(hidden_size: int, bias: bool, proj_size: int, peephole: object, coupled: object,
+               layer_norm: object, forget_bias: object) -> LSTMSpec:
+    check_size("proj_size", proj_size, minimum=0)
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size: expected proj_size < hidden_size ({hidden_size}), got {proj_size}")
+    spec = LSTMSpec(
+        hidden_size,
+        bias,
+        check_bool("layer_norm", layer_norm),
+        proj_size=proj_size,
+        peephole=check_bool("peephole", peephole),
+        coupled=check_bool("coupled", coupled),
+        forget_bias=check_finite_float("forget_bias", forget_bias),
+    )
+    if spec.coupled and spec.forget_bias:
+        raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i); leave forget_bias at 0.0")
+    return spec
+
+
+class _TorchConversion:
+    """``from_torch``/``to_torch`` for modules whose standard configuration is a ``torch.nn`` module."""
+
+    _torch_class: ClassVar[type[nn.Module]]
+    spec: CellSpec
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, *, engine: str = "auto") -> Any:
+        """A module of this class computing exactly what ``module`` (the ``torch.nn`` counterpart) computes."""
+        if type(module) is not cls._torch_class:
+            raise TypeError(
+                f"module: expected a {cls._torch_class.__module__}.{cls._torch_class.__name__}, "
+                f"got {type(module).__name__}"
+            )
+        weight = next(module.parameters())
+        new = cls(**cls._from_torch_kwargs(module), device=weight.device, dtype=weight.dtype, engine=engine)
+        new.load_state_dict(module.state_dict())
+        return new.train(module.training)
+
+    def to_torch(self) -> nn.Module:
+        """The ``torch.nn`` module computing exactly what this one computes (standard configurations only).
+
+        A forget bias is folded into ``bias_ih``'s forget-gate rows. Peephole, coupled, layer-norm and
+        reset-before cells have no ``torch.nn`` counterpart and raise ``ValueError``.
+        """
+        spec = self.spec
+        variants = [name for name in ("peephole", "coupled", "layer_norm") if getattr(spec, name, False)]
+        if getattr(spec, "reset", "after") != "after":
+            variants.append('reset="before"')
+        if variants:
+            raise ValueError(f"to_torch: torch.nn has no counterpart for {', '.join(variants)}")
+        forget_bias = getattr(spec, "forget_bias", 0.0)
+        if forget_bias and not spec.bias:
+            raise ValueError("to_torch: a forget_bias cannot be folded into a module without biases (bias=False)")
+        weight = next(self.parameters())  # type: ignore[attr-defined]
+        module = self._torch_class(**self._torch_kwargs(), device=weight.device, dtype=weight.dtype)
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        if forget_bias:
+            H = spec.hidden_size
+            for name in state:
+                if name.startswith("bias_ih"):
+                    state[name][H : 2 * H] += forget_bias  # rows of the forget gate f in i|f|g|o
+        module.load_state_dict(state)
+        return module.train(self.training)  # type: ignore[attr-defined]
+
+
+class _Recurrent(_TorchConversion, nn.Module):
+    """Stacked, optionally bidirectional recurrence over sequences; subclasses choose the cell spec."""
+
+    def __init__(self, spec: CellSpec, input_size: int, num_layers: int, batch_first: bool, dropout: float,
+                 bidirectional: bool, engine: str, device: Any, dtype: Any) -> None:
+        super().__init__()
+        self.spec = spec
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = spec.hidden_size
+        self.num_layers = check_size("num_layers", num_layers)
+        self.bias = spec.bias
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.dropout = check_dropout(dropout)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
+        self.engine = engine_registry.check_name(engine)
+        if self.dropout > 0 and num_layers == 1:
+            warnings.warn(
+                f"dropout={dropout} has no effect with num_layers=1: dropout is applied between layers",
+                stacklevel=3,
+            )
+        self._names: list[dict[str, str]] = []  # per (layer, direction): base name -> attribute name
+        self._inits: dict[str, str] = {}
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else spec.state_size * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                names = {}
+                for pdef in spec.params(layer_input):
+                    name = pdef.name + suffix
+                    self.register_parameter(name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
+                    names[pdef.name] = name
+                    self._inits[name] = pdef.init
+                self._names.append(names)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``torch.nn``: ``U(-1/sqrt(H), 1/sqrt(H))``; layer-norm gains 1, shifts 0."""
+        for name, init in self._inits.items():
+            self.spec.init_(getattr(self, name), init)  # type: ignore[arg-type]
+
+    def flatten_parameters(self) -> None:
+        """Accepted for drop-in compatibility with ``torch.nn``; parameters here are never flattened."""
+
+    def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
+        """Parameters of one layer and direction, by base name (``weight_ih``, ``weight_hh``, …)."""
+        names = self._names[layer * self.num_directions + direction]
+        return {base: getattr(self, name) for base, name in names.items()}
+
+    def _initial_states(self, hx: Any, batch: int, batched: bool, x: Tensor) -> list[State]:
+        """Split ``hx`` into one state per (layer, direction), checking shape, dtype and device."""
+        count = self.num_layers * self.num_directions
+        if hx is None:
+            return [self.spec.zero_state(batch, x)] * count
+        states = _check_state(hx, self.spec, (count, batch) if batched else (count,), batched, x)
+        return [tuple(s[k] for s in states) for k in range(count)]
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Any]:
+        weight = self.layer_params(0)["weight_ih"]
+        x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, weight)
+        steps, batch = x.shape[0], x.shape[1]
+        states = self._initial_states(hx, batch, layout.batched, x)
+        engine = engine_registry.resolve(self.engine, self.spec, x)
+        # Masking is needed only where some sequence ends before T.
+        mask = lengths if lengths is not None and bool((lengths < steps).any()) else None
+        finals: list[State] = []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self.num_directions):
+                p = self.layer_params(layer, direction)
+                layer_x = reverse_padded(x, mask) if direction else x
+                gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
+                out, final = engine.run(self.spec, gx, p, states[len(finals)], mask)
+                outs.append(reverse_padded(out, mask) if direction else out)
+                finals.append(final)
+            x = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (T, B, D·state_size)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        output = from_padded(x, layout)
+        h_n = tuple(torch.stack([final[k] for final in finals]) for k in range(len(finals[0])))
+        if not layout.batched:
+            h_n = tuple(s.squeeze(1) for s in h_n)
+        return output, (h_n if len(h_n) > 1 else h_n[0])
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + _variant_repr(self.spec) + (f", engine={self.engine!r}" if self.engine != "auto" else "")
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        return dict(
+            input_size=self.input_size, hidden_size=self.hidden_size, num_layers=self.num_layers, bias=self.bias,
+            batch_first=self.batch_first, dropout=self.dropout, bidirectional=self.bidirectional,
+        )
+
+    @classmethod
+    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return dict(
+            input_size=module.input_size, hidden_size=module.hidden_size, num_layers=module.num_layers,
+            bias=module.bias, batch_first=module.batch_first, dropout=module.dropout,
+            bidirectional=module.bidirectional,
+        )
+
+
+def _variant_repr(spec: CellSpec) -> str:
+    parts = []
+    for name, default in (("proj_size", 0), ("peephole", False), ("coupled", False), ("layer_norm", False),
+                          ("forget_bias", 0.0), ("reset", "after"), ("nonlinearity", "tanh")):
+        value = getattr(spec, name, default)
+        if value != default:
+            parts.append(f"{name}={value!r}")
+    return "".join(f", {p}" for p in parts)
+
+
+class LSTM(_Recurrent):
+    r"""Multi-layer LSTM over sequences, a drop-in for ``torch.nn.LSTM`` with peephole, coupled and
+    layer-norm variants. The cell's equations are in :class:`gatedrnn.cells.LSTMSpec`.
+
+    Args:
+        input_size: ``I``, features of each input step.
+        hidden_size: ``H``, width of the cell state and each gate.
+        num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype: as ``torch.nn.LSTM``.
+        peephole: gates read the cell state (``weight_ci``, ``weight_cf``, ``weight_co``).
+        coupled: coupled input-forget gate ``f = 1 - i``; gate blocks ``i|g|o``.
+        layer_norm: layer-normalise the input and recurrent pre-activations and the cell state.
+        forget_bias: constant added to the forget gate's pre-activation.
+        engine: ``"auto"`` (best available, see :func:`gatedrnn.engines`) or an engine's name.
+
+    Inputs: ``input, (h_0, c_0)`` exactly as ``torch.nn.LSTM`` (``(T, B, I)``, ``(B, T, I)`` if batch_first,
+    ``(T, I)`` unbatched, or a ``PackedSequence``); keyword ``lengths`` ``(B,)`` for padded batches.
+
+    Outputs: ``output, (h_n, c_n)``: ``output`` ``(T, B, D·P)`` (zero past each length), ``h_n`` ``(L·D, B, P)``,
+    ``c_n`` ``(L·D, B, H)`` with ``D`` = 2 if bidirectional else 1 and ``P`` = proj_size or ``H``.
+
+    Example:
+        >>> lstm = gatedrnn.LSTM(10, 20, num_layers=2, peephole=True)
+        >>> out, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
+    """
+
+    _torch_class = nn.LSTM
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device: Any = None, dtype: Any = None, *, peephole: bool = False, coupled: bool = False,
+                 layer_norm: bool = False, forget_bias: float = 0.0, engine: str = "auto", **options: Any) -> None:
+        _reject_options("LSTM", options)
+        spec = _lstm_spec(check_size("hidden_size", hidden_size), check_bool("bias", bias), proj_size, peephole,
+                          coupled, layer_norm, forget_bias)
+        super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+        self.proj_size = proj_size
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        return {**super()._torch_kwargs(), "proj_size": self.proj_size}
+
+    @classmethod
+    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {**super()._from_torch_kwargs(module), "proj_size": module.proj_size}
+
+
+class GRU(_Recurrent):
+    r"""Multi-layer GRU over sequences, a drop-in for ``torch.nn.GRU`` with reset-before and layer-norm variants.
+    The cell's equations are in :class:`gatedrnn.cells.GRUSpec`.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype:
+            as ``torch.nn.GRU``.
+        reset: ``"after"`` (``torch.nn``/cuDNN form, the default) or ``"before"`` (Cho et al. 2014).
+        layer_norm: layer-normalise the input and recurrent pre-activations.
+        engine: ``"auto"`` or an engine's name.
+
+    Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.GRU``; keyword ``lengths`` as LSTM.
+
+    Example:
+        >>> gru = gatedrnn.GRU(10, 20, reset="before", batch_first=True)
+        >>> out, h_n = gru(torch.randn(3, 5, 10))
+    """
+
+    _torch_class = nn.GRU
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device: Any = None,
+                 dtype: Any = None, *, reset: str = "after", layer_norm: bool = False, engine: str = "auto",
+                 **options: Any) -> None:
+        _reject_options("GRU", options)
+        spec = GRUSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
+                       check_bool("layer_norm", layer_norm), reset=check_choice("reset", reset, ("after", "before")))
+        super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+        self.reset = spec.reset
+
+
+class RNN(_Recurrent):
+    r"""Multi-layer Elman RNN (tanh or relu) over sequences, a drop-in for ``torch.nn.RNN`` with a layer-norm
+    variant. The cell's equation is in :class:`gatedrnn.cells.RNNSpec`.
+
+    Args:
+        input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, device,
+            dtype: as ``torch.nn.RNN``.
+        layer_norm: layer-normalise the input and recurrent pre-activations.
+        engine: ``"auto"`` or an engine's name.
+
+    Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.RNN``; keyword ``lengths`` as LSTM.
+
+    Example:
+        >>> rnn = gatedrnn.RNN(10, 20, nonlinearity="relu")
+        >>> out, h_n = rnn(torch.randn(5, 3, 10))
+    """
+
+    _torch_class = nn.RNN
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None, *, layer_norm: bool = False, engine: str = "auto",
+                 **options: Any) -> None:
+        _reject_options("RNN", options)
+        spec = RNNSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
+                       check_bool("layer_norm", layer_norm),
+                       nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
+        super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+        self.nonlinearity = spec.nonlinearity
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}
+
+    @classmethod
+    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {**super()._from_torch_kwargs(module), "nonlinearity": module.nonlinearity}
+
+
+class _Cell(_TorchConversion, nn.Module):
+    """One step of a cell: ``spec.input_projection`` then ``spec.step``, the same math the engines run."""
+
+    def __init__(self, spec: CellSpec, input_size: int, device: Any, dtype: Any) -> None:
+        super().__init__()
+        self.spec = spec
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = spec.hidden_size
+        self.bias = spec.bias
+        self._inits = {}
+        for pdef in spec.params(self.input_size):
+            self.register_parameter(pdef.name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
+            self._inits[pdef.name] = pdef.init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``torch.nn``: ``U(-1/sqrt(H), 1/sqrt(H))``; layer-norm gains 1, shifts 0."""
+        for name, init in self._inits.items():
+            self.spec.init_(getattr(self, name), init)  # type: ignore[arg-type]
+
+    def forward(self, input: Tensor, hx: Any = None) -> Any:
+        x = check_tensor("input", input)
+        if x.dim() not in (1, 2):
+            raise ValueError(
+                f"input: expected a 2-D tensor (B, I) or a 1-D unbatched tensor (I,), "
+                f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+            )
+        check_input(x, self.input_size, self.weight_ih, "(B, I)")
+        batched = x.dim() == 2
+        x = x if batched else x.unsqueeze(0)
+        if x.shape[0] == 0:
+            raise ValueError("input: empty batch (B=0)")
+        batch = x.shape[0]
+        if hx is None:
+            state = self.spec.zero_state(batch, x)
+        else:
+            state = tuple(_check_state(hx, self.spec, (batch,) if batched else (), batched, x))
+        p: Mapping[str, Tensor] = dict(self.named_parameters())
+        new = self.spec.step(self.spec.input_projection(x, p), state, p)
+        if not batched:
+            new = tuple(s.squeeze(0) for s in new)
+        return new if len(new) > 1 else new[0]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        return s + _variant_repr(self.spec)
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias)
+
+    @classmethod
+    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return dict(input_size=module.input_size, hidden_size=module.hidden_size, bias=module.bias)
+
+
+class LSTMCell(_Cell):
+    r"""One LSTM step, a drop-in for ``torch.nn.LSTMCell`` with the variants of :class:`LSTM`.
+
+    Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``(h, c)`` (zeros if omitted). Output: ``(h', c')``.
+    The equations are in :class:`gatedrnn.cells.LSTMSpec`; parameters are named without layer suffix
+    (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``, ``weight_ci`` …).
+
+    Example:
+        >>> cell = gatedrnn.LSTMCell(10, 20, coupled=True)
+        >>> h, c = cell(torch.randn(3, 10))
+    """
+
+    _torch_class = nn.LSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Any = None,
+                 *, proj_size: int = 0, peephole: bool = False, coupled: bool = False, layer_norm: bool = False,
+                 forget_bias: float = 0.0, **options: Any) -> None:
+        _reject_options("LSTMCell", options)
+        spec = _lstm_spec(check_size("hidden_size", hidden_size), check_bool("bias", bias), proj_size, peephole,
+                          coupled, layer_norm, forget_bias)
+        super().__init__(spec, input_size, device, dtype)
+
+    def to_torch(self) -> nn.Module:
+        if self.spec.proj_size:
+            raise ValueError("to_torch: torch.nn.LSTMCell has no projection (proj_size)")
+        return super().to_torch()
+
+
+class GRUCell(_Cell):
+    r"""One GRU step, a drop-in for ``torch.nn.GRUCell`` with the variants of :class:`GRU`.
+
+    Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
+    The equations are in :class:`gatedrnn.cells.GRUSpec`.
+
+    Example:
+        >>> cell = gatedrnn.GRUCell(10, 20, reset="before")
+        >>> h = cell(torch.randn(3, 10))
+    """
+
+    _torch_class = nn.GRUCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Any = None,
+                 *, reset: str = "after", layer_norm: bool = False, **options: Any) -> None:
+        _reject_options("GRUCell", options)
+        spec = GRUSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
+                       check_bool("layer_norm", layer_norm), reset=check_choice("reset", reset, ("after", "before")))
+        super().__init__(spec, input_size, device, dtype)
+
+
+class RNNCell(_Cell):
+    r"""One Elman RNN step, a drop-in for ``torch.nn.RNNCell`` with a layer-norm variant.
+
+    Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
+    The equation is in :class:`gatedrnn.cells.RNNSpec`.
+
+    Example:
+        >>> cell = gatedrnn.RNNCell(10, 20, nonlinearity="relu")
+        >>> h = cell(torch.randn(3, 10))
+    """
+
+    _torch_class = nn.RNNCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device: Any = None, dtype: Any = None, *, layer_norm: bool = False, **options: Any) -> None:
+        _reject_options("RNNCell", options)
+        spec = RNNSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
+                       check_bool("layer_norm", layer_norm),
+                       nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
+        super().__init__(spec, input_size, device, dtype)
+        self.nonlinearity = spec.nonlinearity
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}
+
+    @classmethod
+    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {**super()._from_torch_kwargs(module), "nonlinearity": module.nonlinearity}
