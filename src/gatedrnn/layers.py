@@ -96,15 +96,18 @@ class _TorchConversion:
         raise NotImplementedError
 
     @classmethod
-    def from_torch(cls, module: nn.Module, *, engine: str = "auto") -> Any:
-        """A module of this class computing exactly what ``module`` (the ``torch.nn`` counterpart) computes."""
+    def from_torch(cls, module: nn.Module, **options: Any) -> Any:
+        """A module of this class computing exactly what ``module`` (the ``torch.nn`` counterpart) computes.
+
+        ``options`` are further keywords for the constructor, e.g. ``engine="reference"`` for layers.
+        """
         if type(module) is not cls._torch_class:
             raise TypeError(
                 f"module: expected a {cls._torch_class.__module__}.{cls._torch_class.__name__}, "
                 f"got {type(module).__name__}"
             )
         weight = next(module.parameters())
-        new = cls(**cls._from_torch_kwargs(module), device=weight.device, dtype=weight.dtype, engine=engine)
+        new = cls(**cls._from_torch_kwargs(module), device=weight.device, dtype=weight.dtype, **options)
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
 
