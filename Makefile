@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/gatedrnn cells
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -n 2 -q
 
 clean:

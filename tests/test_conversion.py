@@ -37,7 +37,8 @@ def make_input(module: nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("ours_cls, torch_cls, kwargs", PAIRS, ids=IDS)
 def test_state_dict_names_and_shapes_match(ours_cls, torch_cls, kwargs) -> None:
     ours, theirs = ours_cls(5, 6, **kwargs), torch_cls(5, 6, **kwargs)
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in theirs.state_dict().items()]
+    ours_shapes = [(k, v.shape) for k, v in ours.state_dict().items()]
+    assert ours_shapes == [(k, v.shape) for k, v in theirs.state_dict().items()]
     ours.load_state_dict(theirs.state_dict())  # strict: same keys, same shapes
 
 

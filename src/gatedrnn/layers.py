@@ -297,6 +297,8 @@ class LSTM(_Recurrent):
                           coupled, layer_norm, forget_bias)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
         self.proj_size = proj_size
+        self.peephole, self.coupled, self.layer_norm = spec.peephole, spec.coupled, spec.layer_norm
+        self.forget_bias = spec.forget_bias
 
     def _torch_kwargs(self) -> dict[str, Any]:
         return {**super()._torch_kwargs(), "proj_size": self.proj_size}
@@ -334,7 +336,7 @@ class GRU(_Recurrent):
         spec = GRUSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
                        check_bool("layer_norm", layer_norm), reset=check_choice("reset", reset, ("after", "before")))
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
-        self.reset = spec.reset
+        self.reset, self.layer_norm = spec.reset, spec.layer_norm
 
 
 class RNN(_Recurrent):
@@ -365,7 +367,7 @@ class RNN(_Recurrent):
                        check_bool("layer_norm", layer_norm),
                        nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
-        self.nonlinearity = spec.nonlinearity
+        self.nonlinearity, self.layer_norm = spec.nonlinearity, spec.layer_norm
 
     def _torch_kwargs(self) -> dict[str, Any]:
         return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}
