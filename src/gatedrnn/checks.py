@@ -10,12 +10,12 @@ from torch import Tensor
 
 
 def check_size(name: str, value: object, *, minimum: int = 1) -> int:
-    """An integer ``>= minimum`` (bools are rejected: ``True`` is not a size)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer ``>= minimum``, e.g. a Python or NumPy int (bools are rejected: ``True`` is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
+    return int(value)
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -68,7 +68,7 @@ def check_input(x: Tensor, input_size: int, weight: Tensor, batched_dims: str) -
         raise TypeError(f"input: expected a floating-point tensor, got {x.dtype}")
     if x.shape[-1] != input_size:
         raise ValueError(
-            f"input: expected last dimension input_size={input_size} ({batched_dims}), got shape {tuple(x.shape)}"
+            f"input: expected shape {batched_dims} with I = input_size = {input_size}, got shape {tuple(x.shape)}"
         )
     if x.dtype != weight.dtype:
         raise TypeError(

@@ -1,0 +1,12 @@
+"""Test-session settings shared by every test module."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each xdist worker already owns a core; a second intra-op thread per worker makes the small tensors of the
+    # tests fight over the cores (gradcheck ran ~20x slower with two workers of two threads each on 2 cores).
+    torch.set_num_threads(1)
