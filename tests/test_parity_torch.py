@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
+from numerics import relative_error
 
 CASES_PER_TYPE = 200
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -70,12 +71,6 @@ def make_cases(kind: str) -> list[Case]:
             nonlinearity=rng.choice(["tanh", "relu"]), mode=modes[seed % len(modes)], h0=rng.random() < 0.5,
         ))
     return cases
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Norm-wise relative error ``max|a - e| / max|e|`` (absolute where ``e`` is all zero)."""
-    scale = expected.abs().max().item()
-    return (actual - expected).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 def run(module: nn.Module, case: Case, x: torch.Tensor, lengths: torch.Tensor, hx, gatedrnn_side: bool):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 import gatedrnn
+from numerics import relative_error
 
 EPS = 1e-5  # layer-norm epsilon, torch.nn.LayerNorm's default
 TOLERANCE = 1e-12
@@ -213,11 +214,6 @@ def expected_forward(module, spec: Spec, x: Tensor, lengths: list[int], hx):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    scale = expected.abs().max().item()
-    return (actual - expected).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 def randomize_(module: torch.nn.Module, gen: torch.Generator) -> None:
