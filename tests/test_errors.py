@@ -235,3 +235,5 @@ def test_numpy_integers_are_sizes() -> None:
     layer = gatedrnn.GRU(np.int64(I), np.int32(H), num_layers=np.int64(2))
     assert (layer.input_size, layer.hidden_size, layer.num_layers) == (I, H, 2)
     assert type(layer.hidden_size) is int
+    cell = gatedrnn.LSTMCell(np.int64(I), np.int64(H), proj_size=np.int64(2))
+    assert type(cell.proj_size) is int and cell.weight_hr.shape == (2, H)

@@ -63,30 +63,78 @@ def _check_state(hx: Any, spec: CellSpec, leading: tuple[int, ...], batched: boo
     return states
 
 
-def _lstm_spec(hidden_size: int, bias: bool, proj_size: int, peephole: object, coupled: object,
-               layer_norm: object, forget_bias: object) -> LSTMSpec:
-    check_size("proj_size", proj_size, minimum=0)
-    if proj_size >= hidden_size:
-        raise ValueError(f"proj_size: expected proj_size < hidden_size ({hidden_size}), got {proj_size}")
-    spec = LSTMSpec(
-        hidden_size,
-        bias,
-        check_bool("layer_norm", layer_norm),
-        proj_size=proj_size,
-        peephole=check_bool("peephole", peephole),
-        coupled=check_bool("coupled", coupled),
-        forget_bias=check_finite_float("forget_bias", forget_bias),
-    )
-    if spec.coupled and spec.forget_bias:
-        raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i); leave forget_bias at 0.0")
-    return spec
+def _from_spec(name: str) -> property:
+    """A read-only module attribute read from the cell spec, the one place a module's cell options live."""
+    return property(lambda self: getattr(self.spec, name), doc=f"The cell's ``{name}`` (from ``spec``).")
+
+
+class _LSTMOptions:
+    """LSTM's cell options, for ``LSTM`` and ``LSTMCell`` alike."""
+
+    proj_size = _from_spec("proj_size")
+    peephole = _from_spec("peephole")
+    coupled = _from_spec("coupled")
+    forget_bias = _from_spec("forget_bias")
+
+    @staticmethod
+    def _spec(hidden_size: object, bias: object, proj_size: object, peephole: object, coupled: object,
+              layer_norm: object, forget_bias: object) -> LSTMSpec:
+        hidden_size = check_size("hidden_size", hidden_size)
+        proj_size = check_size("proj_size", proj_size, minimum=0)
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size: expected proj_size < hidden_size ({hidden_size}), got {proj_size}")
+        spec = LSTMSpec(
+            hidden_size,
+            check_bool("bias", bias),
+            check_bool("layer_norm", layer_norm),
+            proj_size=proj_size,
+            peephole=check_bool("peephole", peephole),
+            coupled=check_bool("coupled", coupled),
+            forget_bias=check_finite_float("forget_bias", forget_bias),
+        )
+        if spec.coupled and spec.forget_bias:
+            raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i); leave forget_bias at 0.0")
+        return spec
+
+
+class _GRUOptions:
+    """GRU's cell options, for ``GRU`` and ``GRUCell`` alike."""
+
+    reset = _from_spec("reset")
+
+    @staticmethod
+    def _spec(hidden_size: object, bias: object, reset: object, layer_norm: object) -> GRUSpec:
+        return GRUSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
+                       check_bool("layer_norm", layer_norm), reset=check_choice("reset", reset, ("after", "before")))
+
+
+class _RNNOptions:
+    """The Elman RNN's cell options, for ``RNN`` and ``RNNCell`` alike; ``nonlinearity`` also exists in torch.nn."""
+
+    nonlinearity = _from_spec("nonlinearity")
+
+    @staticmethod
+    def _spec(hidden_size: object, bias: object, nonlinearity: object, layer_norm: object) -> RNNSpec:
+        return RNNSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
+                       check_bool("layer_norm", layer_norm),
+                       nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}  # type: ignore[misc]
+
+    @classmethod
+    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {**super()._from_torch_kwargs(module), "nonlinearity": module.nonlinearity}  # type: ignore[misc]
 
 
 class _TorchConversion:
-    """``from_torch``/``to_torch`` for modules whose standard configuration is a ``torch.nn`` module."""
+    """What layers and cells share: the spec's common options as attributes, and ``from_torch``/``to_torch``."""
 
     _torch_class: ClassVar[type[nn.Module]]
     spec: CellSpec
+    hidden_size = _from_spec("hidden_size")
+    bias = _from_spec("bias")
+    layer_norm = _from_spec("layer_norm")
 
     def _torch_kwargs(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -146,9 +194,7 @@ class _Recurrent(_TorchConversion, nn.Module):
         super().__init__()
         self.spec = spec
         self.input_size = check_size("input_size", input_size)
-        self.hidden_size = spec.hidden_size
         self.num_layers = check_size("num_layers", num_layers)
-        self.bias = spec.bias
         self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = check_dropout(dropout)
         self.bidirectional = check_bool("bidirectional", bidirectional)
@@ -261,7 +307,7 @@ def _variant_repr(spec: CellSpec) -> str:
     return "".join(f", {p}" for p in parts)
 
 
-class LSTM(_Recurrent):
+class LSTM(_LSTMOptions, _Recurrent):
     r"""Multi-layer LSTM over sequences, a drop-in for ``torch.nn.LSTM`` with peephole, coupled and
     layer-norm variants. The cell's equations are in :class:`gatedrnn.cells.LSTMSpec`.
 
@@ -293,12 +339,8 @@ class LSTM(_Recurrent):
                  device: Any = None, dtype: Any = None, *, peephole: bool = False, coupled: bool = False,
                  layer_norm: bool = False, forget_bias: float = 0.0, engine: str = "auto", **options: Any) -> None:
         _reject_options("LSTM", options)
-        spec = _lstm_spec(check_size("hidden_size", hidden_size), check_bool("bias", bias), proj_size, peephole,
-                          coupled, layer_norm, forget_bias)
+        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
-        self.proj_size = proj_size
-        self.peephole, self.coupled, self.layer_norm = spec.peephole, spec.coupled, spec.layer_norm
-        self.forget_bias = spec.forget_bias
 
     def _torch_kwargs(self) -> dict[str, Any]:
         return {**super()._torch_kwargs(), "proj_size": self.proj_size}
@@ -308,7 +350,7 @@ class LSTM(_Recurrent):
         return {**super()._from_torch_kwargs(module), "proj_size": module.proj_size}
 
 
-class GRU(_Recurrent):
+class GRU(_GRUOptions, _Recurrent):
     r"""Multi-layer GRU over sequences, a drop-in for ``torch.nn.GRU`` with reset-before and layer-norm variants.
     The cell's equations are in :class:`gatedrnn.cells.GRUSpec`.
 
@@ -333,13 +375,11 @@ class GRU(_Recurrent):
                  dtype: Any = None, *, reset: str = "after", layer_norm: bool = False, engine: str = "auto",
                  **options: Any) -> None:
         _reject_options("GRU", options)
-        spec = GRUSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
-                       check_bool("layer_norm", layer_norm), reset=check_choice("reset", reset, ("after", "before")))
+        spec = self._spec(hidden_size, bias, reset, layer_norm)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
-        self.reset, self.layer_norm = spec.reset, spec.layer_norm
 
 
-class RNN(_Recurrent):
+class RNN(_RNNOptions, _Recurrent):
     r"""Multi-layer Elman RNN (tanh or relu) over sequences, a drop-in for ``torch.nn.RNN`` with a layer-norm
     variant. The cell's equation is in :class:`gatedrnn.cells.RNNSpec`.
 
@@ -363,18 +403,8 @@ class RNN(_Recurrent):
                  device: Any = None, dtype: Any = None, *, layer_norm: bool = False, engine: str = "auto",
                  **options: Any) -> None:
         _reject_options("RNN", options)
-        spec = RNNSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
-                       check_bool("layer_norm", layer_norm),
-                       nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
+        spec = self._spec(hidden_size, bias, nonlinearity, layer_norm)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
-        self.nonlinearity, self.layer_norm = spec.nonlinearity, spec.layer_norm
-
-    def _torch_kwargs(self) -> dict[str, Any]:
-        return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}
-
-    @classmethod
-    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return {**super()._from_torch_kwargs(module), "nonlinearity": module.nonlinearity}
 
 
 class _Cell(_TorchConversion, nn.Module):
@@ -384,8 +414,6 @@ class _Cell(_TorchConversion, nn.Module):
         super().__init__()
         self.spec = spec
         self.input_size = check_size("input_size", input_size)
-        self.hidden_size = spec.hidden_size
-        self.bias = spec.bias
         self._inits = {}
         for pdef in spec.params(self.input_size):
             self.register_parameter(pdef.name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
@@ -434,7 +462,7 @@ class _Cell(_TorchConversion, nn.Module):
         return dict(input_size=module.input_size, hidden_size=module.hidden_size, bias=module.bias)
 
 
-class LSTMCell(_Cell):
+class LSTMCell(_LSTMOptions, _Cell):
     r"""One LSTM step, a drop-in for ``torch.nn.LSTMCell`` with the variants of :class:`LSTM`.
 
     Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``(h, c)`` (zeros if omitted). Output: ``(h', c')``.
@@ -452,17 +480,16 @@ class LSTMCell(_Cell):
                  *, proj_size: int = 0, peephole: bool = False, coupled: bool = False, layer_norm: bool = False,
                  forget_bias: float = 0.0, **options: Any) -> None:
         _reject_options("LSTMCell", options)
-        spec = _lstm_spec(check_size("hidden_size", hidden_size), check_bool("bias", bias), proj_size, peephole,
-                          coupled, layer_norm, forget_bias)
+        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias)
         super().__init__(spec, input_size, device, dtype)
 
     def to_torch(self) -> nn.Module:
-        if self.spec.proj_size:
+        if self.proj_size:
             raise ValueError("to_torch: torch.nn.LSTMCell has no projection (proj_size)")
         return super().to_torch()
 
 
-class GRUCell(_Cell):
+class GRUCell(_GRUOptions, _Cell):
     r"""One GRU step, a drop-in for ``torch.nn.GRUCell`` with the variants of :class:`GRU`.
 
     Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
@@ -478,12 +505,10 @@ class GRUCell(_Cell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Any = None,
                  *, reset: str = "after", layer_norm: bool = False, **options: Any) -> None:
         _reject_options("GRUCell", options)
-        spec = GRUSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
-                       check_bool("layer_norm", layer_norm), reset=check_choice("reset", reset, ("after", "before")))
-        super().__init__(spec, input_size, device, dtype)
+        super().__init__(self._spec(hidden_size, bias, reset, layer_norm), input_size, device, dtype)
 
 
-class RNNCell(_Cell):
+class RNNCell(_RNNOptions, _Cell):
     r"""One Elman RNN step, a drop-in for ``torch.nn.RNNCell`` with a layer-norm variant.
 
     Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
@@ -499,15 +524,4 @@ class RNNCell(_Cell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device: Any = None, dtype: Any = None, *, layer_norm: bool = False, **options: Any) -> None:
         _reject_options("RNNCell", options)
-        spec = RNNSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
-                       check_bool("layer_norm", layer_norm),
-                       nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
-        super().__init__(spec, input_size, device, dtype)
-        self.nonlinearity = spec.nonlinearity
-
-    def _torch_kwargs(self) -> dict[str, Any]:
-        return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}
-
-    @classmethod
-    def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return {**super()._from_torch_kwargs(module), "nonlinearity": module.nonlinearity}
+        super().__init__(self._spec(hidden_size, bias, nonlinearity, layer_norm), input_size, device, dtype)
