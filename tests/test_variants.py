@@ -71,9 +71,6 @@ class Params:
     options: dict
     H: int
 
-    def get(self, name: str) -> Tensor | None:
-        return self.p.get(name)
-
 
 def pre_activations(x: Tensor, h: Tensor, P: Params, gates: list[str]) -> dict[str, Tensor]:
     """``a_k = LN_ih(W_ih x)_k + b_ih_k + LN_hh(W_hh h)_k + b_hh_k`` for each gate ``k`` (LSTM and RNN)."""
@@ -159,8 +156,9 @@ class Spec:
     bidirectional: bool = False
 
     @property
-    def out_width(self) -> int:
-        return self.options.get("proj_size") or self.H
+    def widths(self) -> tuple[int, ...]:
+        """Widths of the state tensors: ``(P, H)`` for LSTM (``P`` = proj_size or ``H``), ``(H,)`` otherwise."""
+        return ((self.options.get("proj_size") or self.H), self.H) if self.kind == "LSTM" else (self.H,)
 
 
 def layer_params(module: torch.nn.Module, layer: int, reverse: bool, spec: Spec) -> Params:
@@ -194,7 +192,7 @@ def expected_forward(module, spec: Spec, x: Tensor, lengths: list[int], hx):
     """``x`` ``(T, B, I)`` time-major; returns padded output ``(T, B, D·P)`` and the state tuple, stacked."""
     T, B = x.shape[0], x.shape[1]
     count = spec.layers * (2 if spec.bidirectional else 1)
-    widths = (spec.out_width, spec.H) if spec.kind == "LSTM" else (spec.H,)
+    widths = spec.widths
     outputs, finals = [], []
     for b in range(B):
         if hx is None:
@@ -243,7 +241,7 @@ def test_layer_matches_independent_equations(case: tuple[str, dict]) -> None:
         count = layers * (2 if bidirectional else 1)
         hx = None
         if rng.random() < 0.5:
-            widths = (spec.out_width, H) if kind == "LSTM" else (H,)
+            widths = spec.widths
             parts = tuple(
                 torch.randn(count, B, w, generator=gen, dtype=torch.float64, requires_grad=True) for w in widths
             )
@@ -280,7 +278,7 @@ def test_cell_matches_independent_equations(case: tuple[str, dict]) -> None:
     randomize_(cell, gen)
     P = Params(dict(cell.named_parameters()), options, H)
     x = torch.randn(B, I, generator=gen, dtype=torch.float64)
-    widths = ((options.get("proj_size") or H), H) if kind == "LSTM" else (H,)
+    widths = Spec(kind, options, H).widths
     state = tuple(torch.randn(B, w, generator=gen, dtype=torch.float64) for w in widths)
     got = cell(x, state if kind == "LSTM" else state[0])
     got = got if isinstance(got, tuple) else (got,)
@@ -306,7 +304,7 @@ def test_gradcheck_and_gradgradcheck(case: tuple[str, dict]) -> None:
     names = [name for name, _ in module.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in module.parameters()]
     x = torch.randn(T, B, I, generator=gen, dtype=torch.float64, requires_grad=True)
-    widths = ((options.get("proj_size") or H), H) if kind == "LSTM" else (H,)
+    widths = Spec(kind, options, H).widths
     state = [torch.randn(2, B, w, generator=gen, dtype=torch.float64, requires_grad=True) for w in widths]
     lengths = torch.tensor([T, T - 1])
 
