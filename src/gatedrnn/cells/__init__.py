@@ -1,8 +1,8 @@
 """Cell specs: the math of each cell family, written once (see ``base.py`` for the contract)."""
 
-from .base import CellSpec, ParamDef, State
+from .base import CellSpec, Gates, ParamDef, State
 from .gru import GRUSpec
 from .lstm import LSTMSpec
 from .rnn import RNNSpec
 
-__all__ = ["CellSpec", "GRUSpec", "LSTMSpec", "ParamDef", "RNNSpec", "State"]
+__all__ = ["CellSpec", "Gates", "GRUSpec", "LSTMSpec", "ParamDef", "RNNSpec", "State"]

@@ -5,7 +5,8 @@ A *cell spec* is a frozen description of one cell family with its variant option
 
 - ``params(input_size)``: the parameters of one layer and direction, in ``torch.nn``'s names and order;
 - ``input_projection(x, p)``: ``LN_ih(W_ih x) + b_ih`` for all time steps at once (one GEMM);
-- ``step(gx_t, state, p)``: one step of the recurrence given that step's input projection;
+- ``step(gx_t, state, p)``: one step of the recurrence given that step's input projection (``step_with_gates``
+  also returns the gate activations and pre-activations of that step);
 - ``zero_state(batch, like)``: the state used when no initial state is given.
 
 Engines run ``step`` over time (the reference engine literally, fast engines by an equivalent fused kernel).
@@ -27,6 +28,9 @@ LN_EPS = 1e-5
 
 State = tuple[Tensor, ...]
 """A recurrent state: ``(h,)`` for RNN and GRU, ``(h, c)`` for LSTM. ``h`` always comes first."""
+
+Gates = dict[str, Tensor]
+"""Per-gate tensors of one step, by gate name (``"i"``, ``"f"`` …), each ``(B, H)``."""
 
 Init = Literal["uniform", "ones", "zeros"]
 
@@ -137,4 +141,13 @@ class CellSpec:
 
     def step(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
         """One step: ``gx`` is this step's input projection ``(B, G·H)``; returns the new state."""
+        return self.step_with_gates(gx, state, p)[0]
+
+    def step_with_gates(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> tuple[State, Gates, Gates]:
+        """One step, also returning what happened inside: ``(state, gates, pre)``.
+
+        ``gates`` maps each gate name (``gate_names``, plus ``f = 1 - i`` for a coupled LSTM) to its activation
+        ``(B, H)``; ``pre`` maps each gate name to the argument of its nonlinearity. This is the one place the
+        family's math is written: :meth:`step` returns its state, :mod:`gatedrnn.inspect` records the rest.
+        """
         raise NotImplementedError

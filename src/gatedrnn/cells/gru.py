@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CellSpec, State, layer_norm
+from .base import CellSpec, Gates, State, layer_norm
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,22 @@ class GRUSpec(CellSpec):
             dim=1,
         )
 
-    def step(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+    def step_with_gates(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> tuple[State, Gates, Gates]:
         (h,) = state
         H = self.hidden_size
         a_r, a_z, a_n = gx.chunk(3, dim=1)
         if self.reset == "after":
             gh_r, gh_z, gh_n = self.recurrent_projection(h, p).chunk(3, dim=1)
-            r = torch.sigmoid(a_r + gh_r)
-            z = torch.sigmoid(a_z + gh_z)
-            n = torch.tanh(a_n + r * gh_n)
+            pre_r, pre_z = a_r + gh_r, a_z + gh_z
+            r = torch.sigmoid(pre_r)
+            z = torch.sigmoid(pre_z)
+            pre_n = a_n + r * gh_n
         else:
             gh_r, gh_z = self._recurrent_block(h, p, slice(0, 2 * H)).chunk(2, dim=1)
-            r = torch.sigmoid(a_r + gh_r)
-            z = torch.sigmoid(a_z + gh_z)
-            n = torch.tanh(a_n + self._recurrent_block(r * h, p, slice(2 * H, 3 * H)))
+            pre_r, pre_z = a_r + gh_r, a_z + gh_z
+            r = torch.sigmoid(pre_r)
+            z = torch.sigmoid(pre_z)
+            pre_n = a_n + self._recurrent_block(r * h, p, slice(2 * H, 3 * H))
+        n = torch.tanh(pre_n)
         h = (1 - z) * n + z * h
-        return (h,)
+        return (h,), {"r": r, "z": z, "n": n}, {"r": pre_r, "z": pre_z, "n": pre_n}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CellSpec, ParamDef, State, layer_norm
+from .base import CellSpec, Gates, ParamDef, State, layer_norm
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class LSTMSpec(CellSpec):
             defs += [ParamDef("ln_c_weight", (H,), "ones"), ParamDef("ln_c_bias", (H,), "zeros")]
         return defs
 
-    def step(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+    def step_with_gates(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> tuple[State, Gates, Gates]:
         h, c = state
         a = gx + self.recurrent_projection(h, p)  # (B, G·H)
         if self.coupled:
@@ -100,12 +100,14 @@ class LSTMSpec(CellSpec):
         if self.peephole:
             a_i = a_i + p["weight_ci"] * c
         i = torch.sigmoid(a_i)
+        pre = {"i": a_i}
         if self.coupled:
             f = 1 - i
         else:
             if self.peephole:
                 a_f = a_f + p["weight_cf"] * c
-            f = torch.sigmoid(a_f + self.forget_bias)
+            pre["f"] = a_f = a_f + self.forget_bias
+            f = torch.sigmoid(a_f)
         g = torch.tanh(a_g)
         c = f * c + i * g
         if self.peephole:
@@ -115,4 +117,4 @@ class LSTMSpec(CellSpec):
         h = o * torch.tanh(c_norm)
         if self.proj_size:
             h = F.linear(h, p["weight_hr"])
-        return h, c
+        return (h, c), {"i": i, "f": f, "g": g, "o": o}, {**pre, "g": a_g, "o": a_o}

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from .base import CellSpec, State
+from .base import CellSpec, Gates, State
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class RNNSpec(CellSpec):
     def gate_names(self) -> tuple[str, ...]:
         return ("h",)
 
-    def step(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+    def step_with_gates(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> tuple[State, Gates, Gates]:
         (h,) = state
         a = gx + self.recurrent_projection(h, p)  # (B, H)
         h = torch.tanh(a) if self.nonlinearity == "tanh" else torch.relu(a)
-        return (h,)
+        return (h,), {"h": h}, {"h": a}
