@@ -8,7 +8,7 @@ projection of all time steps in one GEMM, hands the recurrence of each layer and
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +29,9 @@ from .checks import (
     check_tensor,
 )
 from .sequence import from_padded, reverse_padded, to_padded
+
+Tap = Callable[..., tuple[Tensor, State]]
+"""``tap(engine, layer, direction, gx, params, state, lengths) -> (out, final_state)``; see ``_Recurrent._tap``."""
 
 _FOREIGN_OPTIONS = {
     "proj_size": "projections exist only for LSTM",
@@ -189,6 +192,10 @@ class _TorchConversion:
 class _Recurrent(_TorchConversion, nn.Module):
     """Stacked, optionally bidirectional recurrence over sequences; subclasses choose the cell spec."""
 
+    _tap: Tap | None = None
+    """Set only while :mod:`gatedrnn.inspect` records or measures gradients: it then runs each layer and
+    direction in place of ``engine.run`` (same arguments, plus the engine, layer and direction)."""
+
     def __init__(self, spec: CellSpec, input_size: int, num_layers: int, batch_first: bool, dropout: float,
                  bidirectional: bool, engine: str, device: Any, dtype: Any) -> None:
         super().__init__()
@@ -261,7 +268,10 @@ class _Recurrent(_TorchConversion, nn.Module):
                 p = self.layer_params(layer, direction)
                 layer_x = reverse_padded(x, mask) if direction else x
                 gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
-                out, final = engine.run(self.spec, gx, p, states[len(finals)], mask)
+                if self._tap is None:
+                    out, final = engine.run(self.spec, gx, p, states[len(finals)], mask)
+                else:
+                    out, final = self._tap(engine, layer, direction, gx, p, states[len(finals)], mask)
                 outs.append(reverse_padded(out, mask) if direction else out)
                 finals.append(final)
             x = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (T, B, D·state_size)
