@@ -1,6 +1,7 @@
 """``gatedrnn <command>``: the command-line entry point.
 
-Commands today: ``cells`` (build, run and compare every cell variant; the demo) and ``engines``.
+Commands today: ``cells`` (build, run and compare every cell variant), ``engines`` and ``charlm`` (the
+character-level language model: ``train``, ``sample``, ``eval``; the demo).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .engine import engines, resolve
+from .tasks import charlm
 from .variants import VARIANTS, variant
 
 
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cells)
     p = commands.add_parser("engines", help="list the engines and whether they are available here")
     p.set_defaults(run=list_engines)
+    charlm.add_commands(commands)
     return parser
 
 
