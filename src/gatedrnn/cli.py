@@ -1,7 +1,8 @@
 """``gatedrnn <command>``: the command-line entry point.
 
 Commands today: ``cells`` (build, run and compare every cell variant), ``engines`` and ``charlm`` (the
-character-level language model: ``train``, ``sample``, ``eval``; the demo).
+character-level language model: ``train``, ``sample``, ``eval``; the demo), ``viz`` (``gates``,
+``gradient-flow``: plots) and ``explore`` (the explorer page).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from .engine import engines, resolve
 from .tasks import charlm
 from .variants import VARIANTS, variant
+from .viz import commands as viz_commands
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("engines", help="list the engines and whether they are available here")
     p.set_defaults(run=list_engines)
     charlm.add_commands(commands)
+    viz_commands.add_commands(commands)
     return parser
 
 

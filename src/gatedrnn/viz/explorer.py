@@ -1,0 +1,139 @@
+"""The explorer: one self-contained HTML page showing what every unit of a trained character model does on a text.
+
+:func:`explorer_data` runs the model once over the text under :func:`gatedrnn.inspect.record` and gathers, per
+character: every layer's gates, cell and hidden states (8-bit quantised per unit, base64), the model's top-5
+next-character predictions, and the units most correlated with the text features of :mod:`.features`.
+:func:`render` puts that JSON and the page's own script and style (``explorer.html``, no external resource) into
+one file; :func:`serve` serves it on localhost.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tempfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..inspect import record
+from ..tasks.charlm import LanguageModel
+from .features import FEATURES, correlations
+from .plots import SIGMOID_GATES
+
+TOP_PREDICTIONS = 5
+TOP_UNITS = 8
+"""Units listed per feature in the ranking."""
+
+
+def _quantise(values: np.ndarray) -> dict[str, Any]:
+    """``(T, U)`` floats -> 8 bits per value with each unit's own range: ``v ≈ lo + q / 255 * (hi - lo)``."""
+    lo, hi = values.min(axis=0), values.max(axis=0)  # (U,)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = np.rint((values - lo) / span * 255).astype(np.uint8)  # (T, U), row t holds every unit at step t
+    return {"lo": lo.round(6).tolist(), "hi": hi.round(6).tolist(),
+            "data": base64.b64encode(q.tobytes()).decode("ascii")}
+
+
+def explorer_data(lm: LanguageModel, text: str, *, title: str = "") -> dict[str, Any]:
+    """Everything the page shows about ``lm`` reading ``text`` (each character must be in its vocabulary)."""
+    if len(text) < 2:
+        raise ValueError(f"text: expected at least 2 characters, got {len(text)}")
+    ids = lm.vocab.encode(text, "text").unsqueeze(0).to(lm.device)  # (1, T)
+    model = lm.model.eval()
+    with torch.no_grad(), record(model) as rec:
+        logits, _ = model(ids)  # (1, T, V)
+    probs = torch.softmax(logits[0].double(), dim=-1)  # (T, V): the next character after reading text[:t+1]
+    top = probs.topk(min(TOP_PREDICTIONS, probs.shape[1]), dim=-1)
+    predictions = [[[lm.vocab.chars[int(i)], round(float(p), 4)] for p, i in zip(ps, js)]
+                   for ps, js in zip(top.values, top.indices)]
+    nats = -torch.log(probs[:-1].gather(1, ids[0, 1:].unsqueeze(1).cpu())).mean().item()
+
+    layers, ranking_pool = [], []
+    for trace in rec:
+        signals = {}
+        for name in trace.names:
+            values = trace[name][0].double().cpu().numpy()  # (T, U)
+            kind = "gate" if name in SIGMOID_GATES[trace.family] else "signed"
+            signals[name] = {"kind": kind, "units": values.shape[1], **_quantise(values)}
+            ranking_pool.append((trace.key, name, values))
+        layers.append({"key": trace.key, "family": trace.family, "signals": signals})
+
+    features = []
+    for name, (meaning, function) in FEATURES.items():
+        feature = function(text)
+        scored = []
+        for key, signal, values in ranking_pool:
+            r = correlations(values, feature)
+            if r is None:  # the feature is constant on this text: nothing correlates with it
+                break
+            scored += [(abs(float(r[u])), float(r[u]), key, signal, u) for u in range(len(r))]
+        scored.sort(key=lambda item: -item[0])
+        features.append({
+            "name": name, "meaning": meaning, "varies": bool(scored),
+            "top": [{"layer": key, "signal": signal, "unit": u, "r": round(r, 3)}
+                    for _, r, key, signal, u in scored[:TOP_UNITS]],
+        })
+
+    config = lm.config
+    return {
+        "title": title or f"{config.cell.upper()} {config.layers}×{config.hidden}",
+        "model": {"cell": config.cell, "layers": config.layers, "hidden": config.hidden,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "text": text,
+        "bits_per_char": round(nats / np.log(2), 4),
+        "layers": layers,
+        "predictions": predictions,
+        "features": features,
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    """The page: the template with ``data`` inlined as JSON (``</`` escaped so the data cannot end the script)."""
+    template = resources.files(__package__).joinpath("explorer.html").read_text(encoding="utf-8")
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    page = template.replace("__TITLE__", html.escape(data["title"]))
+    return page.replace("__DATA__", payload)
+
+
+def write(page: str, path: str | os.PathLike[str]) -> Path:
+    """Write the page atomically (temp file + rename)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"out: directory {str(path.parent)!r} does not exist")
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".html")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(page)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return path
+
+
+def serve(page: str, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """A server (not yet started: call ``serve_forever``) answering every GET with the page."""
+    body = page.encode("utf-8")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: the CLI prints the address once
+            pass
+
+    try:
+        return ThreadingHTTPServer((host, port), Handler)
+    except OSError as error:
+        raise ValueError(f"port: cannot serve on {host}:{port}: {error.strerror}") from None
