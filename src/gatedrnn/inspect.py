@@ -11,7 +11,8 @@ direction and forward call. The layers keep running on their own engine, whateve
 returned untouched; the recording replays each layer and direction with the cell's own step function
 (``spec.step_with_gates``, the reference engine's math) from exactly what that layer and direction received: its
 input projection ``gx``, its parameters, its initial state and the sequence lengths. So the recorded values are
-the reference engine's, on every engine. Outside ``record`` a layer pays one ``is None`` test per layer and
+the reference engine's, on every engine, given what each layer received (in a stack, layer 1 receives layer 0's
+outputs as computed by the engine in use). Outside ``record`` a layer pays one ``is None`` test per layer and
 direction.
 
 Gradient flow: :func:`gradient_flow` returns ``‖∂L/∂h_t‖`` for every step ``t``, the total derivative of the loss
@@ -262,10 +263,11 @@ def _mask_padding(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.masked_fill(~valid.unsqueeze(2), float("nan"))
 
 
-def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor]) -> dict[str, Tensor]:
+def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor], **forward: Any) -> dict[str, Tensor]:
     r"""How much a loss depends on each step's hidden state: ``‖∂L/∂h_t‖`` for every layer, direction and ``t``.
 
-    ``L = loss_fn(model(x))`` must be a scalar. ``∂L/∂h_t`` is the total derivative: through the output at ``t``
+    ``L = loss_fn(model(x, **forward))`` must be a scalar (``forward``: further arguments of the model's
+    ``forward``, such as ``lengths=``). ``∂L/∂h_t`` is the total derivative: through the output at ``t``
     and through every later step of the recurrence (and every layer above). For each gatedrnn layer and direction
     the result holds a tensor ``(T,)`` with, at each input position ``t``, the norm over the batch and units:
 
@@ -301,7 +303,7 @@ def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor]) ->
         return tap
 
     with torch.enable_grad(), _tapped(model, make_tap):
-        loss = loss_fn(model(x))
+        loss = loss_fn(model(x, **forward))
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise ValueError(f"loss_fn: expected it to return a scalar tensor, got {_describe(loss)}")
     if not loss.requires_grad:
