@@ -77,6 +77,7 @@ def _held_out(lm: charlm.LanguageModel, chars: int) -> str:
 def _gates(args: argparse.Namespace) -> int:
     from . import plots  # matplotlib loads only for the commands that draw
 
+    plots.check_path(args.out)
     lm = charlm.load(args.model, weights=args.weights)
     text = _held_out(lm, args.chars) if args.text is None else args.text
     if len(text) < 2:
@@ -118,6 +119,7 @@ def _gates(args: argparse.Namespace) -> int:
 def _gradient_flow(args: argparse.Namespace) -> int:
     from . import flow, plots
 
+    plots.check_path(args.out)
     for name in ("hidden", "train_steps", "seq_len", "windows"):
         _positive(name.replace("_", "-"), getattr(args, name))
     torch.manual_seed(args.seed)
@@ -151,6 +153,7 @@ def _gradient_flow(args: argparse.Namespace) -> int:
 def _explore(args: argparse.Namespace) -> int:
     from . import explorer
 
+    explorer.check_path(args.out)
     lm = charlm.load(args.model, weights=args.weights)
     if args.text is None:
         text = _held_out(lm, args.chars)

@@ -102,11 +102,19 @@ def render(data: dict[str, Any]) -> str:
     return page.replace("__DATA__", payload)
 
 
-def write(page: str, path: str | os.PathLike[str]) -> Path:
-    """Write the page atomically (temp file + rename)."""
+def check_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if the page can be written there (an existing directory), else ``ValueError``."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"out: directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"out: {str(path)!r} is a directory; expected a file name such as explorer.html")
+    return path
+
+
+def write(page: str, path: str | os.PathLike[str]) -> Path:
+    """Write the page atomically (temp file + rename)."""
+    path = check_path(path)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".html")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:

@@ -34,13 +34,19 @@ def new_figure(size: tuple[int, int], dpi: int = 100) -> Figure:
     return Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
 
 
-def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``figure`` to ``path`` (``.png`` or ``.svg``), atomically, at the figure's own size and dpi."""
+def check_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if a plot can be saved there (``.png`` or ``.svg`` in an existing directory), else ``ValueError``."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"out: expected a file name ending in .png or .svg, got {str(path)!r}")
-    if path.parent and not path.parent.is_dir():
+    if not path.parent.is_dir():
         raise ValueError(f"out: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``figure`` to ``path`` (``.png`` or ``.svg``), atomically, at the figure's own size and dpi."""
+    path = check_path(path)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     try:
         with os.fdopen(handle, "wb") as file:
