@@ -305,13 +305,13 @@ def nats_per_char(model: CharLM, ids: Tensor, rows: int = 32) -> float:
     was_training = model.training
     model.eval()
     logits, _ = model(x)
-    model.train(was_training)
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-    # The characters left over by the even split are scored one by one after the last row's context.
+    # The characters left over by the even split are scored as one more, shorter piece.
     tail = ids[rows * length :]
     if len(tail) > 1:
         logits, _ = model(tail[:-1].unsqueeze(0).to(device))
         total += F.cross_entropy(logits.float()[0], tail[1:].to(device), reduction="sum")
+    model.train(was_training)
     return total.item() / (len(ids) - 1)
 
 
