@@ -157,7 +157,7 @@ MACBETH = "macbeth.txt"
 def read_text(path: str | os.PathLike[str] | None, encoding: str = "utf-8") -> tuple[str, str]:
     """The text of ``path`` (Macbeth when None) and a name for it; a clear ``ValueError`` for any bad file."""
     if path is None:
-        return resources.files("gatedrnn").joinpath("data", MACBETH).read_text(encoding="utf-8"), "Macbeth (bundled)"
+        return (resources.files("gatedrnn") / "data" / MACBETH).read_text(encoding="utf-8"), "Macbeth (bundled)"
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"text: {p} is a directory; expected a text file")
@@ -767,11 +767,11 @@ def _cli_train(args: Any) -> int:
     given = {name: getattr(args, name) for _, name, *_ in [*_TRAIN_OPTIONS, *_TRAIN_FLAGS]
              if getattr(args, name) is not None}
     if args.resume:
-        if args.out and Path(args.out) != Path(args.resume):
-            raise ValueError(f"out: --resume continues the run in {args.resume}; leave out --out or give the same")
         out = Path(args.resume)
         if not out.is_dir():
             raise ValueError(f"resume: {out} is not a run directory")
+        if args.out and Path(args.out) != out:
+            raise ValueError(f"out: --resume continues the run in {out}; leave out --out or give the same")
         base = _config_from(training.read_json(out / "config.json"), out / "config.json")
         text = training.read_json(out / "config.json").get("text") if args.text is None else args.text
     else:
