@@ -157,7 +157,7 @@ MACBETH = "macbeth.txt"
 def read_text(path: str | os.PathLike[str] | None, encoding: str = "utf-8") -> tuple[str, str]:
     """The text of ``path`` (Macbeth when None) and a name for it; a clear ``ValueError`` for any bad file."""
     if path is None:
-        return resources.files("gatedrnn").joinpath("data", MACBETH).read_text(encoding="utf-8"), "Macbeth (bundled)"
+        return (resources.files("gatedrnn") / "data" / MACBETH).read_text(encoding="utf-8"), "Macbeth (bundled)"
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"text: {p} is a directory; expected a text file")
@@ -305,13 +305,13 @@ def nats_per_char(model: CharLM, ids: Tensor, rows: int = 32) -> float:
     was_training = model.training
     model.eval()
     logits, _ = model(x)
-    model.train(was_training)
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-    # The characters left over by the even split are scored one by one after the last row's context.
+    # The characters left over by the even split are scored as one more, shorter piece.
     tail = ids[rows * length :]
     if len(tail) > 1:
         logits, _ = model(tail[:-1].unsqueeze(0).to(device))
         total += F.cross_entropy(logits.float()[0], tail[1:].to(device), reduction="sum")
+    model.train(was_training)
     return total.item() / (len(ids) - 1)
 
 
@@ -767,11 +767,11 @@ def _cli_train(args: Any) -> int:
     given = {name: getattr(args, name) for _, name, *_ in [*_TRAIN_OPTIONS, *_TRAIN_FLAGS]
              if getattr(args, name) is not None}
     if args.resume:
-        if args.out and Path(args.out) != Path(args.resume):
-            raise ValueError(f"out: --resume continues the run in {args.resume}; leave out --out or give the same")
         out = Path(args.resume)
         if not out.is_dir():
             raise ValueError(f"resume: {out} is not a run directory")
+        if args.out and Path(args.out) != out:
+            raise ValueError(f"out: --resume continues the run in {out}; leave out --out or give the same")
         base = _config_from(training.read_json(out / "config.json"), out / "config.json")
         text = training.read_json(out / "config.json").get("text") if args.text is None else args.text
     else:
