@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gatedrnn-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo demo-inspect test install clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,22 @@ demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
 	$(VENV)/bin/gatedrnn charlm train --minutes 4 --out $(DEMO_RUN)
 	$(VENV)/bin/gatedrnn charlm sample --model $(DEMO_RUN) --prime "MACBETH." --length 600 --temperature 0.8
+	$(MAKE) --no-print-directory demo-inspect
 
-test: $(STAMP)
+# Inside the demo model: the explorer page, its gates, and the gradient flow of RNN, LSTM and GRU models trained
+# briefly for the comparison. Runs on any existing $(DEMO_RUN).
+demo-inspect: $(STAMP)
+	$(VENV)/bin/gatedrnn explore --model $(DEMO_RUN) --out $(DEMO_RUN)/explorer.html
+	$(VENV)/bin/gatedrnn viz gates --model $(DEMO_RUN) --out $(DEMO_RUN)/gates.png
+	$(VENV)/bin/gatedrnn viz gradient-flow --out $(DEMO_RUN)/gradient-flow.png --quiet
+	@echo "Explorer page: $(DEMO_RUN)/explorer.html (open it in a browser, or: gatedrnn explore --model $(DEMO_RUN) --serve)"
+	@echo "Plots: $(DEMO_RUN)/gates.png $(DEMO_RUN)/gradient-flow.png"
+
+# The explorer test drives Debian's chromium; install it when missing (as root, as on CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -n 2 -q
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.image import imread
 
 import gatedrnn
 from charlm_runs import tiny_run
@@ -215,3 +216,14 @@ def test_page_in_headless_chromium(run: Path, tmp_path: Path) -> None:
             browser.close()
     assert shot.stat().st_size > 10_000
     assert errors == []
+
+
+def test_cli_explore_screenshot(run: Path, tmp_path: Path, capsys) -> None:
+    assert CHROMIUM, "the explorer test needs Debian's chromium: apt-get install -y chromium (make test does it)"
+    page, shot = tmp_path / "explorer.html", tmp_path / "explorer.png"
+    assert main(["explore", "--model", str(run), "--chars", "200", "--out", str(page), "--screenshot", str(shot)]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(page), str(shot)]
+    image = imread(shot)
+    assert image.shape[:2] == (900, 1400) and image.std() > 0.05  # a page, not a blank
+    assert main(["explore", "--model", str(run), "--out", str(page), "--screenshot", str(tmp_path / "x.jpg")]) == 2
+    assert "screenshot: expected a .png file name in an existing directory" in capsys.readouterr().err

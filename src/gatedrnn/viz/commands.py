@@ -57,6 +57,8 @@ def add_commands(commands: Any) -> None:
     e.add_argument("--text", metavar="FILE", help="UTF-8 text file to read (default: the model's held-out text)")
     e.add_argument("--chars", type=int, default=2000, help="characters of the text shown (from its start)")
     e.add_argument("--out", default="explorer.html", metavar="FILE", help="page to write")
+    e.add_argument("--screenshot", metavar="FILE.png",
+                   help="also save a screenshot of the page in headless Chromium (needs chromium and playwright)")
     e.add_argument("--serve", action="store_true", help="also serve the page until Ctrl-C")
     e.add_argument("--host", default="127.0.0.1", help="address to serve on")
     e.add_argument("--port", type=int, default=8000, help="port to serve on (0: any free port)")
@@ -154,6 +156,8 @@ def _explore(args: argparse.Namespace) -> int:
     from . import explorer
 
     explorer.check_path(args.out)
+    if args.screenshot:
+        explorer.check_screenshot_path(args.screenshot)
     lm = charlm.load(args.model, weights=args.weights)
     if args.text is None:
         text = _held_out(lm, args.chars)
@@ -162,6 +166,8 @@ def _explore(args: argparse.Namespace) -> int:
         text = text[: _positive("chars", args.chars)]
     page = explorer.render(explorer.explorer_data(lm, text))
     print(explorer.write(page, args.out))
+    if args.screenshot:
+        print(explorer.screenshot(args.out, args.screenshot))
     if args.serve:
         server = explorer.serve(page, args.host, args.port)
         host, port = server.server_address[:2]

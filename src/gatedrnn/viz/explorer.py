@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import os
+import shutil
 import tempfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -124,6 +125,50 @@ def write(page: str, path: str | os.PathLike[str]) -> Path:
         os.unlink(temp)
         raise
     return path
+
+
+def chromium() -> str:
+    """The path of a Chromium browser on this machine (Debian's ``chromium``), else ``ValueError`` saying how."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise ValueError("screenshot: needs a Chromium browser; install one with: apt-get install -y chromium")
+
+
+def check_screenshot_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if a screenshot can be saved there (``.png`` in an existing directory), else ``ValueError``."""
+    path = Path(path)
+    if path.suffix.lower() != ".png" or not path.parent.is_dir():
+        raise ValueError(f"screenshot: expected a .png file name in an existing directory, got {str(path)!r}")
+    return path
+
+
+def screenshot(page: str | os.PathLike[str], out: str | os.PathLike[str], *, size: tuple[int, int] = (1400, 900),
+               hover: int = 60) -> Path:
+    """A PNG of the page as a reader sees it: the top-ranked unit selected, the mouse over character ``hover``.
+
+    Drives the system's Chromium headless with Playwright (``pip install playwright``; no browser download).
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise ValueError("screenshot: needs the playwright package: pip install playwright") from None
+    out = check_screenshot_path(out)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            view = browser.new_page(viewport={"width": size[0], "height": size[1]})
+            view.goto(Path(page).resolve().as_uri())
+            ranked = view.locator("#ranking tr")
+            if ranked.count():
+                ranked.first.click()
+            spans = view.locator("#text span[data-t]")
+            spans.nth(min(hover, spans.count() - 1)).hover()
+            view.screenshot(path=str(out))
+        finally:
+            browser.close()
+    return out
 
 
 def serve(page: str, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
