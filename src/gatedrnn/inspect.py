@@ -214,13 +214,15 @@ def record(model: nn.Module, *, pre_activations: bool = False) -> Iterator[Recor
         def tap(engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor], state: State,
                 lengths: Tensor | None) -> tuple[Tensor, State]:
             result = inner(engine, layer, direction, gx, p, state, lengths)
-            gates, pre, states = _replay(spec, gx, p, state, lengths, pre_activations)
-            order = lambda d: {k: _to_input_order(v, direction, lengths) for k, v in d.items()}  # noqa: E731
+            gates, pre, states = (
+                {k: _to_input_order(v, direction, lengths) for k, v in part.items()}
+                for part in _replay(spec, gx, p, state, lengths, pre_activations)
+            )
             steps, batch = gx.shape[0], gx.shape[1]
-            full = torch.full((batch,), steps, dtype=torch.int64, device=gx.device)
-            recording.traces.append(Trace(name, layer, direction, call(layer, direction), spec.family,
-                                          order(gates), order(pre), order(states),
-                                          full if lengths is None else lengths.clone()))
+            valid = torch.full((batch,), steps, device=gx.device) if lengths is None else lengths.clone()
+            recording.traces.append(
+                Trace(name, layer, direction, call(layer, direction), spec.family, gates, pre, states, valid)
+            )
             return result
 
         return tap
