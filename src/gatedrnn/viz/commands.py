@@ -143,8 +143,8 @@ def _gradient_flow(args: argparse.Namespace) -> int:
             text = lm.validation_text()
             curves[flow.label(lm, text)] = flow.last_prediction_flow(lm, text=text, windows=args.windows,
                                                                      seq_len=args.seq_len, seed=args.seed)
-    title = (f"Gradient flow through time: ‖∂L/∂h_t‖ of the bottom layer, L = loss of the last prediction "
-             f"({args.windows} held-out windows of {args.seq_len} characters)")
+    title = (f"Gradient flow through time: bottom layer, L = loss of the last prediction\n"
+             f"({args.windows} held-out windows of {args.seq_len} characters, measured in float64)")
     figure = plots.gradient_flow(curves, title=title)
     for name, norms in curves.items():
         print(f"{name}: ‖∂L/∂h_t‖ at the last step {norms[-1]:.3g}, {args.seq_len - 1} steps earlier {norms[0]:.3g}")
