@@ -322,9 +322,10 @@ def _probed_run(spec: CellSpec, gx: Tensor, p: Mapping[str, Tensor], state: Stat
                 probe: Tensor) -> tuple[Tensor, State]:
     """The reference engine's loop with ``h_t + δ_t`` in place of ``h_t``: same values, and ``∂L/∂δ_t = ∂L/∂h_t``."""
     outputs = []
-    for t in range(gx.shape[0]):
-        h, *rest = spec.step(gx[t], state, p)
-        new_state = (h + probe[t], *rest)
+    # unbind, not gx[t]: the backward of T index operations would add T full-size gradients, O(T²).
+    for t, (gx_t, probe_t) in enumerate(zip(gx.unbind(0), probe.unbind(0))):
+        h, *rest = spec.step(gx_t, state, p)
+        new_state = (h + probe_t, *rest)
         if lengths is None:
             state = new_state
             outputs.append(state[0])
