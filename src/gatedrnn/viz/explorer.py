@@ -14,7 +14,6 @@ import html
 import json
 import os
 import shutil
-import tempfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from ..inspect import record
 from ..tasks.charlm import LanguageModel
+from ..training import atomic_write
 from .features import FEATURES, correlations
 from .plots import SIGMOID_GATES
 
@@ -116,14 +116,7 @@ def check_path(path: str | os.PathLike[str]) -> Path:
 def write(page: str, path: str | os.PathLike[str]) -> Path:
     """Write the page atomically (temp file + rename)."""
     path = check_path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".html")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(page)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    atomic_write(path, page)
     return path
 
 
@@ -146,7 +139,8 @@ def check_screenshot_path(path: str | os.PathLike[str]) -> Path:
 
 def screenshot(page: str | os.PathLike[str], out: str | os.PathLike[str], *, size: tuple[int, int] = (1400, 900),
                hover: int = 60) -> Path:
-    """A PNG of the page as a reader sees it: the top-ranked unit selected, the mouse over character ``hover``.
+    """A PNG of the page as a reader sees it: the unit most correlated with a feature selected, the mouse over
+    character ``hover``.
 
     Drives the system's Chromium headless with Playwright (``pip install playwright``; no browser download).
     """
@@ -162,7 +156,9 @@ def screenshot(page: str | os.PathLike[str], out: str | os.PathLike[str], *, siz
             view.goto(Path(page).resolve().as_uri())
             ranked = view.locator("#ranking tr")
             if ranked.count():
-                ranked.first.click()
+                strength = [abs(float(text.rsplit("=", 1)[1])) for text in ranked.locator("td.num:last-child")
+                            .all_inner_texts()]
+                ranked.nth(strength.index(max(strength))).click()
             spans = view.locator("#text span[data-t]")
             spans.nth(min(hover, spans.count() - 1)).hover()
             view.screenshot(path=str(out))

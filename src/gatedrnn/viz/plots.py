@@ -7,8 +7,8 @@ plotting works headless and leaves no global state behind.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure, SubFigure
 from torch import Tensor
 
 from ..inspect import Trace
+from ..training import atomic_write
 
 SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": ()}
 """Gates squashed to (0, 1), whose saturation means "fully open" or "fully closed" (Karpathy et al. 2015)."""
@@ -47,14 +48,9 @@ def check_path(path: str | os.PathLike[str]) -> Path:
 def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``figure`` to ``path`` (``.png`` or ``.svg``), atomically, at the figure's own size and dpi."""
     path = check_path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format=path.suffix.lower()[1:], dpi=figure.dpi)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lower()[1:], dpi=figure.dpi)
+    atomic_write(path, buffer.getvalue())
     return path
 
 
