@@ -330,3 +330,15 @@ def test_bad_sampling_eval_and_resume_input(text: Path, tmp_path: Path, capsys: 
     _fails(capsys, ["charlm", "sample", "--model", str(mismatched)],
            "rnn.weight_ih_l0 has shape (64, 8), the model expects (96, 8)")
     _fails(capsys, ["charlm", "train", "--resume", str(mismatched)], "has shape")
+
+
+def test_gpu_script_runs_on_cpu_with_a_tiny_text(text: Path) -> None:
+    script = Path(__file__).parent.parent / "scripts" / "gpu_charlm.sh"
+    env = {**ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run([str(script), str(text), "0.02", "cpu", "--layers", "1", "--hidden", "16", "--embed", "8",
+                           "--batch", "4", "--seq-len", "16", "--eval-every", "2", "--sample-length", "10"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best validation loss: " in done.stdout and " characters/s over " in done.stdout
+    usage = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
