@@ -100,20 +100,21 @@ def _cli(*args: str) -> list[str]:
 def test_resume_after_sigkill_is_bit_identical(text: Path, tmp_path: Path) -> None:
     args = ["--text", str(text), *TINY, "--eval-every", "2", "--stateful", "--dropout", "0.3", "--quiet",
             "--device", "cpu"]
-    subprocess.run(_cli(*args, "--steps", "40", "--out", str(tmp_path / "straight")), env=ENV, check=True,
-                   capture_output=True)
-    victim = subprocess.Popen(_cli(*args, "--steps", "40", "--out", str(tmp_path / "killed")), env=ENV,
+    straight = subprocess.Popen(_cli(*args, "--steps", "30", "--out", str(tmp_path / "straight")), env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(_cli(*args, "--steps", "30", "--out", str(tmp_path / "killed")), env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = tmp_path / "killed" / "history.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and victim.poll() is None:
         if history.exists() and json.loads(history.read_text())[-1]["step"] >= 6:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed_at = json.loads(history.read_text())[-1]["step"]
-    assert 6 <= killed_at < 40, "the run ended before it could be killed"
+    assert 6 <= killed_at < 30, "the run ended before it could be killed"
+    assert straight.wait(timeout=120) == 0
     subprocess.run(_cli("--resume", str(tmp_path / "killed"), "--quiet"), env=ENV, check=True, capture_output=True)
     _assert_bitwise_equal(_weights(tmp_path / "straight"), _weights(tmp_path / "killed"))
     _assert_bitwise_equal(_weights(tmp_path / "straight", "best.safetensors"),
@@ -329,3 +330,15 @@ def test_bad_sampling_eval_and_resume_input(text: Path, tmp_path: Path, capsys: 
     _fails(capsys, ["charlm", "sample", "--model", str(mismatched)],
            "rnn.weight_ih_l0 has shape (64, 8), the model expects (96, 8)")
     _fails(capsys, ["charlm", "train", "--resume", str(mismatched)], "has shape")
+
+
+def test_gpu_script_runs_on_cpu_with_a_tiny_text(text: Path) -> None:
+    script = Path(__file__).parent.parent / "scripts" / "gpu_charlm.sh"
+    env = {**ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run([str(script), str(text), "0.02", "cpu", "--layers", "1", "--hidden", "16", "--embed", "8",
+                           "--batch", "4", "--seq-len", "16", "--eval-every", "2", "--sample-length", "10"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best validation loss: " in done.stdout and " characters/s over " in done.stdout
+    usage = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")

@@ -560,6 +560,9 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
     if resume:
         state = training.load_trainer_state(out / "trainer_state.safetensors", model=model, optimizer=optimizer)
         step, elapsed = state.step, state.elapsed
+        if config.stateful and state.extra.get("world_size", 1) != info.world_size:
+            raise CheckpointError(f"resume: the stateful run in {out} read its streams with "
+                                  f"{state.extra.get('world_size', 1)} process(es); resume it with as many")
         position, history = state.extra["position"], state.extra["history"]
         best_val, best_step, stale = state.extra["best_val"], state.extra["best_step"], state.extra["stale"]
         if config.stateful and state.extra.get("carried") is not None:
@@ -580,7 +583,7 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
         if not info.is_main:
             return
         extra = {"position": position, "history": history, "best_val": best_val, "best_step": best_step,
-                 "stale": stale, "carried": gathered}
+                 "stale": stale, "carried": gathered, "world_size": info.world_size}
         training.save_trainer_state(out / "trainer_state.safetensors", model=model, optimizer=optimizer,
                                     step=step, elapsed=budget.elapsed(), extra=extra)
         training.save_weights(out / "model.safetensors", model, {"step": str(step)})
