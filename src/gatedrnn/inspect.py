@@ -169,7 +169,7 @@ def _engine_run(spec: CellSpec) -> Tap:
     return run
 
 
-def _calls(module: _Recurrent) -> Callable[[int, int], int]:
+def _calls() -> Callable[[int, int], int]:
     """Counts forward calls: a call starts when layer 0, direction 0 runs."""
     count = [-1]
 
@@ -209,7 +209,7 @@ def record(model: nn.Module, *, pre_activations: bool = False) -> Iterator[Recor
     recording = Recording()
 
     def make_tap(name: str, module: _Recurrent, inner: Tap) -> Tap:
-        spec, call = module.spec, _calls(module)
+        spec, call = module.spec, _calls()
 
         def tap(engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor], state: State,
                 lengths: Tensor | None) -> tuple[Tensor, State]:
@@ -293,7 +293,7 @@ def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor], **
     probes: dict[str, tuple[Tensor, int, Tensor | None]] = {}
 
     def make_tap(name: str, module: _Recurrent, inner: Tap) -> Tap:
-        spec, call = module.spec, _calls(module)
+        spec, call = module.spec, _calls()
 
         def tap(engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor], state: State,
                 lengths: Tensor | None) -> tuple[Tensor, State]:
