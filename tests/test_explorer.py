@@ -150,7 +150,9 @@ def test_server_answers_with_the_page() -> None:
 def test_cli_explore_serve_until_interrupted(run: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "gatedrnn", "explore", "--model", str(run), "--chars", "200",
                "--out", str(tmp_path / "page.html"), "--serve", "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # An xdist worker ignores SIGINT, and a child inherits that; give the child the default, as a terminal does.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert process.stdout.readline().strip() == str(tmp_path / "page.html")
         address = re.match(r"serving the explorer on (http://\S+) \(Ctrl-C to stop\)", process.stdout.readline())
