@@ -239,14 +239,14 @@ def test_bad_training_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = tmp_path / "out"
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "one.txt").write_text("x")
-    (tmp_path / "short.txt").write_text("to be or not to be" * 4)
+    (tmp_path / "short.txt").write_text("to be or not to be" * 3)
     (tmp_path / "latin.txt").write_bytes("Thane of Cawdor — à la".encode("latin-1", errors="replace") * 200)
     cases = [
         (["--text", str(tmp_path / "missing.txt")], "text: " + str(tmp_path / "missing.txt") + ": no such file"),
         (["--text", str(tmp_path)], f"text: {tmp_path} is a directory; expected a text file"),
         (["--text", str(tmp_path / "empty.txt")], "has 0 character(s); a language model needs a longer text"),
         (["--text", str(tmp_path / "one.txt")], "has 1 character(s); a language model needs a longer text"),
-        (["--text", str(tmp_path / "short.txt")], "has 72 characters, too short for one window of --seq-len 128"),
+        (["--text", str(tmp_path / "short.txt")], "has 54 characters, too short for one window of --seq-len 64"),
         (["--text", str(tmp_path / "latin.txt")], "is not valid utf-8 (byte 0xe0 at offset 18); pass --encoding"),
         (["--cell", "transformer"], "cell: expected one of lstm, gru, rnn, got 'transformer'"),
         (["--cell", "gru", "--peephole"], "peephole: only an LSTM has this option, not cell='gru'"),

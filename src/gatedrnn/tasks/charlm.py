@@ -61,14 +61,14 @@ class CharLMConfig:
     """GRU only: ``after`` (torch.nn, cuDNN) or ``before`` (Cho et al. 2014)."""
     engine: str = "auto"
     # data
-    seq_len: int = 128
-    batch: int = 32
+    seq_len: int = 64
+    batch: int = 64
     val_frac: float = 0.1
     stateful: bool = False
     """Carry the hidden state across consecutive windows (truncated BPTT, as char-rnn)."""
     encoding: str = "utf-8"
     # optimisation
-    lr: float = 3e-3
+    lr: float = 4e-3
     weight_decay: float = 0.1
     clip: float = 1.0
     warmup: int = 20
