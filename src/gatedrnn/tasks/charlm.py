@@ -609,7 +609,7 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
         return val
 
     budget = training.Budget(steps=config.steps, minutes=config.minutes, elapsed=elapsed)
-    bar = training.Progress(budget, unit="char", enabled=progress and info.is_main)
+    bar = training.Progress(budget, unit="char", enabled=progress and info.is_main, start_step=step)
     train_avg, last_val = math.nan, history[-1]["val_nats"] if history else math.nan
     saved_step = step if resume else -1
     stopped = "budget"
