@@ -171,10 +171,10 @@ def test_ddp_two_processes_match_one_process_with_their_batches(text: Path, tmp_
     ddp, one = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
     for name in one:
         torch.testing.assert_close(ddp[name], one[name], rtol=1e-4, atol=1e-5)
-    assert not torch.equal(ddp["rnn.weight_hh_l0"], charlm_initial(text)["rnn.weight_hh_l0"])
+    assert not torch.equal(ddp["rnn.weight_hh_l0"], _initial_weights(text)["rnn.weight_hh_l0"])
 
 
-def charlm_initial(text: Path) -> dict[str, torch.Tensor]:
+def _initial_weights(text: Path) -> dict[str, torch.Tensor]:
     vocab = charlm.Vocab.of(text.read_text())
     training.seed_everything(0)
     return charlm.CharLM(len(vocab), dataclasses.replace(TINY_CONFIG, dropout=0.0)).state_dict()

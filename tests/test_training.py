@@ -177,6 +177,10 @@ def test_progress_shows_step_metrics_and_throughput(capsys: pytest.CaptureFixtur
     bar.close()
     out, err = capsys.readouterr()
     assert "step=1/4" in err and "loss=2.5000" in err and "char/s=" in err and "a sample line" in out
+    resumed = training.Progress(Budget(steps=10), start_step=5)
+    resumed.update(6, 10)
+    resumed.close()
+    assert " 50%|" in capsys.readouterr().err  # the bar starts where the resumed run stands, not at 0%
     quiet = training.Progress(Budget(steps=4), enabled=False)
     quiet.update(1, 10)
     quiet.write("nothing")

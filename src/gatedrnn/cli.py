@@ -67,7 +67,7 @@ def list_engines(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatedrnn", description="Gated recurrent networks: RNN, LSTM, GRU.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = commands.add_parser("cells", help="build, run and compare every cell variant (the demo)",
+    p = commands.add_parser("cells", help="build, run and compare every cell variant",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cells", default="", help="comma-separated variant names (default: all): " + ", ".join(VARIANTS))
     p.add_argument("--input-size", type=int, default=16, help="I, features per step")

@@ -446,13 +446,16 @@ class Progress:
     """A progress bar over a :class:`Budget`: ``step``, the task's metrics, throughput in ``unit``/s and an ETA.
 
     The bar counts per mille of the budget, so a budget in steps, in minutes or both gets one bar and one ETA.
+    ``start_step`` is where a resumed run starts, so that the ETA counts only this session's pace.
     ``enabled=False`` (other ranks, quiet runs) prints nothing.
     """
 
-    def __init__(self, budget: Budget, *, unit: str = "sample", enabled: bool = True, desc: str = "train") -> None:
+    def __init__(self, budget: Budget, *, unit: str = "sample", enabled: bool = True, desc: str = "train",
+                 start_step: int = 0) -> None:
         self.budget = budget
         self.unit = unit
-        self._bar = tqdm(total=1000, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True,
+        self._bar = tqdm(total=1000, initial=int(1000 * budget.fraction(start_step)), desc=desc,
+                         disable=not enabled, dynamic_ncols=True, leave=True,
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
         self._units = 0
         self._t0 = time.perf_counter()

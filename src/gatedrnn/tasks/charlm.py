@@ -126,9 +126,6 @@ class CharLMConfig:
         except LookupError as error:
             raise ValueError(f"encoding: unknown text encoding {self.encoding!r}") from error
 
-    MODEL_FIELDS = ("cell", "layers", "hidden", "embed", "dropout", "peephole", "coupled", "layer_norm",
-                    "forget_bias", "reset")
-    """Fields that define the network (and so the shape of the weights)."""
     RUN_FIELDS = ("device", "engine", "steps", "minutes", "eval_every", "patience")
     """Fields a resumed run may change: where it runs and how long; everything else decides the trajectory."""
 
@@ -233,13 +230,14 @@ def random_windows(train_ids: Tensor, config: CharLMConfig, seed: int) -> tuple[
 def stream_windows(train_ids: Tensor, config: CharLMConfig, rank: int, world: int, position: int) -> tuple[
         Tensor, Tensor]:
     """The windows at ``position`` of this rank's ``batch`` contiguous streams (the text cut in ``B·world``)."""
-    length = len(train_ids) // (config.batch * world)
+    length = stream_length(train_ids, config, world)
     streams = train_ids[: length * config.batch * world].view(config.batch * world, length)  # (B·world, L)
     rows = streams[rank * config.batch : (rank + 1) * config.batch, position : position + config.seq_len + 1]
     return rows[:, :-1], rows[:, 1:]
 
 
 def stream_length(train_ids: Tensor, config: CharLMConfig, world: int) -> int:
+    """Characters in each of the ``batch · world`` streams of a stateful run (the remainder is left out)."""
     return len(train_ids) // (config.batch * world)
 
 
@@ -609,7 +607,7 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
         return val
 
     budget = training.Budget(steps=config.steps, minutes=config.minutes, elapsed=elapsed)
-    bar = training.Progress(budget, unit="char", enabled=progress and info.is_main)
+    bar = training.Progress(budget, unit="char", enabled=progress and info.is_main, start_step=step)
     train_avg, last_val = math.nan, history[-1]["val_nats"] if history else math.nan
     saved_step = step if resume else -1
     stopped = "budget"
