@@ -1,0 +1,253 @@
+"""Sequence classification: data → model → training loop → checkpoint → evaluation → prediction.
+
+Three kinds of data, one model:
+
+- ``rotten-tomatoes`` (bundled): review snippets, positive or negative; a fixed, seeded, stratified 80/10/10
+  train/validation/test split; word or character tokens with a vocabulary built from the training split only.
+- ``csv``: a user's CSV with a text and a label column, handled exactly like the reviews.
+- ``japanese-vowels`` (bundled): 12-channel series of length 7–29, nine speakers, the official 270/370
+  train/test split; 10% of the training series (stratified, seeded) are held out for validation. Each channel is
+  standardised with the mean and standard deviation of the training series only.
+
+The model embeds tokens (text) or reads the channels directly (series), runs a (bi)directional gatedrnn
+LSTM/GRU/RNN over the padded batch with ``lengths`` (so padding never enters a state), pools the outputs over each
+sequence's own length (``last`` state, ``mean`` or ``max``) and classifies the pooled vector with a linear layer:
+
+.. math::
+
+    o_{1..T} = \\mathrm{RNN}(e_{1..T}), \\quad p = \\mathrm{pool}(o_{1..T_b}), \\quad
+    \\hat y = \\mathrm{softmax}(W p + b)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .. import training
+from ..checks import check_choice
+from ..datasets import (
+    SeriesData,
+    Vocabulary,
+    japanese_vowels,
+    read_text_csv,
+    read_ts,
+    rotten_tomatoes,
+    stratified_split,
+    tokenize,
+)
+from ..metrics import accuracy, confusion_matrix, macro_f1
+from ..variants import VARIANTS, variant
+
+DATASETS = ("rotten-tomatoes", "japanese-vowels", "csv")
+POOLINGS = ("last", "mean", "max")
+
+
+@dataclass
+class ClassifyConfig:
+    """Everything that defines a classifier and its data; saved as ``config.json`` beside the weights."""
+
+    data: str = "rotten-tomatoes"
+    csv: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    tokens: str = "word"
+    min_count: int = 1
+    cell: str = "lstm"
+    bidirectional: bool = True
+    layers: int = 1
+    embedding_size: int = 128
+    hidden_size: int = 128
+    pooling: str = "max"
+    dropout: float = 0.4
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    engine: str = "auto"
+    # Filled in from the training split when training starts.
+    labels: list[str] = field(default_factory=list)
+    channel_mean: list[float] = field(default_factory=list)
+    channel_std: list[float] = field(default_factory=list)
+
+    def check(self) -> None:
+        check_choice("data", self.data, DATASETS)
+        check_choice("tokens", self.tokens, ("word", "char"))
+        check_choice("pooling", self.pooling, POOLINGS)
+        variant(self.cell)
+        if (self.data == "csv") != (self.csv is not None):
+            raise ValueError("csv: give --csv FILE exactly when --data is 'csv'")
+
+    @property
+    def is_text(self) -> bool:
+        return self.data != "japanese-vowels"
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Split:
+    """Encoded examples of one split: token ids ``(T_i,)`` int64 or series ``(T_i, C)`` float32, label ids."""
+
+    inputs: list[Tensor]
+    targets: Tensor
+
+
+@dataclass
+class Prepared:
+    train: Split
+    validation: Split
+    test: Split
+    vocab: Vocabulary | None
+
+
+def _text_split(texts: Sequence[str], labels: Sequence[str], config: ClassifyConfig, vocab: Vocabulary) -> Split:
+    ids = {label: i for i, label in enumerate(config.labels)}
+    inputs = []
+    for text in texts:
+        tokens = tokenize(text, config.tokens)
+        if not tokens:
+            raise ValueError(f"text: {text!r} has no {config.tokens} tokens")
+        inputs.append(torch.tensor(vocab.encode(tokens), dtype=torch.int64))
+    return Split(inputs, torch.tensor([ids[label] for label in labels], dtype=torch.int64))
+
+
+def _series_split(data: SeriesData, config: ClassifyConfig) -> Split:
+    ids = {label: i for i, label in enumerate(config.labels)}
+    mean, std = np.array(config.channel_mean, np.float32), np.array(config.channel_std, np.float32)
+    inputs = [torch.from_numpy((x - mean) / std) for x in data.series]
+    return Split(inputs, torch.tensor([ids[label] for label in data.labels], dtype=torch.int64))
+
+
+def check_labels(labels: Sequence[str], known: Sequence[str], where: str) -> None:
+    unseen = sorted(set(labels) - set(known))
+    if unseen:
+        raise ValueError(f"label: {where} has labels not seen in training: {unseen}; known labels: {list(known)}")
+
+
+def prepare(config: ClassifyConfig, vocab: Vocabulary | None = None) -> Prepared:
+    """Load and split the data. Without ``vocab`` (training), fit the vocabulary, labels and channel scaling on
+    the training split and store them in ``config``; with it (evaluation), reuse those of the checkpoint."""
+    fitting = vocab is None
+    if config.is_text:
+        data = rotten_tomatoes() if config.data == "rotten-tomatoes" else read_text_csv(
+            config.csv, config.text_column, config.label_column)  # type: ignore[arg-type]
+        parts = stratified_split(data.labels, (0.8, 0.1, 0.1), config.seed)
+        texts = [[data.texts[i] for i in part] for part in parts]
+        labels = [[data.labels[i] for i in part] for part in parts]
+        if fitting:
+            config.labels = sorted(set(labels[0]))
+            if len(config.labels) < 2:
+                raise ValueError(f"label: the training split has only the label(s) {config.labels}; need 2 or more")
+            vocab = Vocabulary.build((tokenize(t, config.tokens) for t in texts[0]), config.min_count)
+        for name, part in zip(("validation split", "test split"), labels[1:]):
+            check_labels(part, config.labels, name)
+        assert vocab is not None
+        train, validation, test = (_text_split(t, y, config, vocab) for t, y in zip(texts, labels))
+        return Prepared(train, validation, test, vocab)
+    train_data, test_data = japanese_vowels()
+    parts = stratified_split(train_data.labels, (0.9, 0.1, 0.0), config.seed)
+    train_part = SeriesData([train_data.series[i] for i in parts[0]], [train_data.labels[i] for i in parts[0]],
+                            train_data.class_labels)
+    validation_part = SeriesData([train_data.series[i] for i in parts[1]], [train_data.labels[i] for i in parts[1]],
+                                 train_data.class_labels)
+    if fitting:
+        config.labels = list(train_data.class_labels)
+        stacked = np.concatenate(train_part.series)  # (sum of T_i, C): the training series only
+        config.channel_mean = stacked.mean(0).tolist()
+        config.channel_std = np.maximum(stacked.std(0), 1e-6).tolist()
+    return Prepared(*(_series_split(d, config) for d in (train_part, validation_part, test_data)), vocab=None)
+
+
+def collate(inputs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Pad a batch time-major: ``(T, B)`` token ids or ``(T, B, C)`` values, and ``lengths`` ``(B,)``."""
+    lengths = torch.tensor([len(x) for x in inputs], dtype=torch.int64)
+    return nn.utils.rnn.pad_sequence(list(inputs)), lengths
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None) -> list[Tensor]:
+    """Index batches. With a generator (training): shuffled, then sorted by length within pools of 50 batches so
+    that a batch holds similar lengths (less padding, fewer wasted time steps), and the batch order shuffled."""
+    n = len(split.inputs)
+    if generator is None:
+        return list(torch.arange(n).split(batch_size))
+    order = torch.randperm(n, generator=generator)
+    lengths = torch.tensor([len(x) for x in split.inputs])
+    out = []
+    for pool in order.split(batch_size * 50):
+        pool = pool[torch.argsort(lengths[pool], stable=True)]
+        out.extend(pool.split(batch_size))
+    return [out[i] for i in torch.randperm(len(out), generator=generator)]
+
+
+# --------------------------------------------------------------------------------------------------------- model
+
+
+class SequenceClassifier(nn.Module):
+    """Embedding (text) or raw channels (series) → gatedrnn layer → pooling over each length → linear classifier.
+
+    Inputs: ``x`` ``(T, B)`` token ids or ``(T, B, C)`` values, ``lengths`` ``(B,)``. Output: logits ``(B, K)``.
+    """
+
+    def __init__(self, config: ClassifyConfig, vocab_size: int, input_size: int) -> None:
+        super().__init__()
+        self.pooling = config.pooling
+        self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=0) if vocab_size else None
+        width = config.embedding_size if vocab_size else input_size
+        self.rnn = variant(config.cell).build(
+            width, config.hidden_size, num_layers=config.layers, bidirectional=config.bidirectional,
+            dropout=config.dropout if config.layers > 1 else 0.0, engine=config.engine)
+        self.dropout = nn.Dropout(config.dropout)
+        directions = 2 if config.bidirectional else 1
+        out_width = getattr(self.rnn, "proj_size", 0) or config.hidden_size
+        self.classifier = nn.Linear(directions * out_width, len(config.labels))
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        e = self.dropout(self.embedding(x)) if self.embedding is not None else x  # (T, B, E)
+        out, state = self.rnn(e, lengths=lengths)  # out (T, B, D*H), zero past each length
+        if self.pooling == "last":
+            h_n = state[0] if isinstance(state, tuple) else state  # (L*D, B, H)
+            directions = 2 if self.rnn.bidirectional else 1
+            pooled = torch.cat(list(h_n[-directions:]), dim=1)  # forward: last step; backward: first step
+        else:
+            valid = (torch.arange(out.shape[0], device=out.device).unsqueeze(1) < lengths.to(out.device))
+            valid = valid.unsqueeze(2)  # (T, B, 1)
+            if self.pooling == "mean":
+                pooled = (out * valid).sum(0) / valid.sum(0)
+            else:
+                pooled = out.masked_fill(~valid, -math.inf).amax(0)
+        return self.classifier(self.dropout(pooled))
+
+
+def build_model(config: ClassifyConfig, vocab: Vocabulary | None) -> SequenceClassifier:
+    return SequenceClassifier(config, len(vocab) if vocab is not None else 0, len(config.channel_mean))
+
+
+@torch.no_grad()
+def predict_proba(model: SequenceClassifier, inputs: Sequence[Tensor], device: torch.device,
+                  batch_size: int = 256) -> Tensor:
+    """Class probabilities ``(N, K)`` in input order."""
+    model.eval()
+    probabilities = []
+    for start in range(0, len(inputs), batch_size):
+        x, lengths = collate(inputs[start : start + batch_size])
+        probabilities.append(F.softmax(model(x.to(device), lengths), dim=1).cpu())
+    return torch.cat(probabilities)
+
+
+def evaluate(model: SequenceClassifier, split: Split, classes: int, device: torch.device) -> dict[str, object]:
+    predicted = predict_proba(model, split.inputs, device).argmax(1)
+    matrix = confusion_matrix(split.targets.numpy(), predicted.numpy(), classes)
+    return {"accuracy": accuracy(matrix), "macro_f1": macro_f1(matrix), "confusion": matrix}
