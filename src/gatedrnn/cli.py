@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .engine import engines, resolve
+from .tasks import classify
 from .variants import VARIANTS, variant
 
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cells)
     p = commands.add_parser("engines", help="list the engines and whether they are available here")
     p.set_defaults(run=list_engines)
+    classify.register(commands)
     return parser
 
 

@@ -22,10 +22,8 @@ sequence's own length (``last`` state, ``mean`` or ``max``) and classifies the p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .. import training
+from .. import plots, training
 from ..checks import check_choice
 from ..datasets import (
     SeriesData,
@@ -48,7 +46,8 @@ from ..datasets import (
     tokenize,
 )
 from ..metrics import accuracy, confusion_matrix, macro_f1
-from ..variants import VARIANTS, variant
+from ..variants import variant
+from . import supervised
 
 DATASETS = ("rotten-tomatoes", "japanese-vowels", "csv")
 POOLINGS = ("last", "mean", "max")
@@ -63,7 +62,7 @@ class ClassifyConfig:
     text_column: str = "text"
     label_column: str = "label"
     tokens: str = "word"
-    min_count: int = 1
+    min_count: int = 2
     cell: str = "lstm"
     bidirectional: bool = True
     layers: int = 1
@@ -251,3 +250,206 @@ def evaluate(model: SequenceClassifier, split: Split, classes: int, device: torc
     predicted = predict_proba(model, split.inputs, device).argmax(1)
     matrix = confusion_matrix(split.targets.numpy(), predicted.numpy(), classes)
     return {"accuracy": accuracy(matrix), "macro_f1": macro_f1(matrix), "confusion": matrix}
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def train(config: ClassifyConfig, loop: supervised.Loop, out: Path, *, resume: bool = False,
+          device: str = "auto") -> supervised.Result:
+    """Train a classifier into ``out``; the weights with the best validation accuracy are kept."""
+    config.check()
+    dist = training.setup_distributed(device)
+    try:
+        training.seed_everything(config.seed)
+        if resume:  # the labels, vocabulary and scaling come from the saved run, fitted on its training split
+            config = load_config(out)
+            vocab = load_vocab(out, config)
+            data = prepare(config, vocab)
+        else:
+            data = prepare(config)
+        supervised.start_run(out, asdict(config), resume, "classify")
+        if data.vocab is not None and dist.is_main and not resume:
+            training.write_json(out / "vocab.json", data.vocab.tokens)
+        model = build_model(config, data.vocab).to(dist.device)
+        classes = len(config.labels)
+
+        def loss_of(m: nn.Module, batch: Tensor) -> tuple[Tensor, int]:
+            x, lengths = collate([data.train.inputs[i] for i in batch])
+            return F.cross_entropy(m(x.to(dist.device), lengths), data.train.targets[batch].to(dist.device)), len(batch)
+
+        def validate(m: nn.Module) -> tuple[float, str]:
+            scores = evaluate(m, data.validation, classes, dist.device)  # type: ignore[arg-type]
+            accuracy, f1 = scores["accuracy"], scores["macro_f1"]
+            return accuracy, f"validation accuracy {accuracy:.4f}, macro-F1 {f1:.4f}"
+
+        return supervised.fit(
+            model, out=out, loop=loop, seed=config.seed, resume=resume,
+            epoch_batches=lambda g: batches(data.train, config.batch_size, g),
+            loss_of=loss_of, validate=validate, dist=dist, unit="seq")
+    finally:
+        training.teardown_distributed(dist)
+
+
+def load_config(out: Path) -> ClassifyConfig:
+    saved = training.read_json(out / supervised.CONFIG)
+    known = {f.name for f in fields(ClassifyConfig)}
+    if not isinstance(saved, dict) or set(saved) - known:
+        raise training.CheckpointError(f"{out / supervised.CONFIG}: not a classify configuration")
+    return ClassifyConfig(**saved)
+
+
+def load_vocab(out: Path, config: ClassifyConfig) -> Vocabulary | None:
+    if not config.is_text:
+        return None
+    tokens = training.read_json(out / "vocab.json")
+    return Vocabulary(tokens[2:])  # the first two are <pad> and <unk>
+
+
+def load(out: Path, device: torch.device) -> tuple[ClassifyConfig, Vocabulary | None, SequenceClassifier]:
+    """The configuration, vocabulary and best weights of a trained classifier."""
+    config = load_config(out)
+    vocab = load_vocab(out, config)
+    model = build_model(config, vocab)
+    training.load_weights(out / supervised.WEIGHTS, model)
+    return config, vocab, model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- evaluation, use
+
+
+def report(config: ClassifyConfig, scores: dict[str, object], title: str, plot: Path) -> str:
+    """Accuracy, macro-F1 and the confusion matrix as text; the matrix also as a PNG at ``plot``."""
+    matrix = scores["confusion"]
+    assert isinstance(matrix, np.ndarray)
+    plots.confusion_plot(plot, matrix, config.labels, f"{title}: accuracy {scores['accuracy']:.3f}")
+    width = max(6, *(len(label) for label in config.labels))
+    lines = [title, f"accuracy  {scores['accuracy']:.4f}  ({int(np.trace(matrix))}/{int(matrix.sum())})",
+             f"macro-F1  {scores['macro_f1']:.4f}", "", "confusion matrix (rows: true, columns: predicted)",
+             " " * width + " " + " ".join(label.rjust(width) for label in config.labels)]
+    for label, row in zip(config.labels, matrix):
+        lines.append(label.rjust(width) + " " + " ".join(str(n).rjust(width) for n in row))
+    lines.append(f"plot: {plot}")
+    return "\n".join(lines)
+
+
+def eval_split(out: Path, device: torch.device, split: str = "test", csv: str | None = None) -> tuple[
+        ClassifyConfig, dict[str, object], str]:
+    """Scores of a trained classifier on its data's ``split``, or on a labelled CSV with the training columns."""
+    check_choice("split", split, ("train", "validation", "test"))
+    config, vocab, model = load(out, device)
+    if csv is not None:
+        if not config.is_text:
+            raise ValueError("csv: this classifier reads series, not text; evaluate it on its own test split")
+        data = read_text_csv(csv, config.text_column if config.data == "csv" else "text",
+                             config.label_column if config.data == "csv" else "label")
+        check_labels(data.labels, config.labels, csv)
+        assert vocab is not None
+        part = _text_split(data.texts, data.labels, config, vocab)
+        where = csv
+    else:
+        part = getattr(prepare(config, vocab), split)
+        where = f"{config.data} {split} split"
+    return config, evaluate(model, part, len(config.labels), device), where
+
+
+def predict_texts(out: Path, texts: Sequence[str], device: torch.device) -> list[tuple[str, float]]:
+    """The most probable label and its probability for each text."""
+    config, vocab, model = load(out, device)
+    if not config.is_text or vocab is None:
+        raise ValueError("text: this classifier reads series; give a .ts file with --ts")
+    inputs = []
+    for text in texts:
+        tokens = tokenize(text, config.tokens)
+        if not text.strip() or not tokens:
+            raise ValueError(f"text: expected a non-empty text, got {text!r}")
+        inputs.append(torch.tensor(vocab.encode(tokens), dtype=torch.int64))
+    probabilities = predict_proba(model, inputs, device)
+    best = probabilities.argmax(1)
+    return [(config.labels[k], float(probabilities[i, k])) for i, k in enumerate(best.tolist())]
+
+
+def predict_series(out: Path, path: str, device: torch.device) -> list[tuple[str, float]]:
+    config, _, model = load(out, device)
+    if config.is_text:
+        raise ValueError("ts: this classifier reads text; give texts as arguments or on stdin")
+    data = read_ts(path)
+    if data.series[0].shape[1] != len(config.channel_mean):
+        raise ValueError(f"ts: {path} has {data.series[0].shape[1]} dimensions, the model reads "
+                         f"{len(config.channel_mean)}")
+    mean, std = np.array(config.channel_mean, np.float32), np.array(config.channel_std, np.float32)
+    probabilities = predict_proba(model, [torch.from_numpy((x - mean) / std) for x in data.series], device)
+    best = probabilities.argmax(1)
+    return [(config.labels[k], float(probabilities[i, k])) for i, k in enumerate(best.tolist())]
+
+
+# --------------------------------------------------------------------------------------------------- command line
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    config = ClassifyConfig(**{f.name: getattr(args, f.name) for f in fields(ClassifyConfig)
+                               if hasattr(args, f.name)})
+    if args.csv is not None and args.data == "rotten-tomatoes":
+        config.data = "csv"  # --csv alone means the user's file
+    result = train(config, supervised.loop_from(args), args.out, resume=args.resume, device=args.device)
+    print(f"trained {result.step} steps in {result.elapsed:.0f} s; best validation accuracy "
+          f"{result.best_score:.4f} at step {result.best_step}; weights in {args.out / supervised.WEIGHTS}")
+    return 0
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    device = training.resolve_device(args.device)
+    config, scores, where = eval_split(args.out, device, args.split, args.csv)
+    plot = args.plot or args.out / f"confusion_{args.split if args.csv is None else 'csv'}.png"
+    print(report(config, scores, f"{config.cell} on {where}", plot))
+    return 0
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    device = training.resolve_device(args.device)
+    if args.ts is not None:
+        names = [f"series {i}" for i in range(len(read_ts(args.ts).series))]
+        results = predict_series(args.out, args.ts, device)
+    else:
+        names = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not names:
+            raise ValueError("text: expected a text as an argument or lines on stdin, got none")
+        results = predict_texts(args.out, names, device)
+    for name, (label, probability) in zip(names, results):
+        print(f"{label}\t{probability:.4f}\t{name}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``gatedrnn classify train|eval|predict`` to the CLI."""
+    task = commands.add_parser("classify", help="sequence classification: reviews, speakers, your CSV")
+    verbs = task.add_subparsers(dest="verb", required=True, metavar="VERB")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = verbs.add_parser("train", help="train a classifier", formatter_class=fmt)
+    p.add_argument("--data", default="rotten-tomatoes", help="bundled data set or csv: " + ", ".join(DATASETS))
+    p.add_argument("--csv", default=None, help="your CSV of labelled texts (implies --data csv)")
+    p.add_argument("--text-column", default="text", help="the CSV's text column")
+    p.add_argument("--label-column", default="label", help="the CSV's label column")
+    p.add_argument("--tokens", default="word", help="token level: word or char")
+    p.add_argument("--min-count", type=int, default=2, help="keep tokens seen this often in the training split")
+    p.add_argument("--embedding-size", type=int, default=128, help="token embedding width")
+    p.add_argument("--hidden-size", type=int, default=128, help="H, hidden units per direction")
+    p.add_argument("--unidirectional", dest="bidirectional", action="store_false", help="forward direction only")
+    p.add_argument("--pooling", default="max", help="how the outputs become one vector: " + ", ".join(POOLINGS))
+    p.add_argument("--dropout", type=float, default=0.4, help="dropout on embeddings and the pooled vector")
+    supervised.add_options(p, steps=2000, eval_every=100, lr=3e-3, batch_size=64)
+    p.set_defaults(run=_train_command)
+    p = verbs.add_parser("eval", help="accuracy, macro-F1 and confusion matrix (text and PNG)", formatter_class=fmt)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--split", default="test", help="which split: train, validation or test")
+    p.add_argument("--csv", default=None, help="evaluate on this labelled CSV instead (the training columns)")
+    p.add_argument("--plot", type=Path, default=None, help="confusion-matrix PNG (default: in --out)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(run=_eval_command)
+    p = verbs.add_parser("predict", help="label and probability of new texts (arguments or stdin lines)",
+                         formatter_class=fmt)
+    p.add_argument("text", nargs="*", help="texts to classify (default: one per line on stdin)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--ts", default=None, help="classify the series of this .ts file instead")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(run=_predict_command)
