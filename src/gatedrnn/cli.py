@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .engine import engines, resolve
-from .tasks import classify
+from .tasks import classify, forecast
 from .variants import VARIANTS, variant
 
 
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("engines", help="list the engines and whether they are available here")
     p.set_defaults(run=list_engines)
     classify.register(commands)
+    forecast.register(commands)
     return parser
 
 

@@ -18,7 +18,7 @@ import csv
 import io
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,10 +45,9 @@ def open_text(path: str | Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
-def read_csv_rows(path: str | Path, columns: Sequence[tuple[str, str]]) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and rows of a CSV; every ``(option, column)`` in ``columns`` must be in the header.
-
-    ``option`` names the command-line option that chose the column, so that the error says what to change.
+def read_csv_rows(path: str | Path, columns: Sequence[tuple[str, str]]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a CSV with the file line each ends on; every ``(option, column)`` of ``columns`` must be in
+    the header. ``option`` names the command-line option that chose the column, so the error says what to change.
     """
     with open_text(path) as f:
         reader = csv.DictReader(f)
@@ -58,7 +57,7 @@ def read_csv_rows(path: str | Path, columns: Sequence[tuple[str, str]]) -> tuple
         for option, column in columns:
             if column not in header:
                 raise ValueError(f"{option}: no column {column!r} in {path}; its columns are: {', '.join(header)}")
-        return header, list(reader)
+        return [(reader.line_num, row) for row in reader]  # line_num: quoted fields may span lines
 
 
 @dataclass
@@ -69,11 +68,15 @@ class TextData:
     labels: list[str]
 
 
-def read_text_csv(path: str | Path, text_column: str, label_column: str) -> TextData:
-    """Texts and labels from a CSV; an empty text or label is an error naming its line."""
-    _, rows = read_csv_rows(path, [("--text-column", text_column), ("--label-column", label_column)])
+def read_text_csv(path: str | Path, text_column: str, label_column: str,
+                  keep: Callable[[str], bool] | None = None) -> TextData:
+    """Texts and labels from a CSV (only rows whose label passes ``keep``, if given); an empty text or label is
+    an error naming its line."""
+    rows = read_csv_rows(path, [("--text-column", text_column), ("--label-column", label_column)])
     texts, labels = [], []
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
+    for line, row in rows:
+        if keep is not None and not keep(row[label_column] or ""):
+            continue
         text, label = (row[text_column] or "").strip(), (row[label_column] or "").strip()
         if not text:
             raise ValueError(f"csv: empty text in column {text_column!r} on line {line} of {path}")
@@ -92,8 +95,8 @@ def rotten_tomatoes(path: str | Path | None = None) -> TextData:
     Plot synopses (category ``plot``) are not reviews and are dropped. Exact duplicate texts (56 in the bundled
     file) are kept once, at their first occurrence, so that no text can land in both training and test split.
     """
-    data = read_text_csv(path or bundled("rotten_tomatoes.csv.bz2"), "text", "category")
     names = {"fresh": "positive", "rotten": "negative"}
+    data = read_text_csv(path or bundled("rotten_tomatoes.csv.bz2"), "text", "category", keep=names.__contains__)
     seen: set[str] = set()
     texts, labels = [], []
     for text, category in zip(data.texts, data.labels):

@@ -45,9 +45,8 @@ def read_series_csv(
     filters = dict(filters or {})
     columns = [("--date-column", date_column), ("--value-column", value_column)]
     columns += [("--filter", column) for column in filters]
-    _, rows = read_csv_rows(path, columns)
     found: dict[datetime, tuple[str, float]] = {}
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
+    for line, row in read_csv_rows(path, columns):
         if any(row[column] != wanted for column, wanted in filters.items()):
             continue
         raw_date, raw_value = row[date_column] or "", (row[value_column] or "").strip()
