@@ -72,11 +72,48 @@ def read_series_csv(
     return Series([d for d, _ in ordered], np.array([v for _, v in ordered], dtype=np.float64))
 
 
-def log_returns(values: np.ndarray) -> np.ndarray:
-    """``r_t = log(y_t / y_{t-1})`` for ``t >= 1`` (one shorter than ``values``); prices must be positive."""
-    if (values <= 0).any():
+TRANSFORMS = ("none", "log-return", "seasonal-diff")
+
+
+def lag_of(transform: str, season: int) -> int:
+    """How many steps back a transform's difference reaches (0: none)."""
+    return {"none": 0, "log-return": 1, "seasonal-diff": season}[transform]
+
+
+def apply_transform(values: np.ndarray, transform: str, season: int) -> np.ndarray:
+    """What the model reads and predicts, on the series' own time index (the first ``lag`` steps are NaN):
+
+    - ``none``: ``m_t = y_t``;
+    - ``log-return``: ``m_t = log(y_t / y_{t-1})`` (prices must be positive);
+    - ``seasonal-diff``: ``m_t = y_t - y_{t-s}``, the change since one season ``s`` earlier.
+    """
+    if transform == "none":
+        return values.astype(np.float64)
+    if transform == "log-return" and (values <= 0).any():
         raise ValueError("transform: log returns need positive values; this series has values <= 0")
-    return np.diff(np.log(values))
+    level = np.log(values) if transform == "log-return" else values
+    lag = lag_of(transform, season)
+    out = np.full(len(values), np.nan)
+    out[lag:] = level[lag:] - level[:-lag]
+    return out
+
+
+def invert_transform(values: np.ndarray, origins: np.ndarray, m: np.ndarray, transform: str,
+                     season: int) -> np.ndarray:
+    """Forecasts ``(N, horizon)`` of ``y`` from forecasts ``m`` of the transformed series at each origin ``t``.
+
+    A difference adds up from the last known level: ``y_{t+k} = y_{t+k-lag} + m_{t+k}``, where ``y_{t+k-lag}`` is
+    known when ``k <= lag`` and is itself a forecast otherwise (log returns add up in log space).
+    """
+    if transform == "none":
+        return m
+    lag = lag_of(transform, season)
+    level = np.log(values) if transform == "log-return" else values
+    out = np.empty_like(m)
+    for k in range(1, m.shape[1] + 1):
+        previous = level[origins + k - lag] if k <= lag else out[:, k - 1 - lag]
+        out[:, k - 1] = previous + m[:, k - 1]
+    return np.exp(out) if transform == "log-return" else out
 
 
 def chronological_split(n: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> tuple[int, int]:
@@ -107,12 +144,13 @@ class Scaler:
         return z * self.std + self.mean
 
 
-def window_origins(start: int, end: int, window: int, horizon: int) -> np.ndarray:
+def window_origins(start: int, end: int, window: int, horizon: int, lag: int = 0) -> np.ndarray:
     """Forecast origins ``t`` whose targets ``y[t+1 .. t+horizon]`` lie in ``[start, end)``.
 
-    The inputs of origin ``t`` are ``y[t-window+1 .. t]``, so an origin needs ``t >= window - 1``.
+    The inputs of origin ``t`` are ``m[t-window+1 .. t]``; the first ``lag`` steps of a differenced series ``m``
+    have no value, so an origin needs ``t >= lag + window - 1``.
     """
-    first = max(start - 1, window - 1)
+    first = max(start - 1, lag + window - 1)
     return np.arange(first, end - horizon, dtype=np.int64)
 
 

@@ -51,6 +51,8 @@ from . import supervised
 
 DATASETS = ("rotten-tomatoes", "japanese-vowels", "csv")
 POOLINGS = ("last", "mean", "max")
+FITTED = ("labels", "channel_mean", "channel_std")
+"""The configuration fields that training fits to the training split."""
 
 
 @dataclass
@@ -263,14 +265,16 @@ def train(config: ClassifyConfig, loop: supervised.Loop, out: Path, *, resume: b
     try:
         training.seed_everything(config.seed)
         if resume:  # the labels, vocabulary and scaling come from the saved run, fitted on its training split
+            supervised.check_resume(out, {k: v for k, v in asdict(config).items() if k not in FITTED})
             config = load_config(out)
-            vocab = load_vocab(out, config)
-            data = prepare(config, vocab)
+            data = prepare(config, load_vocab(out, config))
         else:
+            supervised.check_fresh(out, "classify")
             data = prepare(config)
-        supervised.start_run(out, asdict(config), resume, "classify")
-        if data.vocab is not None and dist.is_main and not resume:
-            training.write_json(out / "vocab.json", data.vocab.tokens)
+            if dist.is_main:
+                training.write_json(out / supervised.CONFIG, asdict(config))
+                if data.vocab is not None:
+                    training.write_json(out / "vocab.json", data.vocab.tokens)
         model = build_model(config, data.vocab).to(dist.device)
         classes = len(config.labels)
 

@@ -5,20 +5,22 @@ holding several), sorted by date and split chronologically 70/15/15 into trainin
 The scaler is fitted on the training span only. Each example is a window of ``window`` past values ending at an
 origin ``t`` and the ``horizon`` values after it; the targets of an example lie inside one span.
 
-The model reads the window through a gatedrnn LSTM/GRU/RNN and maps its last state to all ``horizon`` steps at
-once (direct multi-step forecasting). On the scaled series ``z`` it predicts a correction to a simple base
-forecast ``b`` read from the window (``--base``):
+The model reads a window of the scaled, optionally differenced series ``m`` (``--transform``: ``none``,
+``m_t = y_t``; ``log-return``, ``m_t = \\log(y_t / y_{t-1})``; ``seasonal-diff``, ``m_t = y_t - y_{t-s}``)
+through a gatedrnn LSTM/GRU/RNN and maps its last state ``h_t`` to all ``horizon`` steps at once (direct
+multi-step forecasting), as a correction to a simple base forecast ``b`` read from the window (``--base``):
 
 .. math::
 
-    \\hat z_{t+k} = b_{t+k} + (W h_t + c)_k, \\qquad k = 1 \\dots \\text{horizon},
+    \\hat m_{t+k} = b_{t+k} + (W h_t + c)_k, \\qquad k = 1 \\dots \\text{horizon},
 
-with ``b_{t+k} = z_t`` (``last``: persistence), ``b_{t+k} = z_{t+k-s}`` (``seasonal``: the value one season
-``s`` earlier, for ``k > s`` the latest season before ``t``) or ``0`` (``zero``). The output layer starts at zero,
-so an untrained model is its base forecast and training has to earn any improvement over it. With
-``--transform log-return`` the model reads and predicts daily log returns ``r_t = \\log(y_t / y_{t-1})`` instead
-(base ``zero``), and its forecast is turned back into prices, ``\\hat y_{t+k} = y_t \\exp(\\sum_{j \\le k}
-\\hat r_{t+j})``, before it is scored.
+with ``b_{t+k} = m_t`` (``last``), ``b_{t+k} = m_{t+k-s}`` (``seasonal``: one season ``s`` earlier, for
+``k > s`` the latest season before ``t``) or ``0`` (``zero``). The output layer starts at zero, so an untrained
+model is its base forecast and training has to earn any improvement over it. Differences are added back up to
+levels before scoring, ``\\hat y_{t+k} = y_{t+k-\\text{lag}} + \\hat m_{t+k}`` (log returns in log space),
+using a forecast level where the known ones end. For hourly temperatures the preset is ``seasonal-diff`` with
+base ``last``: the base forecast is "the same hour yesterday, plus the change over the last 24 h", which the
+model corrects.
 
 ``eval`` scores the forecasts of every origin of the test span with MAE, RMSE and MASE next to two baselines on
 the same targets: persistence (``\\hat y_{t+k} = y_t``) and seasonal naive (the value one season earlier, e.g.
@@ -41,12 +43,15 @@ from .. import plots, training
 from ..checks import check_choice
 from ..datasets import bundled
 from ..timeseries import (
+    TRANSFORMS,
     Scaler,
     Series,
+    apply_transform,
     check_long_enough,
     chronological_split,
     errors,
-    log_returns,
+    invert_transform,
+    lag_of,
     mase_scale,
     parse_date,
     persistence,
@@ -61,13 +66,14 @@ from . import supervised
 PRESETS = {
     # data: the bundled file, its columns and the defaults that suit the series
     "seattle": {"csv": "seattle_temps_hourly.csv", "date_column": "date", "value_column": "temp", "filters": {},
-                "season": 24, "window": 72, "horizon": 24, "transform": "none", "base": "seasonal"},
+                "season": 24, "window": 72, "horizon": 24, "transform": "seasonal-diff", "base": "last"},
     "stocks": {"csv": "stocks_daily.csv.gz", "date_column": "Date", "value_column": "Close",
                "filters": {"Ticker": "AAPL"}, "season": 5, "window": 30, "horizon": 5, "transform": "none",
                "base": "last"},
 }
-TRANSFORMS = ("none", "log-return")
 BASES = ("last", "seasonal", "zero")
+FITTED = ("scaler_mean", "scaler_std", "mase_scale")
+"""The configuration fields that training fits to the training span."""
 
 
 @dataclass
@@ -100,8 +106,6 @@ class ForecastConfig:
         check_choice("data", self.data, ("seattle", "stocks", "csv"))
         check_choice("transform", self.transform, TRANSFORMS)
         check_choice("base", self.base, BASES)
-        if self.transform == "log-return" and self.base != "zero":
-            raise ValueError(f"base: a model of log returns forecasts returns from 0, not {self.base!r}; use zero")
         variant(self.cell)
         for name in ("window", "horizon", "season"):
             value = getattr(self, name)
@@ -122,11 +126,11 @@ class ForecastConfig:
 
 @dataclass
 class Prepared:
-    """The series in the model's terms, its spans and the origins of each span's windows."""
+    """The series, what the model reads, the spans and the origins of each span's windows."""
 
     dates: list[str]  # (n,) as in the file
-    prices: np.ndarray  # (n,) the values that are scored, aligned with ``model_values``
-    model_values: np.ndarray  # (n,) scaled values the model reads: z (levels) or scaled log returns
+    values: np.ndarray  # (n,) the series, in its own units: what is forecast and scored
+    model_values: np.ndarray  # (n,) the scaled transformed series the model reads (NaN for its first lag steps)
     spans: tuple[int, int, int]  # train_end, val_end, n
     origins: dict[str, np.ndarray]
 
@@ -135,35 +139,29 @@ def read_series(config: ForecastConfig, path: str | None = None) -> Series:
     return read_series_csv(path or config.source(), config.date_column, config.value_column, config.filters)
 
 
-def model_view(config: ForecastConfig, series: Series) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(dates, prices, raw model input)``; log returns drop the first date, which has no return."""
-    if config.transform == "log-return":
-        return series.dates[1:], series.values[1:], log_returns(series.values)
-    return series.dates, series.values, series.values
-
-
 def prepare(config: ForecastConfig, fit: bool) -> Prepared:
     """Read, split and scale the series; with ``fit``, fit the scaler and MASE scale on the training span."""
     series = read_series(config)
-    dates, prices, raw = model_view(config, series)
-    n = len(prices)
-    check_long_enough(n, config.window, config.horizon, f"the series in {config.source()}")
+    values, n, lag = series.values, len(series.values), lag_of(config.transform, config.season)
+    check_long_enough(n - lag, config.window, config.horizon, f"the series in {config.source()}"
+                      + (f" (less {lag} steps of the first difference)" if lag else ""))
     train_end, val_end = chronological_split(n)
-    check_long_enough(train_end, config.window, config.horizon, "the training span (70% of the series)")
+    check_long_enough(train_end - lag, config.window, config.horizon, "the training span (70% of the series)")
     for name, length in (("validation", val_end - train_end), ("test", n - val_end)):
         if length < config.horizon:
             raise ValueError(f"--horizon: the {name} span has {length} steps, fewer than --horizon {config.horizon}")
+    raw = apply_transform(values, config.transform, config.season)
     if fit:
-        scaler = Scaler.fit(raw[:train_end])
+        scaler = Scaler.fit(raw[lag:train_end])
         config.scaler_mean, config.scaler_std = scaler.mean, scaler.std
-        config.mase_scale = mase_scale(prices[:train_end], config.season)
+        config.mase_scale = mase_scale(values[:train_end], config.season)
     model_values = Scaler(config.scaler_mean, config.scaler_std).transform(raw)
     origins = {
-        "train": window_origins(0, train_end, config.window, config.horizon),
-        "validation": window_origins(train_end, val_end, config.window, config.horizon),
-        "test": window_origins(val_end, n, config.window, config.horizon),
+        "train": window_origins(0, train_end, config.window, config.horizon, lag),
+        "validation": window_origins(train_end, val_end, config.window, config.horizon, lag),
+        "test": window_origins(val_end, n, config.window, config.horizon, lag),
     }
-    return Prepared(dates, prices, model_values, (train_end, val_end, n), origins)
+    return Prepared(series.dates, values, model_values, (train_end, val_end, n), origins)
 
 
 # --------------------------------------------------------------------------------------------------------- model
@@ -202,12 +200,12 @@ class Forecaster(nn.Module):
 
 def build_batch(values: np.ndarray, origins: np.ndarray, config: ForecastConfig) -> tuple[Tensor, Tensor]:
     """Inputs ``(window, B, 1)`` and targets ``(B, horizon)`` as float32 tensors."""
-    x, y = windows(values, origins, config.window, config.horizon)
+    x, y = windows(values, origins, config.window, config.horizon)  # (B, window), (B, horizon)
     return torch.from_numpy(x.T[:, :, None].astype(np.float32)), torch.from_numpy(y.astype(np.float32))
 
 
 @torch.no_grad()
-def forecast(model: Forecaster, model_values: np.ndarray, prices: np.ndarray, origins: np.ndarray,
+def forecast(model: Forecaster, model_values: np.ndarray, values: np.ndarray, origins: np.ndarray,
              config: ForecastConfig, device: torch.device, batch_size: int = 512) -> np.ndarray:
     """Forecasts ``(N, horizon)`` in the series' own units for each origin (only values up to it are read)."""
     model.eval()
@@ -217,10 +215,8 @@ def forecast(model: Forecaster, model_values: np.ndarray, prices: np.ndarray, or
         x = model_values[chunk[:, None] + np.arange(-config.window + 1, 1)]  # (B, window) up to each origin
         scaled.append(model(torch.from_numpy(x.T[:, :, None].astype(np.float32)).to(device)).cpu().numpy())
     z = np.concatenate(scaled).astype(np.float64) if scaled else np.zeros((0, config.horizon))
-    raw = Scaler(config.scaler_mean, config.scaler_std).inverse(z)
-    if config.transform == "log-return":
-        return prices[origins][:, None] * np.exp(np.cumsum(raw, axis=1))
-    return raw
+    m = Scaler(config.scaler_mean, config.scaler_std).inverse(z)
+    return invert_transform(values, origins, m, config.transform, config.season)
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -234,12 +230,16 @@ def train(config: ForecastConfig, loop: supervised.Loop, out: Path, *, resume: b
     try:
         training.seed_everything(config.seed)
         if resume:  # the scaling comes from the saved run, fitted on its training span
+            supervised.check_resume(out, {k: v for k, v in asdict(config).items() if k not in FITTED})
             config = load_config(out)
+        else:
+            supervised.check_fresh(out, "forecast")
         data = prepare(config, fit=not resume)
-        supervised.start_run(out, asdict(config), resume, "forecast")
+        if not resume and dist.is_main:
+            training.write_json(out / supervised.CONFIG, asdict(config))
         model = Forecaster(config).to(dist.device)
         train_origins = torch.from_numpy(data.origins["train"])
-        truth = {k: windows(data.prices, o, config.window, config.horizon)[1] for k, o in data.origins.items()}
+        truth = {k: windows(data.values, o, config.window, config.horizon)[1] for k, o in data.origins.items()}
 
         def epoch_batches(generator: torch.Generator) -> list[Tensor]:
             return list(train_origins[torch.randperm(len(train_origins), generator=generator)].split(config.batch_size))
@@ -249,7 +249,7 @@ def train(config: ForecastConfig, loop: supervised.Loop, out: Path, *, resume: b
             return F.mse_loss(m(x.to(dist.device)), y.to(dist.device)), len(batch)
 
         def validate(m: nn.Module) -> tuple[float, str]:
-            predicted = forecast(m, data.model_values, data.prices, data.origins["validation"], config,  # type: ignore[arg-type]
+            predicted = forecast(m, data.model_values, data.values, data.origins["validation"], config,  # type: ignore[arg-type]
                                  dist.device)
             scores = errors(predicted, truth["validation"], config.mase_scale)
             return -scores["RMSE"], f"validation RMSE {scores['RMSE']:.4f}, MAE {scores['MAE']:.4f}"
@@ -284,11 +284,11 @@ def evaluate(out: Path, device: torch.device, split: str = "test") -> tuple[Fore
     config, model = load(out, device)
     data = prepare(config, fit=False)
     origins = data.origins[split]
-    truth = windows(data.prices, origins, config.window, config.horizon)[1]
+    truth = windows(data.values, origins, config.window, config.horizon)[1]
     forecasts = {
-        f"{config.cell}": forecast(model, data.model_values, data.prices, origins, config, device),
-        "persistence": persistence(data.prices, origins, config.horizon),
-        f"seasonal naive ({config.season})": seasonal_naive(data.prices, origins, config.horizon, config.season),
+        f"{config.cell}": forecast(model, data.model_values, data.values, origins, config, device),
+        "persistence": persistence(data.values, origins, config.horizon),
+        f"seasonal naive ({config.season})": seasonal_naive(data.values, origins, config.horizon, config.season),
     }
     scores = {name: errors(f, truth, config.mase_scale) for name, f in forecasts.items()}
     last = {name: errors(f[:, -1], truth[:, -1], config.mase_scale) for name, f in forecasts.items()}
@@ -328,13 +328,15 @@ def next_steps(out: Path, device: torch.device, csv: str | None = None) -> list[
     """Forecasts of the ``horizon`` steps after the end of the series (the training file, or ``csv``)."""
     config, model = load(out, device)
     series = read_series(config, csv)
-    dates, prices, raw = model_view(config, series)
-    if len(prices) < config.window:
-        raise ValueError(f"csv: the series has {len(prices)} usable steps, fewer than the model's --window "
-                         f"{config.window}")
+    lag = lag_of(config.transform, config.season)
+    if len(series.values) < lag + config.window:
+        raise ValueError(f"csv: the series has {len(series.values)} steps; the model reads --window "
+                         f"{config.window}" + (f" steps of a difference reaching {lag} steps back" if lag else ""))
+    raw = apply_transform(series.values, config.transform, config.season)
     model_values = Scaler(config.scaler_mean, config.scaler_std).transform(raw)
-    values = forecast(model, model_values, prices, np.array([len(prices) - 1]), config, device)[0]
-    return list(zip(future_dates(dates, config.horizon), values.tolist()))
+    origin = np.array([len(series.values) - 1])
+    values = forecast(model, model_values, series.values, origin, config, device)[0]
+    return list(zip(future_dates(series.dates, config.horizon), values.tolist()))
 
 
 def future_dates(dates: list[str], horizon: int) -> list[str]:
@@ -411,7 +413,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--ticker", default=None, help="keep rows with this Ticker (stocks preset: AAPL)")
     p.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE",
                    help="keep rows where COLUMN equals VALUE (repeatable)")
-    p.add_argument("--transform", default=None, help="none (levels) or log-return (preset: none)")
+    p.add_argument("--transform", default=None, help="what the model reads: none (levels), log-return or "
+                   "seasonal-diff (preset: seasonal-diff hourly / none daily)")
     p.add_argument("--base", default=None, help="forecast the model corrects: last, seasonal or zero (preset: "
                    "seasonal hourly / last daily; zero for log returns)")
     p.add_argument("--window", type=int, default=None, help="input steps (preset: 72 hourly / 30 daily)")

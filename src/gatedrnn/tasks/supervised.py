@@ -49,17 +49,20 @@ class Result:
     elapsed: float
 
 
-def start_run(out: Path, config: Mapping[str, Any], resume: bool, what: str) -> None:
-    """Make ``out`` for a new run (refusing to overwrite one), or check that a resumed run asks for the same
-    configuration as the one that was saved."""
-    if resume:
-        training.check_config(training.read_json(out / CONFIG), config, f"--resume {out}")
-        if not (out / STATE).is_file():
-            raise training.CheckpointError(f"--resume: {out / STATE} is missing; the run never saved its state")
-        return
+def check_fresh(out: Path, what: str) -> None:
+    """A new run must not overwrite a saved one."""
     if (out / STATE).exists():
         raise ValueError(f"out: {out} already holds a {what} run; pass --resume to continue it or choose another --out")
-    training.write_json(out / CONFIG, dict(config))
+
+
+def check_resume(out: Path, wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved configuration of the run in ``out``, after checking that ``wanted`` (the options given now,
+    without what training fits to the data) asks for the same."""
+    saved = training.read_json(out / CONFIG)
+    training.check_config(saved, wanted, f"--resume {out}")
+    if not (out / STATE).is_file():
+        raise training.CheckpointError(f"--resume: {out / STATE} is missing; the run never saved its state")
+    return saved
 
 
 def fit(
