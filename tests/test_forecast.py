@@ -41,8 +41,10 @@ def test_train_eval_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert main(["forecast", "eval", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line[:4] in ("gru ", "pers", "seas")}
-    assert set(rows) == {"gru", "persistence", "seasonal"}
+    rows = {line.split()[0]: line.split()[-4:] for line in text.splitlines()
+            if line[:4] in ("gru ", "pers", "seas", "base")}
+    assert set(rows) == {"gru", "persistence", "seasonal", "base"}
+    assert rows["base"] == rows["seasonal"]  # the untrained model is its base forecast, here seasonal naive
     # 15% of 400 steps = 60 test targets → 60 - 6 + 1 origins whose 6 targets all lie in the test span
     assert "55 origins, horizon 6" in text and (out / "forecast_test.png").stat().st_size > 1000
     assert main(["forecast", "predict", "--out", str(out)]) == 0

@@ -290,6 +290,10 @@ def evaluate(out: Path, device: torch.device, split: str = "test") -> tuple[Fore
         "persistence": persistence(data.values, origins, config.horizon),
         f"seasonal naive ({config.season})": seasonal_naive(data.values, origins, config.horizon, config.season),
     }
+    # The model's own starting point (its output layer at zero), to show what training added to it.
+    untrained = Forecaster(config).to(device)
+    forecasts[f"base only ({config.base})"] = forecast(untrained, data.model_values, data.values, origins, config,
+                                                      device)
     scores = {name: errors(f, truth, config.mase_scale) for name, f in forecasts.items()}
     last = {name: errors(f[:, -1], truth[:, -1], config.mase_scale) for name, f in forecasts.items()}
     first, final = data.dates[origins[0] + 1], data.dates[origins[-1] + config.horizon]
@@ -316,7 +320,7 @@ def report(config: ForecastConfig, result: dict[str, object], split: str, plot: 
     for name, s in scores.items():
         lines.append(f"{name:<24}{s['MAE']:>10.4f}{s['RMSE']:>10.4f}{s['MASE']:>8.3f}   {last[name]['RMSE']:>12.4f}")
     model_rmse = scores[config.cell]["RMSE"]
-    for name in list(scores)[1:]:
+    for name in list(scores)[1:3]:  # the two baselines
         ratio = model_rmse / scores[name]["RMSE"]
         verdict = "beats" if ratio < 1 else "does NOT beat"
         lines.append(f"the model {verdict} {name}: RMSE ratio {ratio:.3f}")
