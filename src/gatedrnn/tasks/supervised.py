@@ -119,11 +119,17 @@ def fit(
                 out / STATE, model=model, optimizer=optimizer, step=step, elapsed=budget.elapsed(),
                 extra={"epoch": epoch, "position": position, "best_score": best_score, "best_step": best_step})
 
+    def finished() -> bool:
+        """Whether to stop; in a distributed run every rank stops at the same step (a budget in minutes or a
+        Ctrl-C may come to one rank first), or the others would wait for it forever."""
+        flag = torch.tensor([float(budget.done(step) or interrupt.requested)], device=dist.device)
+        return bool(training.all_reduce_mean(flag, dist).item() > 0)
+
     batches = shard()
     last_saved = step if resume else -1
     with training.GracefulInterrupt() as interrupt:
         budget.start()
-        while not budget.done(step) and not interrupt.requested:
+        while not finished():
             if position >= len(batches):
                 epoch, position = epoch + 1, 0
                 batches = shard()
