@@ -19,8 +19,8 @@ with ``b_{t+k} = m_t`` (``last``), ``b_{t+k} = m_{t+k-s}`` (``seasonal``: one se
 model is its base forecast and training has to earn any improvement over it. Differences are added back up to
 levels before scoring, ``\\hat y_{t+k} = y_{t+k-\\text{lag}} + \\hat m_{t+k}`` (log returns in log space),
 using a forecast level where the known ones end. For hourly temperatures the preset is ``seasonal-diff`` with
-base ``last``: the base forecast is "the same hour yesterday, plus the change over the last 24 h", which the
-model corrects.
+base ``zero``: the model forecasts the change since the same hour of the day before from scratch (its untrained
+forecast is "the same hour yesterday plus the training span's mean daily change").
 
 ``eval`` scores the forecasts of every origin of the test span with MAE, RMSE and MASE next to two baselines on
 the same targets: persistence (``\\hat y_{t+k} = y_t``) and seasonal naive (the value one season earlier, e.g.
@@ -66,7 +66,7 @@ from . import supervised
 PRESETS = {
     # data: the bundled file, its columns and the defaults that suit the series
     "seattle": {"csv": "seattle_temps_hourly.csv", "date_column": "date", "value_column": "temp", "filters": {},
-                "season": 24, "window": 72, "horizon": 24, "transform": "seasonal-diff", "base": "last"},
+                "season": 24, "window": 72, "horizon": 24, "transform": "seasonal-diff", "base": "zero"},
     "stocks": {"csv": "stocks_daily.csv.gz", "date_column": "Date", "value_column": "Close",
                "filters": {"Ticker": "AAPL"}, "season": 5, "window": 30, "horizon": 5, "transform": "none",
                "base": "last"},
@@ -420,7 +420,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--transform", default=None, help="what the model reads: none (levels), log-return or "
                    "seasonal-diff (preset: seasonal-diff hourly / none daily)")
     p.add_argument("--base", default=None, help="forecast the model corrects: last, seasonal or zero (preset: "
-                   "seasonal hourly / last daily; zero for log returns)")
+                   "zero hourly and for log returns / last daily)")
     p.add_argument("--window", type=int, default=None, help="input steps (preset: 72 hourly / 30 daily)")
     p.add_argument("--horizon", type=int, default=None, help="steps to forecast (preset: 24 hourly / 5 daily)")
     p.add_argument("--season", type=int, default=None, help="seasonal-naive period (preset: 24 hourly / 5 daily)")

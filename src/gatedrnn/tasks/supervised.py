@@ -32,11 +32,11 @@ CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "trainer_state.safe
 class Loop:
     """How to train: the step/minute budget, optimizer settings and how often to validate."""
 
-    steps: int | None
-    minutes: float | None
-    lr: float
-    weight_decay: float
-    eval_every: int
+    steps: int | None = 2000
+    minutes: float | None = None
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    eval_every: int = 100
     clip: float = 1.0
     """Largest gradient norm: recurrent nets occasionally produce exploding gradients."""
 
