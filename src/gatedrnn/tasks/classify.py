@@ -395,6 +395,8 @@ def _train_command(args: argparse.Namespace) -> int:
                                if hasattr(args, f.name)})
     if args.csv is not None and args.data == "rotten-tomatoes":
         config.data = "csv"  # --csv alone means the user's file
+    if config.csv is not None:
+        config.csv = str(Path(config.csv).resolve())  # eval and predict may run from another directory
     result = train(config, supervised.loop_from(args), args.out, resume=args.resume, device=args.device)
     print(f"trained {result.step} steps in {result.elapsed:.0f} s; best validation accuracy "
           f"{result.best_score:.4f} at step {result.best_step}; weights in {args.out / supervised.WEIGHTS}")

@@ -380,7 +380,8 @@ def config_from(args: argparse.Namespace) -> ForecastConfig:
     if data == "csv" and not {"date_column", "value_column"} <= set(given):
         raise ValueError("csv: give --date-column and --value-column with --csv")
     chosen = {**preset, **given}
-    return ForecastConfig(data=data, csv=args.csv, filters=filters, cell=args.cell, layers=args.layers,
+    csv = str(Path(args.csv).resolve()) if args.csv is not None else None  # eval may run from elsewhere
+    return ForecastConfig(data=data, csv=csv, filters=filters, cell=args.cell, layers=args.layers,
                           hidden_size=args.hidden_size, dropout=args.dropout, batch_size=args.batch_size,
                           seed=args.seed, engine=args.engine, **chosen)
 
