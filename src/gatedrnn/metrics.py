@@ -17,8 +17,8 @@ def accuracy(matrix: np.ndarray) -> float:
 
 
 def macro_f1(matrix: np.ndarray) -> float:
-    """The unweighted mean over classes of ``F1 = 2 TP / (2 TP + FP + FN)``; a class never true nor predicted
-    counts as F1 = 0 only if it occurs in the data (classes absent from both are left out of the mean)."""
+    """The unweighted mean over classes of ``F1 = 2 TP / (2 TP + FP + FN)``, over the classes that occur as truth
+    or as prediction (a class absent from both has no F1 and is left out of the mean)."""
     tp = np.diag(matrix).astype(np.float64)
     fp = matrix.sum(0) - tp
     fn = matrix.sum(1) - tp

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -398,6 +399,8 @@ def _train_command(args: argparse.Namespace) -> int:
     if config.csv is not None:
         config.csv = str(Path(config.csv).resolve())  # eval and predict may run from another directory
     result = train(config, supervised.loop_from(args), args.out, resume=args.resume, device=args.device)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
     print(f"trained {result.step} steps in {result.elapsed:.0f} s; best validation accuracy "
           f"{result.best_score:.4f} at step {result.best_step}; weights in {args.out / supervised.WEIGHTS}")
     return 0

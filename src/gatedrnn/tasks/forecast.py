@@ -30,6 +30,7 @@ the same targets: persistence (``\\hat y_{t+k} = y_t``) and seasonal naive (the 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -388,6 +389,8 @@ def config_from(args: argparse.Namespace) -> ForecastConfig:
 
 def _train_command(args: argparse.Namespace) -> int:
     result = train(config_from(args), supervised.loop_from(args), args.out, resume=args.resume, device=args.device)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
     print(f"trained {result.step} steps in {result.elapsed:.0f} s; best validation RMSE {-result.best_score:.4f} "
           f"at step {result.best_step}; weights in {args.out / supervised.WEIGHTS}")
     return 0
