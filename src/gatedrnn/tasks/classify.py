@@ -179,13 +179,10 @@ def collate(inputs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return nn.utils.rnn.pad_sequence(list(inputs)), lengths
 
 
-def batches(split: Split, batch_size: int, generator: torch.Generator | None) -> list[Tensor]:
-    """Index batches. With a generator (training): shuffled, then sorted by length within pools of 50 batches so
-    that a batch holds similar lengths (less padding, fewer wasted time steps), and the batch order shuffled."""
-    n = len(split.inputs)
-    if generator is None:
-        return list(torch.arange(n).split(batch_size))
-    order = torch.randperm(n, generator=generator)
+def batches(split: Split, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """One epoch's training batches of indices: shuffled, then sorted by length within pools of 50 batches so that
+    a batch holds similar lengths (less padding, fewer wasted time steps), and the batch order shuffled."""
+    order = torch.randperm(len(split.inputs), generator=generator)
     lengths = torch.tensor([len(x) for x in split.inputs])
     out = []
     for pool in order.split(batch_size * 50):
@@ -285,8 +282,8 @@ def train(config: ClassifyConfig, loop: supervised.Loop, out: Path, *, resume: b
 
         def validate(m: nn.Module) -> tuple[float, str]:
             scores = evaluate(m, data.validation, classes, dist.device)  # type: ignore[arg-type]
-            accuracy, f1 = scores["accuracy"], scores["macro_f1"]
-            return accuracy, f"validation accuracy {accuracy:.4f}, macro-F1 {f1:.4f}"
+            acc, f1 = scores["accuracy"], scores["macro_f1"]
+            return acc, f"validation accuracy {acc:.4f}, macro-F1 {f1:.4f}"
 
         return supervised.fit(
             model, out=out, loop=loop, seed=config.seed, resume=resume,
