@@ -430,7 +430,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--season", type=int, default=None, help="seasonal-naive period (preset: 24 hourly / 5 daily)")
     p.add_argument("--hidden-size", type=int, default=64, help="H, hidden units")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout between stacked layers")
-    supervised.add_options(p, steps=1500, eval_every=100, lr=3e-3, batch_size=64)
+    supervised.add_options(p, steps=300, eval_every=100, lr=3e-3, batch_size=64)
     p.set_defaults(run=_train_command)
     p = verbs.add_parser("eval", help="MAE, RMSE, MASE against persistence and seasonal naive; plot",
                          formatter_class=fmt)
