@@ -16,6 +16,7 @@ import torch
 
 from .engine import engines, resolve
 from .tasks import charlm
+from .tasks import classify, forecast
 from .variants import VARIANTS, variant
 from .viz import commands as viz_commands
 
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=list_engines)
     charlm.add_commands(commands)
     viz_commands.add_commands(commands)
+    classify.register(commands)
+    forecast.register(commands)
     return parser
 
 
