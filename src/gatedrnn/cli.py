@@ -15,8 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from .engine import engines, resolve
-from .tasks import charlm
-from .tasks import classify, forecast
+from .tasks import charlm, classify, forecast
 from .variants import VARIANTS, variant
 from .viz import commands as viz_commands
 
