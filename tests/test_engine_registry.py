@@ -35,7 +35,7 @@ class SpyEngine(ReferenceEngine):
 
 @pytest.fixture
 def spy() -> Iterator[SpyEngine]:
-    engine = SpyEngine("spy", priority=10)
+    engine = SpyEngine("spy", priority=100)
     registry.register(engine)
     yield engine
     registry._REGISTRY.pop("spy")

@@ -1,0 +1,96 @@
+"""The gpu engine: the recurrence as fused Triton kernels (``kernels.py``), launched by ``launch.py``, wrapped as
+custom ops with autograd (``ops.py``). The layers reach it through the engine registry (``engine="gpu"``, or
+``"auto"`` for CUDA tensors).
+
+Triton ships with PyTorch's CUDA builds and compiles at run time, so users need no CUDA compiler. The kernels are
+imported on first use, so that ``TRITON_INTERPRET=1`` set before that first use runs them on the CPU (tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from ..base import Engine
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def unsupported(spec: CellSpec) -> str | None:
+    """Why the kernels do not run ``spec``, or None when they do."""
+    if spec.layer_norm:
+        return "layer_norm"
+    if isinstance(spec, LSTMSpec) and spec.proj_size:
+        return "proj_size"
+    if isinstance(spec, GRUSpec) and spec.reset == "before":
+        return 'reset="before"'
+    return None
+
+
+class GPUEngine(Engine):
+    """Fused Triton kernels, forward and backward, for CUDA tensors in float32, bfloat16 and float16.
+
+    Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias) and GRUs (reset after); layer-norm cells,
+    projected LSTMs and reset-before GRUs are left to other engines. Products accumulate in float32 and the LSTM
+    cell state stays in float32 through the sequence.
+    """
+
+    name = "gpu"
+    priority = 20
+
+    def status(self) -> tuple[bool, str]:
+        if importlib.util.find_spec("triton") is None:
+            return False, "needs triton (pip install triton)"
+        if torch.cuda.is_available():
+            return True, f"fused Triton kernels on {torch.cuda.get_device_name()}"
+        if os.environ.get("TRITON_INTERPRET", "0") == "1":
+            return True, "Triton's CPU interpreter (TRITON_INTERPRET=1): for testing the kernels, slow"
+        return False, "needs a CUDA device (none found)"
+
+    def covers(self, spec: CellSpec, x: Tensor) -> bool:
+        return x.is_cuda and x.dtype in DTYPES and unsupported(spec) is None
+
+    def run(
+        self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
+    ) -> tuple[Tensor, State]:
+        reason = unsupported(spec)
+        if reason is not None:
+            raise ValueError(f"engine: 'gpu' does not run {reason}")
+        from . import ops  # the kernels are compiled (or interpreted) from here on
+
+        device = gx.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else gx.dtype
+        if dtype not in DTYPES:
+            raise ValueError(f"engine: 'gpu' runs float32, bfloat16 and float16, got {dtype}")
+        lstm = isinstance(spec, LSTMSpec)
+        peephole = None
+        if lstm and spec.peephole:
+            # (3, H): p_i | p_f | p_o; a coupled cell has no forget gate, so its row stays zero.
+            p_f = params["weight_ci"].new_zeros(spec.hidden_size) if spec.coupled else params["weight_cf"]
+            peephole = torch.stack([params["weight_ci"], p_f, params["weight_co"]]).float()
+        bias = params.get("bias_hh")
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (gx, params["weight_hh"], bias, peephole, *state)
+        )
+        out, hs, cs, _ = ops.recurrence(
+            gx.to(dtype).contiguous(),
+            params["weight_hh"].to(dtype).contiguous(),
+            None if bias is None else bias.to(dtype),
+            peephole,
+            state[0].to(dtype).contiguous(),
+            state[1].to(torch.float32).contiguous() if lstm else None,
+            None if lengths is None else lengths.to(device=gx.device, dtype=torch.int64).contiguous(),
+            spec.family,
+            isinstance(spec, RNNSpec) and spec.nonlinearity == "relu",
+            lstm and spec.coupled,
+            float(spec.forget_bias) if lstm else 0.0,
+            save,
+        )
+        if lstm:
+            return out, (hs[-1], cs[-1].to(dtype))
+        return out, (hs[-1],)
