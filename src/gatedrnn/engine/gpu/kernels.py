@@ -73,7 +73,7 @@ def _store_tile(ptr, gate, rows, cols, row_mask, col_mask, H, width, value):
 @triton.jit
 def _recurrent_gates(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
                      NGATES: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """``(W_hh h)`` for the gate rows ``k·H + cols`` of every gate ``k``: up to four ``(BLOCK_B, BLOCK_J)`` tiles."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     acc1 = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
@@ -85,18 +85,18 @@ def _recurrent_gates(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
         k_mask = kk < H
         # .cg: read from L2, never from a stale L1 line, since other programs wrote h_{t-1}.
         h = tl.load(h_ptr + rows[:, None] * H + kk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0,
-                    cache_modifier=".cg")  # (BLOCK_B, BLOCK_K)
+                    cache_modifier=".cg").to(DOT_DTYPE)  # (BLOCK_B, BLOCK_K)
         w_offs = cols[None, :] * H + kk[:, None]  # (BLOCK_K, BLOCK_J): W_hh[k*H + cols, kk] transposed
         w_mask = k_mask[:, None] & col_mask[None, :]
-        acc0 = tl.dot(h, tl.load(w_ptr + w_offs, mask=w_mask, other=0.0), acc0, input_precision=PRECISION)
+        acc0 = tl.dot(h, tl.load(w_ptr + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc0, input_precision=PRECISION)
         if NGATES > 1:
-            acc1 = tl.dot(h, tl.load(w_ptr + H * H + w_offs, mask=w_mask, other=0.0), acc1,
+            acc1 = tl.dot(h, tl.load(w_ptr + H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc1,
                           input_precision=PRECISION)
         if NGATES > 2:
-            acc2 = tl.dot(h, tl.load(w_ptr + 2 * H * H + w_offs, mask=w_mask, other=0.0), acc2,
+            acc2 = tl.dot(h, tl.load(w_ptr + 2 * H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc2,
                           input_precision=PRECISION)
         if NGATES > 3:
-            acc3 = tl.dot(h, tl.load(w_ptr + 3 * H * H + w_offs, mask=w_mask, other=0.0), acc3,
+            acc3 = tl.dot(h, tl.load(w_ptr + 3 * H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc3,
                           input_precision=PRECISION)
     return acc0, acc1, acc2, acc3
 
@@ -117,6 +117,7 @@ def forward_kernel(
     CELL: tl.constexpr, NGATES: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr, COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
@@ -159,7 +160,7 @@ def forward_kernel(
 
     for t in range(t_start, t_stop):
         acc0, acc1, acc2, acc3 = _recurrent_gates(hs_ptr + t * BH, w_ptr, rows, cols, row_mask, col_mask, H,
-                                                  NGATES, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION)
+                                                  NGATES, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
         gx_t = gx_ptr + t * B * GH
         saved_t = saved_ptr + t * B * NSAVED * H
         a0 = _gate_tile(gx_t, 0, rows, cols, row_mask, col_mask, H, GH) + acc0 + b0[None, :]
@@ -234,7 +235,8 @@ def forward_kernel(
 
 @triton.jit
 def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, GH,
-                    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+                    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                    DOT_DTYPE: tl.constexpr):
     """``W_hhᵀ dgh`` for this tile's units: Σ over all ``G·H`` gate rows ``k`` of ``dgh[:, k] W_hh[k, cols]``."""
     acc = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     ks = tl.arange(0, BLOCK_K)
@@ -245,7 +247,7 @@ def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, GH,
                      other=0.0, cache_modifier=".cg")  # (BLOCK_B, BLOCK_K), written by every program
         w = tl.load(w_ptr + kk[:, None] * H + cols[None, :], mask=k_mask[:, None] & col_mask[None, :],
                     other=0.0)  # (BLOCK_K, BLOCK_J)
-        acc = tl.dot(dg.to(w.dtype), w, acc, input_precision=PRECISION)
+        acc = tl.dot(dg.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
     return acc
 
 
@@ -267,6 +269,7 @@ def backward_kernel(
     CELL: tl.constexpr, NGATES: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr, COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_LENGTHS: tl.constexpr, FINAL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     """Steps ``t_hi-1`` down to ``t_lo``; with ``FINAL`` also the last ``W_hhᵀ dgh_0`` that completes ``∂L/∂h_0``."""
     pid = tl.program_id(0)
@@ -305,7 +308,7 @@ def backward_kernel(
                 barriers += 1
                 _grid_barrier(counter_ptr, barriers * n_programs)
             dh += _recurrent_grad(dgh_ptr + (t + 1) * B * GH, w_ptr, rows, cols, row_mask, col_mask, H, GH,
-                                  BLOCK_B, BLOCK_J, BLOCK_K, PRECISION)
+                                  BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
         saved_t = saved_ptr + t * B * SH
         dgx_t = dgx_ptr + t * B * GH
         dgh_t = dgh_ptr + t * B * GH
@@ -385,7 +388,7 @@ def backward_kernel(
             barriers += 1
             _grid_barrier(counter_ptr, barriers * n_programs)
         dh_pending += _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, GH,
-                                      BLOCK_B, BLOCK_J, BLOCK_K, PRECISION)
+                                      BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
     _store_tile(dh_ptr, 0, rows, cols, row_mask, col_mask, H, H, dh_pending)
     if CELL == 1:
         _store_tile(dc_ptr, 0, rows, cols, row_mask, col_mask, H, H, dc_carry)

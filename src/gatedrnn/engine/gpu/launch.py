@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import triton.language as tl
 from torch import Tensor
 
 from . import kernels
@@ -93,6 +94,14 @@ def choose_tiling(batch: int, hidden: int, device: torch.device) -> Tiling:
                   num_warps=8 if block_b * block_j >= 64 * 64 else 4)
 
 
+def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Operand type of the products: the storage type, except float32 for bfloat16 in the interpreter, whose
+    bfloat16 products are wrong (triton 3.9); bfloat16 products are exact in float32, so the result is the same."""
+    if dtype == torch.bfloat16 and interpreting():
+        return tl.float32
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
 def _precision(dtype: torch.dtype) -> str:
     # float32 products in IEEE single precision unless the user allowed TF32 for matmuls (torch's own switch).
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreting():
@@ -129,7 +138,7 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
             CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_BIAS=bias_hh is not None, HAS_LENGTHS=lengths is not None, SAVE=save,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
-            PRECISION=_precision(gx.dtype), num_warps=tiling.num_warps,
+            PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype), num_warps=tiling.num_warps,
         )
     return out, hs, cs, saved
 
@@ -162,6 +171,7 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
             CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_LENGTHS=lengths is not None, FINAL=final,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
-            PRECISION=_precision(weight_hh.dtype), num_warps=tiling.num_warps,
+            PRECISION=_precision(weight_hh.dtype), DOT_DTYPE=_dot_dtype(weight_hh.dtype),
+            num_warps=tiling.num_warps,
         )
     return dgx, dgh, dh, dc
