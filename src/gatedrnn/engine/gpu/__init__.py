@@ -47,7 +47,7 @@ class GPUEngine(Engine):
         if importlib.util.find_spec("triton") is None:
             return False, "needs triton (pip install triton)"
         if torch.cuda.is_available():
-            return True, f"fused Triton kernels on {torch.cuda.get_device_name()}"
+            return True, "fused Triton kernels on the CUDA devices"
         if os.environ.get("TRITON_INTERPRET", "0") == "1":
             return True, "Triton's CPU interpreter (TRITON_INTERPRET=1): for testing the kernels, slow"
         return False, "needs a CUDA device (none found)"

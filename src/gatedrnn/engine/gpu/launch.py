@@ -55,11 +55,14 @@ class Cell:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tile sizes and launch mode. ``persistent``: one launch for all steps with grid-wide barriers."""
+    """Tile sizes and launch mode. ``block_k``/``block_k_bwd`` chunk the reduction of the forward (over ``H``) and
+    backward (over ``G·H``) products; a reduction that fits in one chunk keeps its weights in registers.
+    ``persistent``: one launch for all steps with grid-wide barriers."""
 
     block_b: int
     block_j: int
     block_k: int
+    block_k_bwd: int
     persistent: bool
     num_warps: int = 4
 
@@ -75,13 +78,15 @@ def _pow2_at_least(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def choose_tiling(batch: int, hidden: int, device: torch.device) -> Tiling:
+def choose_tiling(batch: int, hidden: int, gates: int, device: torch.device) -> Tiling:
     """Tiles as small as keeps every program busy, with a grid that fits on the device at once when possible.
 
     ``tl.dot`` needs every tile side to be at least 16, so batches under 16 leave rows of the tile idle.
     """
     if interpreting():
-        return Tiling(_pow2_at_least(batch), _pow2_at_least(hidden), 16, persistent=True)
+        # Small sizes in tests: H <= 32 takes the resident-weight paths, larger H the chunked loops.
+        return Tiling(_pow2_at_least(batch), _pow2_at_least(hidden), _pow2_at_least(min(hidden, 32)),
+                      _pow2_at_least(min(gates * hidden, 128)), persistent=True)
     slots = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     block_b = min(_pow2_at_least(batch), 64)
     while block_b < 128 and triton_cdiv(batch, block_b) * triton_cdiv(hidden, 16) > slots:
@@ -90,8 +95,11 @@ def choose_tiling(batch: int, hidden: int, device: torch.device) -> Tiling:
     while triton_cdiv(batch, block_b) * triton_cdiv(hidden, block_j) > slots and block_j < 128:
         block_j *= 2
     persistent = triton_cdiv(batch, block_b) * triton_cdiv(hidden, block_j) <= slots
-    return Tiling(block_b, block_j, 64 if hidden >= 64 else 32 if hidden >= 32 else 16, persistent,
-                  num_warps=8 if block_b * block_j >= 64 * 64 else 4)
+    block_k = _pow2_at_least(hidden) if hidden <= 256 and block_j <= 32 else 64
+    block_k_bwd = _pow2_at_least(gates * hidden) if gates * hidden <= 1024 and block_j <= 16 else 64
+    resident = hidden <= block_k or gates * hidden <= block_k_bwd
+    return Tiling(block_b, block_j, block_k, block_k_bwd, persistent,
+                  num_warps=8 if resident or block_b * block_j >= 64 * 64 else 4)
 
 
 def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -103,10 +111,11 @@ def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    # float32 products in IEEE single precision unless the user allowed TF32 for matmuls (torch's own switch).
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreting():
-        return "tf32"
-    return "ieee"
+    """float32 products on the tensor cores: TF32 where the user allows it for matmuls (torch's own switch), else
+    three TF32 products per product (``tf32x3``, the error of float32 arithmetic). The interpreter computes IEEE."""
+    if dtype != torch.float32 or interpreting():
+        return "ieee"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 
 def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, peephole: Tensor | None,
@@ -118,7 +127,7 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
     """
     T, B, _ = gx.shape
     H = weight_hh.shape[1]
-    tiling = tiling or choose_tiling(B, H, gx.device)
+    tiling = tiling or choose_tiling(B, H, cell.gates, gx.device)
     hs = gx.new_empty(T + 1, B, H)
     hs[0] = h0
     lstm = cell.cell == "lstm"
@@ -138,7 +147,8 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
             CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_BIAS=bias_hh is not None, HAS_LENGTHS=lengths is not None, SAVE=save,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
-            PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype), num_warps=tiling.num_warps,
+            PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype),
+            RESIDENT=H <= tiling.block_k, num_warps=tiling.num_warps,
         )
     return out, hs, cs, saved
 
@@ -146,16 +156,17 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
 def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight_hh: Tensor,
              peephole: Tensor | None, lengths: Tensor | None, hs: Tensor, cs: Tensor, saved: Tensor,
              tiling: Tiling | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of the recurrence: ``dgx (T,B,G·H)``, ``dgh (T,B,G·H)`` (float32), ``dh0``, ``dc0`` (float32).
+    """Gradients of the recurrence: ``dgx (T,B,G·H)``, ``dgh (T,B,G·H)`` (in the weights' dtype), ``dh0``, ``dc0``
+    (float32).
 
     ``dgh`` is the gradient of ``W_hh h_{t-1}`` (the same tensor as ``dgx`` except for GRU); ``dc0`` is empty
     unless LSTM.
     """
     T, B, H = dout.shape
-    tiling = tiling or choose_tiling(B, H, dout.device)
+    tiling = tiling or choose_tiling(B, H, cell.gates, dout.device)
     GH = cell.gates * H
-    dgx = dout.new_empty(T, B, GH, dtype=torch.float32)
-    dgh = dout.new_empty(T, B, GH, dtype=torch.float32) if cell.cell == "gru" else dgx
+    dgx = dout.new_empty(T, B, GH, dtype=weight_hh.dtype)
+    dgh = dout.new_empty(T, B, GH, dtype=weight_hh.dtype) if cell.cell == "gru" else dgx
     dh = dh_n.to(torch.float32, copy=True).contiguous()
     lstm = cell.cell == "lstm"
     dc = dc_n.to(torch.float32, copy=True).contiguous() if lstm else dh.new_empty(0)
@@ -170,8 +181,8 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
             t_lo, t_hi, T, B, H,
             CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_LENGTHS=lengths is not None, FINAL=final,
-            BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
+            BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k_bwd,
             PRECISION=_precision(weight_hh.dtype), DOT_DTYPE=_dot_dtype(weight_hh.dtype),
-            num_warps=tiling.num_warps,
+            RESIDENT=GH <= tiling.block_k_bwd, num_warps=tiling.num_warps,
         )
     return dgx, dgh, dh, dc

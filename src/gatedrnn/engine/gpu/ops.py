@@ -43,8 +43,8 @@ def _(gx, weight_hh, bias_hh, peephole, h0, c0, lengths, cell, relu, coupled, fo
 def recurrence_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight_hh: Tensor, peephole: Tensor | None,
                         lengths: Tensor | None, hs: Tensor, cs: Tensor, saved: Tensor, cell: str, relu: bool,
                         coupled: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(dgx, dgh, dh0, dc0)`` in float32; ``dgh`` is empty where it equals ``dgx`` (all but GRU), ``dc0`` is
-    empty unless LSTM."""
+    """``(dgx, dgh, dh0, dc0)``: ``dgx`` and ``dgh`` in the weights' dtype, ``dh0`` and ``dc0`` float32; ``dgh`` is
+    empty where it equals ``dgx`` (all but GRU), ``dc0`` is empty unless LSTM."""
     spec = _cell(cell, relu, coupled, peephole is not None, 0.0)
     dgx, dgh, dh0, dc0 = launch.backward(spec, dout.contiguous(), dh_n, dc_n, weight_hh, peephole, lengths, hs, cs,
                                          saved)
@@ -56,8 +56,8 @@ def recurrence_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight_
 def _(dout, dh_n, dc_n, weight_hh, peephole, lengths, hs, cs, saved, cell, relu, coupled):
     T, B, H = dout.shape
     G = _cell(cell, relu, coupled, peephole is not None, 0.0).gates
-    f32 = torch.float32
-    return (dout.new_empty(T, B, G * H, dtype=f32), dout.new_empty((T, B, G * H) if cell == "gru" else (0,), dtype=f32),
+    f32, wt = torch.float32, weight_hh.dtype
+    return (dout.new_empty(T, B, G * H, dtype=wt), dout.new_empty((T, B, G * H) if cell == "gru" else (0,), dtype=wt),
             dout.new_empty(B, H, dtype=f32), dout.new_empty((B, H) if cell == "lstm" else (0,), dtype=f32))
 
 
@@ -83,18 +83,19 @@ def _backward(ctx, d_out: Tensor, d_hs: Tensor, d_cs: Tensor, d_saved: Tensor):
                                              cell, relu, coupled)
     dgh = dgh if dgh.numel() else dgx  # (T, B, G·H)
     T, B, H = d_out.shape
-    # One GEMM over all steps: dW_hh = Σ_t dgh_tᵀ h_{t-1}.
-    d_weight = (dgh.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, H).float()).to(weight_hh.dtype)
-    d_bias = dgh.sum((0, 1)).to(weight_hh.dtype) if ctx.has_bias else None
+    # One GEMM over all steps, in the weights' dtype (accumulating in float32): dW_hh = Σ_t dgh_tᵀ h_{t-1}.
+    d_weight = dgh.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, H)
+    d_bias = dgh.sum((0, 1), dtype=torch.float32).to(weight_hh.dtype) if ctx.has_bias else None
     d_peephole = None
     if peephole is not None:
         c_prev, c_new = cs[:-1], cs[1:]
+        da = dgx.float()
         if coupled:  # gate blocks i|g|o; p_f does not exist
-            d_peephole = torch.stack([(dgx[..., :H] * c_prev).sum((0, 1)), torch.zeros_like(peephole[1]),
-                                      (dgx[..., 2 * H:] * c_new).sum((0, 1))])
+            d_peephole = torch.stack([(da[..., :H] * c_prev).sum((0, 1)), torch.zeros_like(peephole[1]),
+                                      (da[..., 2 * H:] * c_new).sum((0, 1))])
         else:  # gate blocks i|f|g|o
-            d_peephole = torch.stack([(dgx[..., :H] * c_prev).sum((0, 1)), (dgx[..., H:2 * H] * c_prev).sum((0, 1)),
-                                      (dgx[..., 3 * H:] * c_new).sum((0, 1))])
+            d_peephole = torch.stack([(da[..., :H] * c_prev).sum((0, 1)), (da[..., H:2 * H] * c_prev).sum((0, 1)),
+                                      (da[..., 3 * H:] * c_new).sum((0, 1))])
     d_c0 = dc0.to(c0_dtype) if cell == "lstm" else None
     return (dgx.to(gx_dtype), d_weight, d_bias, d_peephole, dh0.to(h0_dtype), d_c0, None, None, None, None, None, None)
 
