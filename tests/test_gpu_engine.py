@@ -118,8 +118,8 @@ def test_lengths_bidirectional_multilayer_without_h0(name: str, engine_name: str
 def test_several_programs_per_step(name: str, engine_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiles smaller than the problem (2 batch blocks × 3 unit blocks), one launch per step: each program reads
     the others' slices of h_{t-1} and of the gate gradients."""
-    tiling = launch.Tiling(16, 16, 16, 16, persistent=False)
-    monkeypatch.setattr(launch, "choose_tiling", lambda B, H, G, device: tiling)
+    tiling = launch.Tiling(16, 16, 16, persistent=False)
+    monkeypatch.setattr(launch, "choose_tiling", lambda B, H, device: tiling)
     layer_cls, options = CASES[name]
     pairs = run_both(layer_cls, options, engine_name, T=4, B=20, I=3, H=37, lengths=[4, 2] * 10, seed=2)
     assert_parity(pairs, torch.float32)

@@ -19,6 +19,8 @@ from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from ..base import Engine
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Looked up once: torch.compile cannot trace importlib, and the engine's status is asked on every call.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def unsupported(spec: CellSpec) -> str | None:
@@ -44,7 +46,7 @@ class GPUEngine(Engine):
     priority = 20
 
     def status(self) -> tuple[bool, str]:
-        if importlib.util.find_spec("triton") is None:
+        if not HAS_TRITON:
             return False, "needs triton (pip install triton)"
         if torch.cuda.is_available():
             return True, "fused Triton kernels on the CUDA devices"

@@ -117,7 +117,7 @@ def forward_kernel(
     CELL: tl.constexpr, NGATES: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr, COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, RESIDENT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
@@ -158,41 +158,9 @@ def forward_kernel(
     if CELL == 1:
         c = _gate_tile(cs_ptr + t_start * BH, 0, rows, cols, row_mask, col_mask, H, H)
 
-    # With H <= BLOCK_K this tile's rows of W_hh are loaded once and stay in registers for the whole sequence.
-    ks = tl.arange(0, BLOCK_K)
-    w_offs = cols[None, :] * H + ks[:, None]  # (BLOCK_K, BLOCK_J): W_hh[k*H + cols, ks] transposed
-    w_mask = (ks < H)[:, None] & col_mask[None, :]
-    w0 = tl.zeros((BLOCK_K, BLOCK_J), DOT_DTYPE)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if RESIDENT:
-        w0 = tl.load(w_ptr + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE)
-        if NGATES > 1:
-            w1 = tl.load(w_ptr + H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE)
-        if NGATES > 2:
-            w2 = tl.load(w_ptr + 2 * H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE)
-        if NGATES > 3:
-            w3 = tl.load(w_ptr + 3 * H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE)
-
     for t in range(t_start, t_stop):
-        if RESIDENT:
-            h = tl.load(hs_ptr + t * BH + rows[:, None] * H + ks[None, :], mask=row_mask[:, None] & (ks < H)[None, :],
-                        other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
-            zero = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
-            acc0 = tl.dot(h, w0, zero, input_precision=PRECISION)
-            acc1 = zero
-            acc2 = zero
-            acc3 = zero
-            if NGATES > 1:
-                acc1 = tl.dot(h, w1, zero, input_precision=PRECISION)
-            if NGATES > 2:
-                acc2 = tl.dot(h, w2, zero, input_precision=PRECISION)
-            if NGATES > 3:
-                acc3 = tl.dot(h, w3, zero, input_precision=PRECISION)
-        else:
-            acc0, acc1, acc2, acc3 = _recurrent_gates(hs_ptr + t * BH, w_ptr, rows, cols, row_mask, col_mask, H,
-                                                      NGATES, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
+        acc0, acc1, acc2, acc3 = _recurrent_gates(hs_ptr + t * BH, w_ptr, rows, cols, row_mask, col_mask, H,
+                                                  NGATES, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
         gx_t = gx_ptr + t * B * GH
         saved_t = saved_ptr + t * B * NSAVED * H
         a0 = _gate_tile(gx_t, 0, rows, cols, row_mask, col_mask, H, GH) + acc0 + b0[None, :]
@@ -266,18 +234,12 @@ def forward_kernel(
 
 
 @triton.jit
-def _recurrent_grad(dgh_ptr, w_ptr, w_res, rows, cols, row_mask, col_mask, H, GH,
+def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, GH,
                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                    DOT_DTYPE: tl.constexpr, RESIDENT: tl.constexpr):
-    """``W_hhᵀ dgh`` for this tile's units: Σ over all ``G·H`` gate rows ``k`` of ``dgh[:, k] W_hh[k, cols]``.
-
-    With ``RESIDENT`` (``G·H <= BLOCK_K``) ``w_res`` holds ``W_hh[:, cols]`` in registers already."""
+                    DOT_DTYPE: tl.constexpr):
+    """``W_hhᵀ dgh`` for this tile's units: Σ over all ``G·H`` gate rows ``k`` of ``dgh[:, k] W_hh[k, cols]``."""
     acc = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     ks = tl.arange(0, BLOCK_K)
-    if RESIDENT:
-        dg = tl.load(dgh_ptr + rows[:, None] * GH + ks[None, :], mask=row_mask[:, None] & (ks < GH)[None, :],
-                     other=0.0, cache_modifier=".cg")
-        return tl.dot(dg.to(DOT_DTYPE), w_res, acc, input_precision=PRECISION)
     for k0 in range(0, GH, BLOCK_K):
         kk = k0 + ks
         k_mask = kk < GH
@@ -307,7 +269,7 @@ def backward_kernel(
     CELL: tl.constexpr, NGATES: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr, COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_LENGTHS: tl.constexpr, FINAL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, RESIDENT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     """Steps ``t_hi-1`` down to ``t_lo``; with ``FINAL`` also the last ``W_hhᵀ dgh_0`` that completes ``∂L/∂h_0``."""
     pid = tl.program_id(0)
@@ -332,11 +294,6 @@ def backward_kernel(
     if HAS_LENGTHS:
         lengths = tl.load(len_ptr + rows, mask=row_mask, other=0)
 
-    ks = tl.arange(0, BLOCK_K)
-    w_res = tl.zeros((BLOCK_K, BLOCK_J), DOT_DTYPE)
-    if RESIDENT:  # W_hh[:, cols] stays in registers for the whole sequence
-        w_res = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=(ks < GH)[:, None] & col_mask[None, :],
-                        other=0.0).to(DOT_DTYPE)
     dh_pending = _gate_tile(dh_ptr, 0, rows, cols, row_mask, col_mask, H, H)
     dc_carry = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     if CELL == 1:
@@ -350,8 +307,8 @@ def backward_kernel(
             if s > T - t_hi:  # dgh_{t+1} was written in this launch: wait for every program's part
                 barriers += 1
                 _grid_barrier(counter_ptr, barriers * n_programs)
-            dh += _recurrent_grad(dgh_ptr + (t + 1) * B * GH, w_ptr, w_res, rows, cols, row_mask, col_mask, H, GH,
-                                  BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE, RESIDENT)
+            dh += _recurrent_grad(dgh_ptr + (t + 1) * B * GH, w_ptr, rows, cols, row_mask, col_mask, H, GH,
+                                  BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
         saved_t = saved_ptr + t * B * SH
         dgx_t = dgx_ptr + t * B * GH
         dgh_t = dgh_ptr + t * B * GH
@@ -430,8 +387,8 @@ def backward_kernel(
         if t_hi > t_lo:
             barriers += 1
             _grid_barrier(counter_ptr, barriers * n_programs)
-        dh_pending += _recurrent_grad(dgh_ptr, w_ptr, w_res, rows, cols, row_mask, col_mask, H, GH,
-                                      BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE, RESIDENT)
+        dh_pending += _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, GH,
+                                      BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
     _store_tile(dh_ptr, 0, rows, cols, row_mask, col_mask, H, H, dh_pending)
     if CELL == 1:
         _store_tile(dc_ptr, 0, rows, cols, row_mask, col_mask, H, H, dc_carry)

@@ -55,14 +55,11 @@ class Cell:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tile sizes and launch mode. ``block_k``/``block_k_bwd`` chunk the reduction of the forward (over ``H``) and
-    backward (over ``G·H``) products; a reduction that fits in one chunk keeps its weights in registers.
-    ``persistent``: one launch for all steps with grid-wide barriers."""
+    """Tile sizes and launch mode. ``persistent``: one launch for all steps with grid-wide barriers."""
 
     block_b: int
     block_j: int
     block_k: int
-    block_k_bwd: int
     persistent: bool
     num_warps: int = 4
 
@@ -78,15 +75,13 @@ def _pow2_at_least(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def choose_tiling(batch: int, hidden: int, gates: int, device: torch.device) -> Tiling:
+def choose_tiling(batch: int, hidden: int, device: torch.device) -> Tiling:
     """Tiles as small as keeps every program busy, with a grid that fits on the device at once when possible.
 
     ``tl.dot`` needs every tile side to be at least 16, so batches under 16 leave rows of the tile idle.
     """
     if interpreting():
-        # Small sizes in tests: H <= 32 takes the resident-weight paths, larger H the chunked loops.
-        return Tiling(_pow2_at_least(batch), _pow2_at_least(hidden), _pow2_at_least(min(hidden, 32)),
-                      _pow2_at_least(min(gates * hidden, 128)), persistent=True)
+        return Tiling(_pow2_at_least(batch), _pow2_at_least(hidden), 16, persistent=True)
     slots = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     block_b = min(_pow2_at_least(batch), 64)
     while block_b < 128 and triton_cdiv(batch, block_b) * triton_cdiv(hidden, 16) > slots:
@@ -95,11 +90,8 @@ def choose_tiling(batch: int, hidden: int, gates: int, device: torch.device) -> 
     while triton_cdiv(batch, block_b) * triton_cdiv(hidden, block_j) > slots and block_j < 128:
         block_j *= 2
     persistent = triton_cdiv(batch, block_b) * triton_cdiv(hidden, block_j) <= slots
-    block_k = _pow2_at_least(hidden) if hidden <= 256 and block_j <= 32 else 64
-    block_k_bwd = _pow2_at_least(gates * hidden) if gates * hidden <= 1024 and block_j <= 16 else 64
-    resident = hidden <= block_k or gates * hidden <= block_k_bwd
-    return Tiling(block_b, block_j, block_k, block_k_bwd, persistent,
-                  num_warps=8 if resident or block_b * block_j >= 64 * 64 else 4)
+    return Tiling(block_b, block_j, 64 if hidden >= 64 else 32 if hidden >= 32 else 16, persistent,
+                  num_warps=8 if block_b * block_j >= 64 * 64 else 4)
 
 
 def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -127,7 +119,7 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
     """
     T, B, _ = gx.shape
     H = weight_hh.shape[1]
-    tiling = tiling or choose_tiling(B, H, cell.gates, gx.device)
+    tiling = tiling or choose_tiling(B, H, gx.device)
     hs = gx.new_empty(T + 1, B, H)
     hs[0] = h0
     lstm = cell.cell == "lstm"
@@ -147,8 +139,7 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
             CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_BIAS=bias_hh is not None, HAS_LENGTHS=lengths is not None, SAVE=save,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
-            PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype),
-            RESIDENT=H <= tiling.block_k, num_warps=tiling.num_warps,
+            PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype), num_warps=tiling.num_warps,
         )
     return out, hs, cs, saved
 
@@ -163,7 +154,7 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
     unless LSTM.
     """
     T, B, H = dout.shape
-    tiling = tiling or choose_tiling(B, H, cell.gates, dout.device)
+    tiling = tiling or choose_tiling(B, H, dout.device)
     GH = cell.gates * H
     dgx = dout.new_empty(T, B, GH, dtype=weight_hh.dtype)
     dgh = dout.new_empty(T, B, GH, dtype=weight_hh.dtype) if cell.cell == "gru" else dgx
@@ -181,8 +172,8 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
             t_lo, t_hi, T, B, H,
             CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_LENGTHS=lengths is not None, FINAL=final,
-            BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k_bwd,
+            BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
             PRECISION=_precision(weight_hh.dtype), DOT_DTYPE=_dot_dtype(weight_hh.dtype),
-            RESIDENT=GH <= tiling.block_k_bwd, num_warps=tiling.num_warps,
+            num_warps=tiling.num_warps,
         )
     return dgx, dgh, dh, dc
