@@ -9,6 +9,6 @@ K=${1:-}
 shift || true
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
-python3 -m pytest tests/test_gpu_engine.py -q --maxfail=5 -p no:cacheprovider ${K:+-k "$K"} --junitxml="$OUT/tests.xml" 2>&1 \
+timeout ${TEST_TIMEOUT:-600} python3 -m pytest tests/test_gpu_engine.py -q --maxfail=5 -p no:cacheprovider ${K:+-k "$K"} --junitxml="$OUT/tests.xml" 2>&1 \
   | tee "$OUT/tests.log" | tail -25
 python3 scripts/gpu_bench.py --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | tail -80
