@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..cells import CellSpec
 from .base import Engine
+from .cpu import CPUEngine
 from .reference import ReferenceEngine
 
 _REGISTRY: dict[str, Engine] = {}
@@ -68,5 +69,6 @@ def resolve(name: str, spec: CellSpec, x: Tensor) -> Engine:
 
 
 register(ReferenceEngine())
+register(CPUEngine())
 
 __all__ = ["Engine", "EngineInfo", "check_name", "engines", "register", "resolve"]
