@@ -159,13 +159,19 @@ def run(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
             out, h, c = ops.lstm_forward(*args, spec.forget_bias, spec.coupled, lengths, False)[:3]
         return out, (h, c)
     if isinstance(spec, GRUSpec):
-        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), lengths,
-                spec.reset == "before")
-        out, h = GRUFunction.apply(*args) if grad else ops.gru_forward(*args, False)[:2]
+        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"))
+        before = spec.reset == "before"
+        if grad:
+            out, h = GRUFunction.apply(*args, lengths, before)
+        else:
+            out, h = ops.gru_forward(*args, before, lengths, False)[:2]
         return out, (h,)
     if isinstance(spec, RNNSpec):
-        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), lengths,
-                spec.nonlinearity == "relu")
-        out, h = RNNFunction.apply(*args) if grad else ops.rnn_forward(*args, False)[:2]
+        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"))
+        relu = spec.nonlinearity == "relu"
+        if grad:
+            out, h = RNNFunction.apply(*args, lengths, relu)
+        else:
+            out, h = ops.rnn_forward(*args, relu, lengths, False)[:2]
         return out, (h,)
     raise ValueError(f"engine: 'cpu' does not run {type(spec).__name__}")
