@@ -60,6 +60,14 @@ def list_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    """``gatedrnn bench``: the benchmark table (all of it lives in ``bench.py``)."""
+    from . import bench
+
+    bench.build_parser(commands.add_parser("bench", help="time every variant and implementation as ratios",
+                                           formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatedrnn", description="Gated recurrent networks: RNN, LSTM, GRU.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cells)
     p = commands.add_parser("engines", help="list the engines and whether they are available here")
     p.set_defaults(run=list_engines)
+    _add_bench(commands)
     return parser
 
 
