@@ -106,7 +106,7 @@ def test_every_variant_matches_the_reference(name: str, engine_name: str) -> Non
     assert_parity(run_both(layer_cls, options, engine_name, T=5, B=3, I=4, H=20), torch.float32)
 
 
-@pytest.mark.parametrize("name", ["lstm", "lstm-peephole", "gru", "rnn"])
+@pytest.mark.parametrize("name", ["lstm", "lstm-peephole", "gru", "gru-before", "rnn"])
 def test_lengths_bidirectional_multilayer_without_h0(name: str, engine_name: str) -> None:
     layer_cls, options = CASES[name]
     pairs = run_both(layer_cls, options, engine_name, T=6, B=4, I=3, H=17, num_layers=2, bidirectional=True,
@@ -126,17 +126,27 @@ def test_several_programs_per_step(name: str, engine_name: str, monkeypatch: pyt
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("name", ["lstm-peephole", "gru"])
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru", "gru-before"])
 def test_half_precision_accumulates_in_float32(name: str, dtype: torch.dtype, engine_name: str) -> None:
     layer_cls, options = CASES[name]
     assert_parity(run_both(layer_cls, options, engine_name, T=6, B=3, I=4, H=24, dtype=dtype, seed=3), dtype)
+
+
+def test_reset_before_needs_the_grid_on_the_device_at_once(engine_name: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its kernel synchronises inside each step, which one launch per step cannot do."""
+    tiling = launch.Tiling(16, 16, 16, persistent=False)
+    monkeypatch.setattr(launch, "choose_tiling", lambda B, H, device: tiling)
+    gru = gatedrnn.GRU(3, 4, reset="before", engine=engine_name, device=DEVICE)
+    with pytest.raises(ValueError, match="engine: 'gpu' runs a reset-before GRU only with a grid that fits on the "
+                                         r"device \(B=2, H=4 does not\)"):
+        gru(torch.randn(5, 2, 3, device=DEVICE))
 
 
 @pytest.mark.parametrize("options", [{"layer_norm": True}, {"proj_size": 2}], ids=["layer_norm", "proj_size"])
 def test_variants_without_kernels_are_refused_by_name_and_left_to_others_by_auto(options: dict) -> None:
     lstm = gatedrnn.LSTM(3, 4, **options, device=DEVICE)
     assert not GPUEngine().covers(lstm.spec, torch.zeros(1, device=DEVICE))
-    assert unsupported(gatedrnn.GRU(3, 4, reset="before").spec) == 'reset="before"'
     x = torch.randn(2, 1, 3, device=DEVICE)
     assert registry.resolve("auto", lstm.spec, x).name != "gpu"
     if CUDA:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from ..base import Engine
+from .tiling import choose_tiling
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Looked up once: torch.compile cannot trace importlib, and the engine's status is asked on every call.
@@ -29,17 +30,16 @@ def unsupported(spec: CellSpec) -> str | None:
         return "layer_norm"
     if isinstance(spec, LSTMSpec) and spec.proj_size:
         return "proj_size"
-    if isinstance(spec, GRUSpec) and spec.reset == "before":
-        return 'reset="before"'
     return None
 
 
 class GPUEngine(Engine):
     """Fused Triton kernels, forward and backward, for CUDA tensors in float32, bfloat16 and float16.
 
-    Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias) and GRUs (reset after); layer-norm cells,
-    projected LSTMs and reset-before GRUs are left to other engines. Products accumulate in float32 and the LSTM
-    cell state stays in float32 through the sequence.
+    Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias) and GRUs (reset after or before);
+    layer-norm cells and projected LSTMs are left to other engines, and so is a reset-before GRU whose grid would
+    not fit on the device at once (its kernel synchronises inside each step). Products accumulate in float32 and
+    the LSTM cell state stays in float32 through the sequence.
     """
 
     name = "gpu"
@@ -55,7 +55,11 @@ class GPUEngine(Engine):
         return False, "needs a CUDA device (none found)"
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        return x.is_cuda and x.dtype in DTYPES and unsupported(spec) is None
+        if not (x.is_cuda and x.dtype in DTYPES and unsupported(spec) is None):
+            return False
+        if isinstance(spec, GRUSpec) and spec.reset == "before" and x.dim() == 3:  # x: (T, B, I)
+            return choose_tiling(x.shape[1], spec.hidden_size, x.device).persistent
+        return True
 
     def run(
         self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
@@ -79,7 +83,7 @@ class GPUEngine(Engine):
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (gx, params["weight_hh"], bias, peephole, *state)
         )
-        out, hs, cs, _ = ops.recurrence(
+        out, hs, cs, _, _ = ops.recurrence(
             gx.to(dtype).contiguous(),
             params["weight_hh"].to(dtype).contiguous(),
             None if bias is None else bias.to(dtype),
@@ -91,6 +95,7 @@ class GPUEngine(Engine):
             isinstance(spec, RNNSpec) and spec.nonlinearity == "relu",
             lstm and spec.coupled,
             float(spec.forget_bias) if lstm else 0.0,
+            isinstance(spec, GRUSpec) and spec.reset == "before",
             save,
         )
         if lstm:

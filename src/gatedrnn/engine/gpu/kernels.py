@@ -8,7 +8,8 @@ next step reads a complete ``h_t``. The grid is at most one program per multipro
 resident at once and the barrier cannot deadlock; the recurrent weights stay hot in L2 across steps.
 
 The math is the cell specs' (``gatedrnn.cells``), with gate names as there; the plain-PyTorch reference is the
-specs' ``step``, looped by the reference engine. Cells (``CELL``): 0 = Elman RNN, 1 = LSTM, 2 = GRU (reset after).
+specs' ``step``, looped by the reference engine. Cells (``CELL``): 0 = Elman RNN, 1 = LSTM, 2 = GRU (reset after),
+3 = GRU (reset before).
 
 Forward, per step, with ``a = gx_t + W_hh h_{t-1} + b_hh`` split into gate blocks:
 
@@ -17,12 +18,15 @@ Forward, per step, with ``a = gx_t + W_hh h_{t-1} + b_hh`` split into gate block
   ``c' = f c + i g``, ``o = σ(a_o + p_o c')``, ``h = o tanh(c')``; saved ``i, f, g, o`` (``i, g, o`` if coupled).
 - GRU: ``r = σ(a_r)``, ``z = σ(a_z)``, ``m = (W_hn h)_n + b_hn``, ``n = tanh(gx_n + r m)``,
   ``h = (1 - z) n + z h_{t-1}``; saved ``r, z, n, m``.
+- GRU, reset before: ``r, z`` as above; then every program writes its slice of ``q = r h_{t-1}`` and waits at a
+  second barrier, because ``n = tanh(gx_n + W_hn q + b_hn)`` needs all of ``q``; saved ``r, z, n`` and ``q``.
 
 Backward runs time in reverse with the same tiling: from ``∂h_t`` and ``∂c_t`` of its tile a program forms the
 pre-activation gradients of its gates (``dgx``, the gradient of ``gx``, and ``dgh``, that of ``W_hh h_{t-1}``;
 they differ only in GRU's ``n`` block, ``dgh_n = r dgx_n``), writes them, waits at the barrier, and then forms
-``∂h_{t-1} = W_hhᵀ dgh_t`` for its units from every program's ``dgh_t``. The weight gradients are one GEMM over all
-steps afterwards (``launch.py``).
+``∂h_{t-1} = W_hhᵀ dgh_t`` for its units from every program's ``dgh_t``. For GRU reset-before the ``n`` block goes
+first, with a barrier of its own: ``∂q = W_hnᵀ dgx_n`` gives ``∂r = ∂q h_{t-1}`` and the direct term ``r ∂q``, and only
+the ``r|z`` rows enter ``W_hhᵀ dgh_t``. The weight gradients are one GEMM over all steps afterwards (``ops.py``).
 
 Where ``t >= lengths[b]`` a row keeps its state, outputs zero, and passes gradients through unchanged.
 """
@@ -32,7 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-RNN, LSTM, GRU = 0, 1, 2
+RNN, LSTM, GRU, GRU_BEFORE = 0, 1, 2, 3
 
 
 @triton.jit
@@ -112,9 +116,11 @@ def forward_kernel(
     cs_ptr,  # (T+1, B, H) float32 cell states, same layout (LSTM only)
     out_ptr,  # (T, B, H) outputs, zero where t >= lengths
     saved_ptr,  # (T, B, S·H) float32 activations for backward (written only with SAVE)
+    q_ptr,  # (T, B, H) q = r h_{t-1} of GRU reset-before (unused otherwise)
     counter_ptr,  # int32 arrivals at the grid barrier, zero on entry
     t_start, t_stop, B, H, forget_bias,
-    CELL: tl.constexpr, NGATES: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr, COUPLED: tl.constexpr,
+    CELL: tl.constexpr, NGATES: tl.constexpr, NREC: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr,
+    COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
@@ -158,9 +164,11 @@ def forward_kernel(
     if CELL == 1:
         c = _gate_tile(cs_ptr + t_start * BH, 0, rows, cols, row_mask, col_mask, H, H)
 
+    barriers = 0
     for t in range(t_start, t_stop):
+        # The NREC gate blocks that multiply h_{t-1} itself (all but GRU reset-before's n).
         acc0, acc1, acc2, acc3 = _recurrent_gates(hs_ptr + t * BH, w_ptr, rows, cols, row_mask, col_mask, H,
-                                                  NGATES, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
+                                                  NREC, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
         gx_t = gx_ptr + t * B * GH
         saved_t = saved_ptr + t * B * NSAVED * H
         a0 = _gate_tile(gx_t, 0, rows, cols, row_mask, col_mask, H, GH) + acc0 + b0[None, :]
@@ -203,6 +211,20 @@ def forward_kernel(
                     _store_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, NSAVED * H, f)
                     _store_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, NSAVED * H, g)
                     _store_tile(saved_t, 3, rows, cols, row_mask, col_mask, H, NSAVED * H, o)
+        elif CELL == 3:
+            r = _sigmoid(a0)
+            z = _sigmoid(_gate_tile(gx_t, 1, rows, cols, row_mask, col_mask, H, GH) + acc1 + b1[None, :])
+            _store_tile(q_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H, r * h_own)
+            barriers += 1
+            _grid_barrier(counter_ptr, barriers * n_programs)  # all of q = r h_{t-1} is written
+            acc_n, _, _, _ = _recurrent_gates(q_ptr + t * BH, w_ptr + 2 * H * H, rows, cols, row_mask, col_mask, H,
+                                              1, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
+            n = _tanh(_gate_tile(gx_t, 2, rows, cols, row_mask, col_mask, H, GH) + acc_n + b2[None, :])
+            h_new = (1.0 - z) * n + z * h_own
+            if SAVE:
+                _store_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, NSAVED * H, r)
+                _store_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, NSAVED * H, z)
+                _store_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, NSAVED * H, n)
         else:
             a1 = _gate_tile(gx_t, 1, rows, cols, row_mask, col_mask, H, GH) + acc1 + b1[None, :]
             r = _sigmoid(a0)
@@ -230,19 +252,21 @@ def forward_kernel(
         h_own = h_new
         c = c_new
         if t + 1 < t_stop:
-            _grid_barrier(counter_ptr, (t + 1 - t_start) * n_programs)
+            barriers += 1
+            _grid_barrier(counter_ptr, barriers * n_programs)
 
 
 @triton.jit
-def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, GH,
+def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, K, GH,
                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                     DOT_DTYPE: tl.constexpr):
-    """``W_hhᵀ dgh`` for this tile's units: Σ over all ``G·H`` gate rows ``k`` of ``dgh[:, k] W_hh[k, cols]``."""
+    """``W_hhᵀ dgh`` for this tile's units: Σ over the first ``K`` gate rows ``k`` (from ``w_ptr``, ``dgh_ptr``) of
+    ``dgh[:, k] W_hh[k, cols]``; ``dgh`` rows are ``GH`` apart."""
     acc = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     ks = tl.arange(0, BLOCK_K)
-    for k0 in range(0, GH, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         kk = k0 + ks
-        k_mask = kk < GH
+        k_mask = kk < K
         dg = tl.load(dgh_ptr + rows[:, None] * GH + kk[None, :], mask=row_mask[:, None] & k_mask[None, :],
                      other=0.0, cache_modifier=".cg")  # (BLOCK_B, BLOCK_K), written by every program
         w = tl.load(w_ptr + kk[:, None] * H + cols[None, :], mask=k_mask[:, None] & col_mask[None, :],
@@ -266,7 +290,8 @@ def backward_kernel(
     dgh_ptr,  # (T, B, G·H) out: gradient of W_hh h_{t-1} (the same buffer as dgx unless GRU)
     counter_ptr,  # int32 arrivals at the grid barrier, zero on entry
     t_lo, t_hi, T, B, H,
-    CELL: tl.constexpr, NGATES: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr, COUPLED: tl.constexpr,
+    CELL: tl.constexpr, NGATES: tl.constexpr, NREC: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr,
+    COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_LENGTHS: tl.constexpr, FINAL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
@@ -307,8 +332,8 @@ def backward_kernel(
             if s > T - t_hi:  # dgh_{t+1} was written in this launch: wait for every program's part
                 barriers += 1
                 _grid_barrier(counter_ptr, barriers * n_programs)
-            dh += _recurrent_grad(dgh_ptr + (t + 1) * B * GH, w_ptr, rows, cols, row_mask, col_mask, H, GH,
-                                  BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
+            dh += _recurrent_grad(dgh_ptr + (t + 1) * B * GH, w_ptr, rows, cols, row_mask, col_mask, H, NREC * H,
+                                  GH, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
         saved_t = saved_ptr + t * B * SH
         dgx_t = dgx_ptr + t * B * GH
         dgh_t = dgh_ptr + t * B * GH
@@ -364,6 +389,23 @@ def backward_kernel(
                 _store_tile(dgx_t, 2, rows, cols, row_mask, col_mask, H, GH, tl.where(active, da_g, 0.0))
                 _store_tile(dgx_t, 3, rows, cols, row_mask, col_mask, H, GH, tl.where(active, da_o, 0.0))
             dh_direct = tl.where(active, 0.0, dh)
+        elif CELL == 3:
+            r = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
+            z = _gate_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, SH)
+            n = _gate_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, SH)
+            h_prev = _gate_tile(hs_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H)
+            da_n = tl.where(active, dh * (1.0 - z) * (1.0 - n * n), 0.0)
+            da_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
+            _store_tile(dgx_t, 1, rows, cols, row_mask, col_mask, H, GH, da_z)
+            _store_tile(dgx_t, 2, rows, cols, row_mask, col_mask, H, GH, da_n)
+            barriers += 1
+            _grid_barrier(counter_ptr, barriers * n_programs)  # all of dgx_n is written
+            # ∂q = W_hnᵀ dgx_n for this tile's units, q = r h_{t-1}
+            dq = _recurrent_grad(dgx_t + 2 * H, w_ptr + 2 * H * H, rows, cols, row_mask, col_mask, H, H, GH,
+                                 BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
+            _store_tile(dgx_t, 0, rows, cols, row_mask, col_mask, H, GH,
+                        tl.where(active, dq * h_prev * r * (1.0 - r), 0.0))
+            dh_direct = tl.where(active, dq * r + dh * z, dh)
         else:
             r = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
             z = _gate_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, SH)
@@ -387,7 +429,7 @@ def backward_kernel(
         if t_hi > t_lo:
             barriers += 1
             _grid_barrier(counter_ptr, barriers * n_programs)
-        dh_pending += _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, GH,
+        dh_pending += _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, NREC * H, GH,
                                       BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
     _store_tile(dh_ptr, 0, rows, cols, row_mask, col_mask, H, H, dh_pending)
     if CELL == 1:

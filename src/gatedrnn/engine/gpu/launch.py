@@ -9,8 +9,6 @@ programs use per-step launches.
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -18,18 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import kernels
-
-CELL_CODES = {"rnn": kernels.RNN, "lstm": kernels.LSTM, "gru": kernels.GRU}
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.cache
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+from .tiling import Tiling, choose_tiling, interpreting
 
 
 @dataclass(frozen=True)
@@ -41,6 +28,14 @@ class Cell:
     coupled: bool = False
     peephole: bool = False
     forget_bias: float = 0.0
+    reset_before: bool = False
+
+    @property
+    def code(self) -> int:
+        """The kernels' ``CELL``."""
+        if self.cell == "gru":
+            return kernels.GRU_BEFORE if self.reset_before else kernels.GRU
+        return {"rnn": kernels.RNN, "lstm": kernels.LSTM}[self.cell]
 
     @property
     def gates(self) -> int:
@@ -48,50 +43,15 @@ class Cell:
         return {"rnn": 1, "lstm": 3 if self.coupled else 4, "gru": 3}[self.cell]
 
     @property
+    def recurrent_gates(self) -> int:
+        """Gate blocks whose rows multiply ``h_{t-1}`` itself: all but reset-before GRU's ``n`` (it multiplies
+        ``r h_{t-1}``)."""
+        return 2 if self.reset_before else self.gates
+
+    @property
     def saved(self) -> int:
-        """Blocks of ``H`` activations saved per step for backward (GRU also keeps ``W_hn h + b_hn``)."""
-        return 4 if self.cell == "gru" else self.gates
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Tile sizes and launch mode. ``persistent``: one launch for all steps with grid-wide barriers."""
-
-    block_b: int
-    block_j: int
-    block_k: int
-    persistent: bool
-    num_warps: int = 4
-
-    def grid(self, batch: int, hidden: int) -> int:
-        return triton_cdiv(batch, self.block_b) * triton_cdiv(hidden, self.block_j)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2_at_least(n: int, minimum: int = 16) -> int:
-    return max(minimum, 1 << (n - 1).bit_length())
-
-
-def choose_tiling(batch: int, hidden: int, device: torch.device) -> Tiling:
-    """Tiles as small as keeps every program busy, with a grid that fits on the device at once when possible.
-
-    ``tl.dot`` needs every tile side to be at least 16, so batches under 16 leave rows of the tile idle.
-    """
-    if interpreting():
-        return Tiling(_pow2_at_least(batch), _pow2_at_least(hidden), 16, persistent=True)
-    slots = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
-    block_b = min(_pow2_at_least(batch), 64)
-    while block_b < 128 and triton_cdiv(batch, block_b) * triton_cdiv(hidden, 16) > slots:
-        block_b *= 2
-    block_j = 16
-    while triton_cdiv(batch, block_b) * triton_cdiv(hidden, block_j) > slots and block_j < 128:
-        block_j *= 2
-    persistent = triton_cdiv(batch, block_b) * triton_cdiv(hidden, block_j) <= slots
-    return Tiling(block_b, block_j, 64 if hidden >= 64 else 32 if hidden >= 32 else 16, persistent,
-                  num_warps=8 if block_b * block_j >= 64 * 64 else 4)
+        """Blocks of ``H`` activations saved per step for backward (GRU reset-after also keeps ``W_hn h + b_hn``)."""
+        return 4 if self.cell == "gru" and not self.reset_before else self.gates
 
 
 def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -112,14 +72,19 @@ def _precision(dtype: torch.dtype) -> str:
 
 def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, peephole: Tensor | None,
             h0: Tensor, c0: Tensor | None, lengths: Tensor | None, save: bool,
-            tiling: Tiling | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Run the recurrence; returns ``out (T,B,H)``, ``hs (T+1,B,H)``, ``cs (T+1,B,H)`` and ``saved (T,B,S·H)``.
+            tiling: Tiling | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Run the recurrence; returns ``out (T,B,H)``, ``hs (T+1,B,H)``, ``cs (T+1,B,H)``, ``saved (T,B,S·H)`` and
+    ``q (T,B,H)``.
 
-    ``cs`` is float32 and empty (0 elements) unless LSTM; ``saved`` is float32 and empty unless ``save``.
+    ``cs`` is float32 and empty (0 elements) unless LSTM; ``saved`` is float32 and empty unless ``save``; ``q`` (``r
+    h_{t-1}``) is empty unless GRU reset-before, which needs a persistent launch (a barrier inside each step).
     """
     T, B, _ = gx.shape
     H = weight_hh.shape[1]
     tiling = tiling or choose_tiling(B, H, gx.device)
+    if cell.reset_before and not tiling.persistent:
+        raise ValueError(f"engine: 'gpu' runs a reset-before GRU only with a grid that fits on the device (B={B}, "
+                         f"H={H} does not)")
     hs = gx.new_empty(T + 1, B, H)
     hs[0] = h0
     lstm = cell.cell == "lstm"
@@ -128,20 +93,22 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
         cs[0] = c0
     out = gx.new_empty(T, B, H)
     saved = gx.new_empty((T, B, cell.saved * H) if save else (0,), dtype=torch.float32)
+    q = gx.new_empty((T, B, H) if cell.reset_before else (0,))
     counter = torch.zeros(1, dtype=torch.int32, device=gx.device)
     grid = (tiling.grid(B, H),)
     spans = [(0, T)] if tiling.persistent else [(t, t + 1) for t in range(T)]
     for t_start, t_stop in spans:
         kernels.forward_kernel[grid](
             gx, weight_hh, bias_hh if bias_hh is not None else gx, peephole if peephole is not None else cs,
-            lengths if lengths is not None else counter, hs, cs, out, saved, counter,
+            lengths if lengths is not None else counter, hs, cs, out, saved, q if cell.reset_before else hs, counter,
             t_start, t_stop, B, H, cell.forget_bias,
-            CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
+            CELL=cell.code, NGATES=cell.gates, NREC=cell.recurrent_gates, NSAVED=cell.saved, RELU=cell.relu,
+            COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_BIAS=bias_hh is not None, HAS_LENGTHS=lengths is not None, SAVE=save,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
             PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype), num_warps=tiling.num_warps,
         )
-    return out, hs, cs, saved
+    return out, hs, cs, saved, q
 
 
 def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight_hh: Tensor,
@@ -150,14 +117,15 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
     """Gradients of the recurrence: ``dgx (T,B,G·H)``, ``dgh (T,B,G·H)`` (in the weights' dtype), ``dh0``, ``dc0``
     (float32).
 
-    ``dgh`` is the gradient of ``W_hh h_{t-1}`` (the same tensor as ``dgx`` except for GRU); ``dc0`` is empty
-    unless LSTM.
+    ``dgh`` is the gradient of ``W_hh h_{t-1}`` (the same tensor as ``dgx`` except for GRU reset-after); ``dc0`` is
+    empty unless LSTM.
     """
     T, B, H = dout.shape
     tiling = tiling or choose_tiling(B, H, dout.device)
     GH = cell.gates * H
     dgx = dout.new_empty(T, B, GH, dtype=weight_hh.dtype)
-    dgh = dout.new_empty(T, B, GH, dtype=weight_hh.dtype) if cell.cell == "gru" else dgx
+    reset_after = cell.cell == "gru" and not cell.reset_before
+    dgh = dout.new_empty(T, B, GH, dtype=weight_hh.dtype) if reset_after else dgx
     dh = dh_n.to(torch.float32, copy=True).contiguous()
     lstm = cell.cell == "lstm"
     dc = dc_n.to(torch.float32, copy=True).contiguous() if lstm else dh.new_empty(0)
@@ -170,7 +138,8 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
             dout, dh, dc, weight_hh, peephole if peephole is not None else dh,
             lengths if lengths is not None else counter, hs, cs if lstm else dh, saved, dgx, dgh, counter,
             t_lo, t_hi, T, B, H,
-            CELL=CELL_CODES[cell.cell], NGATES=cell.gates, NSAVED=cell.saved, RELU=cell.relu, COUPLED=cell.coupled,
+            CELL=cell.code, NGATES=cell.gates, NREC=cell.recurrent_gates, NSAVED=cell.saved, RELU=cell.relu,
+            COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_LENGTHS=lengths is not None, FINAL=final,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
             PRECISION=_precision(weight_hh.dtype), DOT_DTYPE=_dot_dtype(weight_hh.dtype),
