@@ -26,7 +26,7 @@ class CPUEngine(Engine):
     """
 
     name = "cpu"
-    priority = 10
+    priority = 5
 
     def __init__(self) -> None:
         self._warned = False

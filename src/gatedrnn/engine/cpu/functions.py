@@ -5,8 +5,8 @@ through time in C++ and then forms the weight gradients here, batched over all t
 matrix, one reduction per vector). Without autograd (``torch.no_grad()`` or nothing requiring a gradient) the
 kernels are called directly and save nothing.
 
-The backward passes are not themselves differentiable (``once_differentiable``): second derivatives need the
-reference engine (``engine="reference"``).
+The backward passes are not themselves differentiable: a backward with ``create_graph=True`` (second derivatives,
+e.g. a gradient penalty) raises an error that names ``engine="reference"``, which supports them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 
@@ -30,6 +30,14 @@ def _weight_grad(d: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
     if d.shape[0] > 1:
         grad = torch.addmm(grad, d[1:].reshape(-1, d.shape[2]).t(), hs[:-1].reshape(-1, hs.shape[2]))
     return grad
+
+
+def _refuse_second_derivatives() -> None:
+    """Inside backward, grad mode is on exactly when the caller asked for ``create_graph=True``; the gradients
+    computed here would then silently be treated as constants, so refuse instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError('engine: the cpu engine has no second derivatives (backward with create_graph=True); '
+                           'use engine="reference" for this module')
 
 
 def _sum_tb(x: Tensor) -> Tensor:
@@ -54,8 +62,8 @@ class LSTMFunction(torch.autograd.Function):
         return out, h_n, c_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
+        _refuse_second_derivatives()
         (h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, lengths, out, gates, cs, hh, xhat_hh,
          rstd_hh, mean_c, rstd_c) = ctx.saved_tensors
         dgx, dgh, dhp, dcn, dh0, dc0 = _ops().lstm_backward(
@@ -92,8 +100,8 @@ class GRUFunction(torch.autograd.Function):
         return out, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
+        _refuse_second_derivatives()
         h0, w_hh, ln_w, lengths, out, gates, aux, xhat, rstd = ctx.saved_tensors
         dgx, dgp, dgh, dh0 = _ops().gru_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w, ctx.before,
                                                  lengths, out, gates, aux, xhat, rstd)
@@ -123,8 +131,8 @@ class RNNFunction(torch.autograd.Function):
         return out, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
+        _refuse_second_derivatives()
         h0, w_hh, ln_w, lengths, out, xhat, rstd = ctx.saved_tensors
         dgx, dgh, dh0 = _ops().rnn_backward(dout.contiguous(), dh_n.contiguous(), w_hh, ln_w, ctx.relu, lengths, out,
                                             xhat, rstd)
