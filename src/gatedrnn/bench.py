@@ -1,0 +1,422 @@
+"""``gatedrnn bench``: time named implementations of every cell variant, side by side, as ratios.
+
+For each shape ``(B, T, I, H)`` of the grid, every (variant, implementation) pair is built once with the same
+weights; then ``repeats`` rounds each time every pair once per mode (forward, forward+backward), interleaved so
+that a change in the machine's load hits all of them alike. The table reports the median of the rounds and two
+ratios: against ``torch.nn.LSTM`` at the same shape, and against the ``torch.nn`` module of the variant's own
+family (``torch.nn.GRU`` for both GRU reset forms, ...).
+
+Implementations are a registry (:data:`IMPLEMENTATIONS`) and timing goes through a :class:`Timer` chosen by
+device, so another device's engine and its timer plug in without touching the loop.
+
+With ``--device cuda`` the defaults become the GPU grid of issue #5 (:data:`CUDA_SHAPES`) and the implementations
+``torch.nn`` (cuDNN), ``reference`` and ``gpu``; times come from CUDA events, float32 runs with TF32 off everywhere
+(cuDNN included), and ``--dtype bfloat16`` times bfloat16 weights and inputs.
+
+Also ``python -m gatedrnn.bench``. ``--memory`` measures the peak memory of one forward+backward instead, each in
+a fresh child process (peak resident set size above the process's size before the call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .variants import VARIANTS, Variant
+
+Shape = tuple[int, int, int, int]
+"""``(B, T, I, H)``: batch, time steps, input size, hidden size."""
+
+DEFAULT_SHAPES: tuple[Shape, ...] = ((1, 256, 64, 128), (32, 100, 65, 256), (64, 100, 256, 512))
+CUDA_SHAPES: tuple[Shape, ...] = (
+    (1, 512, 256, 256), (16, 256, 512, 512), (64, 256, 1024, 1024), (256, 128, 1024, 1024))
+"""The GPU grid of issue #5, the default with ``--device cuda``."""
+CUDA_IMPLEMENTATIONS = ["torch.nn", "reference", "gpu"]
+MODES = ("fwd", "fwd+bwd")
+PROJ_VARIANT = "lstm-proj"
+"""The projected LSTM (``proj_size = H // 2``), timed beside the named variants of :mod:`gatedrnn.variants`."""
+
+
+def bench_variants() -> dict[str, Variant]:
+    """Every named variant plus the projected LSTM, whose ``proj_size`` depends on the shape."""
+    lstm = VARIANTS["lstm"]
+    return {**VARIANTS, PROJ_VARIANT: Variant(PROJ_VARIANT, lstm.layer, {}, "h = W_hr (o*tanh(c)), P = H/2")}
+
+
+def _variant_kwargs(name: str, hidden_size: int) -> dict[str, Any]:
+    return {"proj_size": hidden_size // 2} if name == PROJ_VARIANT else {}
+
+
+# ---------------------------------------------------------------------------------------------------------- timers
+class Timer:
+    """Measures the wall time of one call of ``fn`` on a device. Subclasses know how to wait for the device."""
+
+    def time(self, fn: Callable[[], object]) -> float:
+        """Seconds taken by ``fn()``."""
+        raise NotImplementedError
+
+
+class WallTimer(Timer):
+    """CPU work is synchronous: the wall clock around the call is its time."""
+
+    def time(self, fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+
+class CudaTimer(Timer):
+    """CUDA events recorded around the call on the current stream; waits for the GPU to finish."""
+
+    def time(self, fn: Callable[[], object]) -> float:
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop) / 1e3
+
+
+TIMERS: dict[str, Callable[[], Timer]] = {"cpu": WallTimer, "cuda": CudaTimer}
+"""Device type -> timer factory."""
+
+
+def timer_for(device: torch.device) -> Timer:
+    if device.type not in TIMERS:
+        raise ValueError(f"device: no timer for {device.type!r}; expected one of: {', '.join(TIMERS)}")
+    return TIMERS[device.type]()
+
+
+# ------------------------------------------------------------------------------------------------ implementations
+@dataclass(frozen=True)
+class Implementation:
+    """A named way to run a variant: builds a module from the reference-weighted gatedrnn layer, or None when it
+    has no such variant (``torch.nn`` has no peephole LSTM) or does not run on the device."""
+
+    name: str
+    devices: tuple[str, ...]
+    build: Callable[[nn.Module], nn.Module | None]
+
+
+def _torch_twin(layer: nn.Module) -> nn.Module | None:
+    try:
+        return layer.to_torch()  # type: ignore[operator]
+    except ValueError:
+        return None
+
+
+def _engine(name: str) -> Callable[[nn.Module], nn.Module | None]:
+    def build(layer: nn.Module) -> nn.Module | None:
+        from . import engine as registry
+
+        try:
+            registry.resolve(name, layer.spec, next(layer.parameters()))  # type: ignore[arg-type]
+        except ValueError:
+            return None  # the engine does not run this variant (the gpu engine has no layer-norm kernels …)
+        layer.engine = name
+        return layer
+
+    return build
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    impl.name: impl
+    for impl in [
+        Implementation("torch.nn", ("cpu", "cuda"), _torch_twin),
+        Implementation("reference", ("cpu", "cuda"), _engine("reference")),
+        Implementation("cpu", ("cpu",), _engine("cpu")),
+        Implementation("gpu", ("cuda",), _engine("gpu")),
+    ]
+}
+
+
+def _family_baseline(name: str) -> str:
+    """The variant whose ``torch.nn`` module a variant is compared with: itself if it has one, else its family's."""
+    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru"}[bench_variants()[name].layer.__name__.lower()]
+
+
+# ------------------------------------------------------------------------------------------------------ the runs
+@dataclass
+class BenchConfig:
+    """What to time. The defaults are the CPU grid of issue #4."""
+
+    shapes: list[Shape] = field(default_factory=lambda: list(DEFAULT_SHAPES))
+    variants: list[str] = field(default_factory=lambda: list(bench_variants()))
+    implementations: list[str] = field(default_factory=lambda: ["torch.nn", "reference", "cpu"])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    repeats: int = 5
+    warmup: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 0
+    """``torch.set_num_threads``; 0 keeps torch's default."""
+    seed: int = 0
+
+
+@dataclass
+class Row:
+    shape: Shape
+    variant: str
+    implementation: str
+    mode: str
+    times_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+
+def _call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    if mode == "fwd":
+        def forward() -> object:
+            with torch.no_grad():
+                return module(x)
+
+        return forward
+
+    params = list(module.parameters())
+
+    def forward_backward() -> object:
+        for p in params:
+            p.grad = None
+        out, _ = module(x)
+        out.sum().backward()
+        return out
+
+    return forward_backward
+
+
+def _modules(config: BenchConfig, shape: Shape) -> dict[tuple[str, str], nn.Module]:
+    """Every (variant, implementation) module for one shape, each variant's modules with the same weights."""
+    B, T, I, H = shape
+    device, dtype = torch.device(config.device), getattr(torch, config.dtype)
+    modules = {}
+    for name in config.variants:
+        for impl_name in config.implementations:
+            impl = IMPLEMENTATIONS[impl_name]
+            if device.type not in impl.devices:
+                continue
+            torch.manual_seed(config.seed)  # the same weights for every implementation of a variant
+            layer = bench_variants()[name].build(I, H, device=device, dtype=dtype, **_variant_kwargs(name, H))
+            module = impl.build(layer)
+            if module is not None:
+                modules[(name, impl_name)] = module
+    return modules
+
+
+def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> list[Row]:
+    """Time every (shape, variant, implementation, mode) of ``config``; see the module docstring for how."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    timer = timer_for(device)
+    rows: list[Row] = []
+    for shape in config.shapes:
+        B, T, I, H = shape
+        modules = _modules(config, shape)
+        torch.manual_seed(config.seed)
+        x = torch.randn(T, B, I, device=device, dtype=getattr(torch, config.dtype))
+        calls = {(key, mode): _call(m, x, mode) for key, m in modules.items() for mode in config.modes}
+        for call in calls.values():
+            for _ in range(config.warmup):
+                call()
+        times: dict[tuple, list[float]] = {key: [] for key in calls}
+        for r in range(config.repeats):
+            progress(f"shape {shape}: round {r + 1}/{config.repeats}")
+            for key, call in calls.items():
+                times[key].append(timer.time(call) * 1e3)
+        rows += [Row(shape, name, impl, mode, t) for ((name, impl), mode), t in times.items()]
+    return rows
+
+
+def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Each row as a dict with its median and its ratios to torch.nn.LSTM and to its family's torch.nn module."""
+    medians = {(r.shape, r.variant, r.implementation, r.mode): r.median_ms for r in rows}
+    result = []
+    for r in rows:
+        lstm = medians.get((r.shape, "lstm", "torch.nn", r.mode))
+        twin_variant = r.variant if (r.shape, r.variant, "torch.nn", r.mode) in medians else _family_baseline(r.variant)
+        twin = medians.get((r.shape, twin_variant, "torch.nn", r.mode))
+        result.append({
+            "B": r.shape[0], "T": r.shape[1], "I": r.shape[2], "H": r.shape[3], "variant": r.variant,
+            "implementation": r.implementation, "mode": r.mode, "median_ms": r.median_ms, "times_ms": r.times_ms,
+            "us_per_step": 1e3 * r.median_ms / r.shape[1],
+            "vs_torch_nn_lstm": r.median_ms / lstm if lstm else None,
+            "vs_torch_nn_family": r.median_ms / twin if twin else None, "family_baseline": f"{twin_variant}",
+        })
+    return result
+
+
+def format_table(entries: Sequence[dict[str, Any]]) -> str:
+    header = ["B,T,I,H", "variant", "impl", "mode", "median ms", "us/step", "/nn.LSTM", "/nn.family"]
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [[f"{e['B']},{e['T']},{e['I']},{e['H']}", e["variant"], e["implementation"], e["mode"],
+              f"{e['median_ms']:.2f}", f"{e['us_per_step']:.2f}", fmt(e["vs_torch_nn_lstm"]),
+              fmt(e["vs_torch_nn_family"])] for e in entries]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in lines)])
+
+
+# ----------------------------------------------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_child(config: BenchConfig, shape: Shape, name: str, impl: str, queue: Any) -> None:
+    torch.set_num_threads(config.threads or torch.get_num_threads())
+    one = BenchConfig(shapes=[shape], variants=[name], implementations=[impl], device=config.device,
+                      dtype=config.dtype, seed=config.seed)
+    modules = _modules(one, shape)
+    if not modules:
+        queue.put(None)
+        return
+    module = modules[(name, impl)]
+    B, T, I, H = shape
+    x = torch.randn(T, B, I, dtype=getattr(torch, config.dtype))
+    _call(module, x[:1], "fwd+bwd")()  # one short step: loads kernels and libraries before the baseline
+    before = _rss_bytes()
+    _call(module, x, "fwd+bwd")()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    queue.put(max(0, peak - before))
+
+
+def peak_memory(config: BenchConfig) -> list[dict[str, Any]]:
+    """Peak memory above the baseline of one forward+backward, per (shape, variant, implementation), on CPU."""
+    if config.device != "cpu":
+        raise ValueError("memory: --memory measures CPU memory; use the device's own tools for other devices")
+    if not sys.platform.startswith("linux"):
+        raise ValueError("memory: --memory reads /proc and ru_maxrss, which needs Linux")
+    context = multiprocessing.get_context("spawn")
+    result = []
+    for shape in config.shapes:
+        for name in config.variants:
+            for impl in config.implementations:
+                queue = context.Queue()
+                child = context.Process(target=_memory_child, args=(config, shape, name, impl, queue))
+                child.start()
+                peak = queue.get()
+                child.join()
+                if peak is not None:
+                    result.append({"B": shape[0], "T": shape[1], "I": shape[2], "H": shape[3], "variant": name,
+                                   "implementation": impl, "peak_mib": peak / 2**20})
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def _shape(text: str) -> Shape:
+    parts = text.lower().split("x")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected BxTxIxH with positive integers, e.g. 1x256x64x128, got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def _names(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [n for n in text.split(",") if n]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {kind} {', '.join(unknown) or '(none)'}; "
+                                             f"expected some of: {', '.join(known)}")
+        return names
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = BenchConfig()
+    parser.add_argument("--shapes", type=lambda s: [_shape(p) for p in s.split(",") if p],
+                        default=None, help="comma-separated BxTxIxH shapes (default: "
+                        + ",".join("x".join(map(str, s)) for s in d.shapes) + "; with --device cuda: "
+                        + ",".join("x".join(map(str, s)) for s in CUDA_SHAPES) + ")")
+    parser.add_argument("--variants", type=_names("variant", list(bench_variants())), default=d.variants,
+                        help="comma-separated variants (default: all): " + ", ".join(bench_variants()))
+    parser.add_argument("--impls", type=_names("implementation", list(IMPLEMENTATIONS)),
+                        default=None, help="comma-separated implementations (default: "
+                        + ",".join(d.implementations) + "; with --device cuda: " + ",".join(CUDA_IMPLEMENTATIONS)
+                        + "; known: " + ", ".join(IMPLEMENTATIONS) + ")")
+    parser.add_argument("--modes", type=_names("mode", MODES), default=d.modes,
+                        help="fwd, fwd+bwd or both (default: both)")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="timed rounds; the median is reported")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls of each pair first")
+    parser.add_argument("--device", default=d.device, help="device to run on")
+    parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default=d.dtype,
+                        help="floating dtype")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and inputs")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure the peak memory of one forward+backward instead of timing")
+    parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON to FILE")
+
+
+def main_args(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
+        raise ValueError("repeats: expected >= 1 (and --warmup, --threads >= 0)")
+    cuda = torch.device(args.device).type == "cuda"  # a bad --device fails here, before anything is built
+    d = BenchConfig()
+    config = BenchConfig(shapes=args.shapes or list(CUDA_SHAPES if cuda else d.shapes), variants=args.variants,
+                         implementations=args.impls or (CUDA_IMPLEMENTATIONS if cuda else d.implementations),
+                         modes=args.modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
+                         dtype=args.dtype, threads=args.threads, seed=args.seed)
+    if cuda:
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {args.device!r} asked for, but torch sees no CUDA device")
+        # float32 means IEEE float32 for every implementation: cuDNN would otherwise use TF32.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    meta = {"torch": torch.__version__, "threads": config.threads or torch.get_num_threads(),
+            "machine": platform.machine(), "cpus": os.cpu_count(), "config": asdict(config)}
+    if args.memory:
+        entries = peak_memory(config)
+        print("\n".join(f"{e['B']},{e['T']},{e['I']},{e['H']}  {e['variant']:>16}  {e['implementation']:>10}  "
+                        f"peak {e['peak_mib']:.1f} MiB" for e in entries))
+        result = {**meta, "memory": entries}
+    else:
+        start = time.perf_counter()
+        rows = run(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        entries = ratios(rows)
+        print(format_table(entries))
+        print(f"\n{config.dtype}, {meta['threads']} thread(s), median of {config.repeats} interleaved rounds; "
+              f"wall {time.perf_counter() - start:.0f} s")
+        result = {**meta, "results": entries}
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.json)
+    return 0
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m gatedrnn.bench", description=__doc__.splitlines()[0],
+                                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(run=main_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:
+        print(f"gatedrnn: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The cpu engine: the whole recurrence, forward and backward, in fused C++ kernels on ATen's BLAS.
+
+Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused pass over the gates per step
+around one recurrent GEMM), ``build.py`` (compile once, cache, explain failures), ``functions.py`` (the
+``torch.autograd.Function`` of each family and the weight-gradient GEMMs batched over time), and the engine here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ...cells import CellSpec, State
+from ..base import Engine
+from . import build
+
+
+class CPUEngine(Engine):
+    """Fused C++ kernels for every cell family and variant on CPU tensors, float32 and float64.
+
+    If the kernels cannot be built or loaded, :meth:`status` says why, ``engine="auto"`` falls back to the
+    reference engine with one warning, and ``engine="cpu"`` raises that reason.
+    """
+
+    name = "cpu"
+    priority = 5
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def status(self) -> tuple[bool, str]:
+        available, reason = build.status()
+        if not available and not self._warned:
+            self._warned = True
+            warnings.warn(f"gatedrnn: the cpu engine is not available, so the slower reference engine runs "
+                          f"instead: {reason}", RuntimeWarning, stacklevel=2)
+        return available, reason
+
+    def covers(self, spec: CellSpec, x: Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+    def run(self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
+            lengths: Tensor | None) -> tuple[Tensor, State]:
+        from .functions import run
+
+        return run(spec, gx, params, state, lengths)

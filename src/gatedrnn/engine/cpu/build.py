@@ -1,0 +1,146 @@
+"""Compiling and loading the C++ kernels of the cpu engine, once per machine, with a reason when that fails.
+
+The sources in ``csrc/`` are compiled on first use with ``torch.utils.cpp_extension.load`` (JIT, ninja, the
+system C++ compiler) into a cache directory keyed by a hash of everything that changes the binary: the sources,
+the flags, the torch version and the CPU's instruction set. Later processes load the cached library in well
+under a second. Concurrent first uses (pytest-xdist workers, several jobs) are serialised by torch's lock file
+in the build directory, so only one of them compiles.
+
+Cache directory: ``$GATEDRNN_CACHE`` if set, else ``$XDG_CACHE_HOME/gatedrnn`` (``~/.cache/gatedrnn``); when that
+is not writable, a per-user directory under the system temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp")
+HEADERS = ("common.h",)
+CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
+"""``-march=native`` and ``-ffast-math`` let the compiler vectorise the gate loops (with glibc's vector exp and
+tanh); the binary is built on the machine that runs it and keyed by its CPU flags. ``-fopenmp`` makes
+``at::parallel_for`` in the gate loops use torch's OpenMP thread pool (and so ``torch.set_num_threads``)."""
+LDFLAGS = ("-fopenmp",)
+
+_lock = threading.Lock()
+_result: tuple[bool, str] | None = None
+
+
+def source_dir() -> Path:
+    return Path(__file__).parent / "csrc"
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (part of the cache key, because of ``-march=native``)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    """A hash of everything that changes the compiled library."""
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update(name.encode())
+        digest.update((source_dir() / name).read_bytes())
+    for part in (*CFLAGS, *LDFLAGS, torch.__version__, platform.machine(), _cpu_flags()):
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+def cache_root() -> Path:
+    """Where compiled extensions are kept (see the module docstring)."""
+    if os.environ.get("GATEDRNN_CACHE"):
+        candidates = [Path(os.environ["GATEDRNN_CACHE"])]
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        candidates = [Path(xdg) / "gatedrnn"]
+    uid = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    candidates.append(Path(tempfile.gettempdir()) / f"gatedrnn-{uid}")
+    for path in candidates:
+        if _writable(path):
+            return path
+    raise OSError(f"no writable cache directory for the compiled extension (tried {', '.join(map(str, candidates))})")
+
+
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's JIT build calls ``ninja`` by name; the ``ninja`` wheel installs it next to Python, which may not be
+    on ``PATH`` when the virtual environment is not activated."""
+    if shutil.which("ninja"):
+        yield
+        return
+    try:
+        import ninja  # the PyPI wheel, a runtime dependency
+    except ImportError:
+        yield
+        return
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + old
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def compile_and_load() -> None:
+    """Build (or find in the cache) and load the library; its ops appear as ``torch.ops.gatedrnn_cpu.*``."""
+    from torch.utils import cpp_extension
+
+    name = f"gatedrnn_cpu_{build_key()}"
+    build_dir = cache_root() / "extensions" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with _ninja_on_path():
+        cpp_extension.load(
+            name=name,
+            sources=[str(source_dir() / s) for s in SOURCES],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
+            extra_include_paths=[str(source_dir())],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=False,
+        )
+
+
+def status() -> tuple[bool, str]:
+    """``(available, reason)``: builds and loads the kernels on the first call, then answers from memory."""
+    global _result
+    with _lock:
+        if _result is None:
+            try:
+                compile_and_load()
+                _result = (True, "fused C++ kernels (ATen BLAS GEMMs), forward and backward")
+            except Exception as error:  # a missing compiler, ninja or header, a failed build or load
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                _result = (False, f"the C++ extension could not be built or loaded: {type(error).__name__}: {first}")
+        return _result
+
+
+def reset() -> None:
+    """Forget the result of :func:`status` (tests simulate a failed build with it)."""
+    global _result
+    with _lock:
+        _result = None

@@ -1,0 +1,257 @@
+// GRU recurrence (cells/gru.py, reset "after" or "before", optional layer norm), forward and backward.
+//
+// Gate blocks r|z|n as in torch.nn.GRU. reset="after": one GEMM gh = h W_hh^T per step and one fused pass.
+// reset="before": W_hn multiplies r*h, which exists only after r, so a step is GEMM(r|z rows), pass, GEMM(n
+// rows), pass. Layer norm of the recurrent part is over the r|z block (2H) and the n block (H) separately.
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace gatedrnn {
+namespace {
+
+template <typename T>
+void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
+                  const OptTensor& ln_b, bool before, const int64_t* lengths, Tensor& h_state, Tensor& out,
+                  Tensor& gates, Tensor& aux, Tensor& xhat, Tensor& rstd, bool save) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
+  const T* bias = ptr_or_null<T>(b_hh);
+  const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
+  auto opts = gx.options();
+  Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
+  Tensor gh = at::empty({B, before ? 2 * H : G}, opts);  // (B, 2H) or (B, 3H)
+  Tensor ghn = at::empty({B, H}, opts);                   // reset-before: W_hn (r*h), (B, H)
+  Tensor gate_scratch = save ? Tensor() : at::empty({B, G}, opts);
+  Tensor aux_scratch = save ? Tensor() : at::empty({B, H}, opts);
+  T* hs = h_state.data_ptr<T>();
+  const int64_t ghw = gh.size(1);
+
+  for (int64_t t = 0; t < T_; ++t) {
+    mm_nt(gh, h_state, before ? w_rz : w_hh);
+    const T* x_t = gx.data_ptr<T>() + t * B * G;
+    T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
+    // aux: reset-after keeps LN_n(W_hn h) + b_hn (dr needs it); reset-before keeps r*h (the factor of dW_hn).
+    T* auxt = save ? aux.data_ptr<T>() + t * B * H : aux_scratch.data_ptr<T>();
+    T* xh = save && lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
+    T* rs = save && lnw ? rstd.data_ptr<T>() + t * B * 2 : nullptr;
+    T* outt = out.data_ptr<T>() + t * B * H;
+    // First pass: r and z (and for reset-after the whole step).
+    at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!active(lengths, b, t)) continue;
+        T* a = gh.data_ptr<T>() + b * ghw;
+        if (lnw) {
+          layer_norm_row(a, 2 * H, lnw, lnb, xh ? xh + b * G : nullptr, (T*)nullptr, rs ? rs + 2 * b : nullptr);
+          if (!before) {
+            layer_norm_row(a + 2 * H, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr, (T*)nullptr,
+                           rs ? rs + 2 * b + 1 : nullptr);
+          }
+        }
+        const T* x = x_t + b * G;
+        const T* h = hs + b * H;
+        T* gr = gt + b * G;
+        T* au = auxt + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          T ar = x[j] + a[j], az = x[H + j] + a[H + j];
+          if (bias) {
+            ar += bias[j];
+            az += bias[H + j];
+          }
+          const T r = sigmoid(ar), z = sigmoid(az);
+          gr[j] = r;
+          gr[H + j] = z;
+          if (before) {
+            au[j] = r * h[j];
+          } else {
+            const T ghn_j = a[2 * H + j] + (bias ? bias[2 * H + j] : T(0));
+            const T n = std::tanh(x[2 * H + j] + r * ghn_j);
+            au[j] = ghn_j;
+            gr[2 * H + j] = n;
+            outt[b * H + j] = (T(1) - z) * n + z * h[j];
+          }
+        }
+      }
+    });
+    if (before) {
+      mm_nt(ghn, save ? aux[t] : aux_scratch, w_n);
+      at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!active(lengths, b, t)) continue;
+          T* a = ghn.data_ptr<T>() + b * H;
+          if (lnw) {
+            layer_norm_row(a, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr, (T*)nullptr,
+                           rs ? rs + 2 * b + 1 : nullptr);
+          }
+          const T* x = x_t + b * G;
+          const T* h = hs + b * H;
+          T* gr = gt + b * G;
+          for (int64_t j = 0; j < H; ++j) {
+            const T n = std::tanh(x[2 * H + j] + a[j] + (bias ? bias[2 * H + j] : T(0)));
+            const T z = gr[H + j];
+            gr[2 * H + j] = n;
+            outt[b * H + j] = (T(1) - z) * n + z * h[j];
+          }
+        }
+      });
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      if (active(lengths, b, t)) {
+        std::copy(outt + b * H, outt + (b + 1) * H, hs + b * H);
+      } else {
+        std::fill(outt + b * H, outt + (b + 1) * H, T(0));
+      }
+    }
+  }
+}
+
+// Saved tensors (what backward needs, and why):
+//   gates (T,B,3H)   activated r, z, n: the local derivatives of the cell
+//   aux   (T,B,H)    reset-after: LN_n(W_hn h_{t-1}) + b_hn, the factor of dr; reset-before: r*h_{t-1}, the
+//                    right factor of dW_hn
+//   out   (T,B,H)    h_t (the output, kept anyway): h_{t-1} for dz, for dr (before) and for dW_hh
+//   xhat (T,B,3H), rstd (T,B,2)   layer_norm only: LN backward of the r|z and n blocks
+std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, const OptTensor& b_hh,
+                                const OptTensor& ln_w, const OptTensor& ln_b, bool before,
+                                const OptTensor& lengths, bool save) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool zero = len != nullptr;
+  const bool ln = ln_w.has_value() && ln_w->defined();
+  auto opts = gx.options();
+  Tensor h_state = h0.clone();
+  Tensor out = at::empty({T_, B, H}, opts);
+  Tensor none = none_like(gx);
+  Tensor gates = save ? buffer({T_, B, G}, opts, zero) : none;
+  Tensor aux = save ? buffer({T_, B, H}, opts, zero) : none;
+  Tensor xhat = save && ln ? buffer({T_, B, G}, opts, zero) : none;
+  Tensor rstd = save && ln ? buffer({T_, B, 2}, opts, zero) : none;
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
+    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, before, len, h_state, out, gates, aux, xhat, rstd, save);
+  });
+  return {out, h_state, gates, aux, xhat, rstd};
+}
+
+// Backward through time. Returns, batched over time for the caller's weight GEMMs and sums:
+//   dgx (T,B,3H)  gradient of gx
+//   dgp (T,B,3H)  gradient of the recurrent part after LN and bias (b_hh's and LN's gradient); for reset-after
+//                 its n block is r * dgx_n, for reset-before it equals dgx
+//   dgh (T,B,3H)  gradient of W_hh h (r|z rows) and W_hn (r*h) or W_hn h (n rows) before LN
+//   dh0
+template <typename T>
+void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tensor& w_hh, const OptTensor& ln_w,
+                   bool before, const int64_t* lengths, const Tensor& out, const Tensor& gates, const Tensor& aux,
+                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgp, Tensor& dgh) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
+  const T* lnw = ptr_or_null<T>(ln_w);
+  auto opts = dout.options();
+  Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
+  Tensor drh = at::empty({B, H}, opts);  // reset-before: gradient of r*h_{t-1}
+  T* dhp = dh.data_ptr<T>();
+
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const T* doutt = dout.data_ptr<T>() + t * B * H;
+    const T* gt = gates.data_ptr<T>() + t * B * G;
+    const T* auxt = aux.data_ptr<T>() + t * B * H;
+    const T* hprev = t > 0 ? out.data_ptr<T>() + (t - 1) * B * H : h0.data_ptr<T>();
+    T* dgxt = dgx.data_ptr<T>() + t * B * G;
+    T* dgpt = dgp.data_ptr<T>() + t * B * G;
+    T* dght = dgh.data_ptr<T>() + t * B * G;
+    const T* xh = lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
+    const T* rs = lnw ? rstd.data_ptr<T>() + t * B * 2 : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      if (!active(lengths, b, t)) continue;
+      for (int64_t j = 0; j < H; ++j) dhp[b * H + j] += doutt[b * H + j];
+    }
+    if (!before) {
+      at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!active(lengths, b, t)) continue;
+          const T* gr = gt + b * G;
+          const T* hp = hprev + b * H;
+          T* d = dhp + b * H;
+          T* da = dgxt + b * G;
+          T* dp = dgpt + b * G;
+          for (int64_t j = 0; j < H; ++j) {
+            const T r = gr[j], z = gr[H + j], n = gr[2 * H + j];
+            const T dan = d[j] * (T(1) - z) * (T(1) - n * n);
+            const T dar = dan * auxt[b * H + j] * r * (T(1) - r);
+            const T daz = d[j] * (hp[j] - n) * z * (T(1) - z);
+            da[j] = dp[j] = dar;
+            da[H + j] = dp[H + j] = daz;
+            da[2 * H + j] = dan;
+            dp[2 * H + j] = dan * r;
+            d[j] *= z;  // the direct path h_t = ... + z*h_{t-1}; the GEMM below adds the rest
+          }
+          if (lnw) {
+            layer_norm_row_backward(dp, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
+            layer_norm_row_backward(dp + 2 * H, xh + b * G + 2 * H, rs[2 * b + 1], lnw + 2 * H, H,
+                                    dght + b * G + 2 * H);
+          }
+        }
+      });
+      dh.addmm_(dgh[t], w_hh);  // (B,3H) @ (3H,H)
+      continue;
+    }
+    // reset-before: the n block first, because d(r*h) = dgh_n W_hn is needed for dr.
+    at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!active(lengths, b, t)) continue;
+        const T* gr = gt + b * G;
+        const T* d = dhp + b * H;
+        T* da = dgxt + b * G;
+        for (int64_t j = 0; j < H; ++j) {
+          const T z = gr[H + j], n = gr[2 * H + j];
+          da[2 * H + j] = d[j] * (T(1) - z) * (T(1) - n * n);
+        }
+        if (lnw) {
+          layer_norm_row_backward(da + 2 * H, xh + b * G + 2 * H, rs[2 * b + 1], lnw + 2 * H, H,
+                                  dght + b * G + 2 * H);
+        }
+      }
+    });
+    at::mm_out(drh, dgh[t].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
+    at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!active(lengths, b, t)) continue;
+        const T* gr = gt + b * G;
+        const T* hp = hprev + b * H;
+        const T* dr = drh.data_ptr<T>() + b * H;
+        T* d = dhp + b * H;
+        T* da = dgxt + b * G;
+        for (int64_t j = 0; j < H; ++j) {
+          const T r = gr[j], z = gr[H + j], n = gr[2 * H + j];
+          da[j] = dr[j] * hp[j] * r * (T(1) - r);
+          da[H + j] = d[j] * (hp[j] - n) * z * (T(1) - z);
+          d[j] = d[j] * z + dr[j] * r;
+        }
+        if (lnw) layer_norm_row_backward(da, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
+      }
+    });
+    dh.addmm_(dgh[t].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
+  }
+}
+
+std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
+                                 const OptTensor& ln_w, bool before, const OptTensor& lengths, const Tensor& out,
+                                 const Tensor& gates, const Tensor& aux, const Tensor& xhat, const Tensor& rstd) {
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool ln = ln_w.has_value() && ln_w->defined();
+  Tensor dh = dh_n.clone();
+  Tensor dgx = at::zeros(gates.sizes(), dout.options());
+  // Without layer norm the gradient before LN is the one after it; reset-before's post-LN gradient is dgx.
+  Tensor dgp = before ? dgx : at::zeros(gates.sizes(), dout.options());
+  Tensor dgh = ln ? at::zeros(gates.sizes(), dout.options()) : dgp;
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
+    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgp, dgh);
+  });
+  return {dgx, dgp, dgh, dh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+}
+
+}  // namespace gatedrnn

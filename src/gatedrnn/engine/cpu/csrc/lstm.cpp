@@ -1,0 +1,321 @@
+// LSTM recurrence (every variant of cells/lstm.py), forward and backward, one layer and direction.
+//
+// Per step: one GEMM gh = h_{t-1} W_hh^T, one fused pass over the gates of each row (layer norm, bias,
+// peepholes, forget bias, coupling, cell update, output), plus the projection GEMM when proj_size > 0.
+// Gate blocks are i|f|g|o (i|g|o when coupled), as in torch.nn.LSTM.
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace gatedrnn {
+namespace {
+
+struct LSTMShape {
+  int64_t T, B, H, P, G;  // steps, batch, hidden, state width (proj_size or H), gate width G*H
+  bool coupled;
+  int64_t off_f, off_g, off_o;  // column offsets of the f, g, o blocks (off_f unused when coupled)
+};
+
+LSTMShape lstm_shape(const Tensor& gx, const Tensor& c0, const Tensor& h0, bool coupled) {
+  const int64_t H = c0.size(1);
+  LSTMShape s{gx.size(0), gx.size(1), H, h0.size(1), gx.size(2), coupled, H, 2 * H, 3 * H};
+  if (coupled) {
+    s.off_g = H;
+    s.off_o = 2 * H;
+  }
+  return s;
+}
+
+template <typename T>
+void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+                  const OptTensor& w_hr, const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
+                  const OptTensor& ln_hh_w, const OptTensor& ln_hh_b, const OptTensor& ln_c_w,
+                  const OptTensor& ln_c_b, double forget_bias, const int64_t* lengths, Tensor& h_state,
+                  Tensor& c_state, Tensor& out, Tensor& gates, Tensor& cs, Tensor& hh_all, Tensor& xhat_hh,
+                  Tensor& rstd_hh, Tensor& mean_c, Tensor& rstd_c, bool save) {
+  const int64_t B = s.B, H = s.H, P = s.P, G = s.G;
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool ln = ln_hh_w.has_value() && ln_hh_w->defined();
+  const T* bias = ptr_or_null<T>(b_hh);
+  const T *pci = ptr_or_null<T>(w_ci), *pcf = ptr_or_null<T>(w_cf), *pco = ptr_or_null<T>(w_co);
+  const T *lnw = ptr_or_null<T>(ln_hh_w), *lnb = ptr_or_null<T>(ln_hh_b);
+  const T *lncw = ptr_or_null<T>(ln_c_w), *lncb = ptr_or_null<T>(ln_c_b);
+  const T fb = T(forget_bias);
+  auto opts = gx.options();
+  Tensor gh = at::empty({B, G}, opts);                                // (B, G·H)
+  Tensor gate_scratch = save ? Tensor() : at::empty({B, G}, opts);    // (B, G·H)
+  Tensor hh_scratch = (proj && !save) ? at::empty({B, H}, opts) : Tensor();
+  Tensor h_new = proj ? at::empty({B, P}, opts) : Tensor();           // (B, P)
+  T* hs = h_state.data_ptr<T>();
+  T* cst = c_state.data_ptr<T>();
+
+  for (int64_t t = 0; t < s.T; ++t) {
+    mm_nt(gh, h_state, w_hh);
+    T* ghp = gh.data_ptr<T>();
+    const T* gxt = gx.data_ptr<T>() + t * B * G;
+    T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
+    T* cst_save = save ? cs.data_ptr<T>() + t * B * H : nullptr;
+    T* hht = proj ? (save ? hh_all.data_ptr<T>() + t * B * H : hh_scratch.data_ptr<T>()) : nullptr;
+    T* outt = out.data_ptr<T>() + t * B * P;
+    at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* c = cst + b * H;
+        if (!active(lengths, b, t)) {
+          // Ended sequences keep their state; the saved c must still be the state (backward reads c_{t-1}).
+          if (save) std::copy(c, c + H, cst_save + b * H);
+          if (!proj) std::fill(outt + b * P, outt + (b + 1) * P, T(0));
+          continue;
+        }
+        T* a = ghp + b * G;
+        if (ln) {
+          layer_norm_row(a, G, lnw, lnb, save ? xhat_hh.data_ptr<T>() + (t * B + b) * G : nullptr, (T*)nullptr,
+                         save ? rstd_hh.data_ptr<T>() + t * B + b : nullptr);
+        }
+        const T* x = gxt + b * G;
+        T* gr = gt + b * G;
+        for (int64_t j = 0; j < H; ++j) {
+          const T cp = c[j];
+          T ai = x[j] + a[j], ag = x[s.off_g + j] + a[s.off_g + j], ao = x[s.off_o + j] + a[s.off_o + j];
+          if (bias) {
+            ai += bias[j];
+            ag += bias[s.off_g + j];
+            ao += bias[s.off_o + j];
+          }
+          if (pci) ai += pci[j] * cp;
+          const T i = sigmoid(ai);
+          T f;
+          if (s.coupled) {
+            f = T(1) - i;
+          } else {
+            T af = x[s.off_f + j] + a[s.off_f + j] + fb;
+            if (bias) af += bias[s.off_f + j];
+            if (pcf) af += pcf[j] * cp;
+            f = sigmoid(af);
+            gr[s.off_f + j] = f;
+          }
+          const T g = std::tanh(ag);
+          const T cn = f * cp + i * g;
+          if (pco) ao += pco[j] * cn;
+          gr[j] = i;
+          gr[s.off_g + j] = g;
+          gr[s.off_o + j] = sigmoid(ao);
+          c[j] = cn;
+        }
+        if (save) std::copy(c, c + H, cst_save + b * H);
+        // h = o * tanh(LN_c(c)); LN_c needs the whole row of c first, so it is a second pass over the row.
+        T mean = 0, rstd = 1;
+        if (lncw) {
+          double m = 0;
+          for (int64_t j = 0; j < H; ++j) m += c[j];
+          m /= double(H);
+          double v = 0;
+          for (int64_t j = 0; j < H; ++j) v += (c[j] - m) * (c[j] - m);
+          mean = T(m);
+          rstd = T(1.0 / std::sqrt(v / double(H) + kLayerNormEps));
+          if (save) {
+            mean_c.data_ptr<T>()[t * B + b] = mean;
+            rstd_c.data_ptr<T>()[t * B + b] = rstd;
+          }
+        }
+        T* h = proj ? hht + b * H : outt + b * P;
+        for (int64_t j = 0; j < H; ++j) {
+          const T cn = lncw ? (c[j] - mean) * rstd * lncw[j] + lncb[j] : c[j];
+          h[j] = gr[s.off_o + j] * std::tanh(cn);
+        }
+        if (!proj) std::copy(h, h + H, hs + b * P);
+      }
+    });
+    if (proj) {
+      mm_nt(h_new, save ? hh_all[t] : hh_scratch, w_hr.value());
+      const T* hn = h_new.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (active(lengths, b, t)) {
+          std::copy(hn + b * P, hn + (b + 1) * P, hs + b * P);
+          std::copy(hn + b * P, hn + (b + 1) * P, outt + b * P);
+        } else {
+          std::fill(outt + b * P, outt + (b + 1) * P, T(0));
+        }
+      }
+    }
+  }
+}
+
+// Saved tensors (what backward needs, and why):
+//   gates (T,B,G·H)  activated i,f,g,o: every local derivative of the cell is a function of them
+//   cs    (T,B,H)    c_t: c_{t-1} feeds df and the peepholes p_i,p_f; c_t feeds p_o and tanh(LN_c(c_t))
+//   out   (T,B,P)    h_t (the layer's output, kept anyway): h_{t-1} is the right factor of dW_hh
+//   hh    (T,B,H)    o*tanh(c) before the projection, the right factor of dW_hr (proj_size > 0 only)
+//   xhat_hh (T,B,G·H), rstd_hh (T,B)   normalised W_hh h and its 1/std (layer_norm only): LN backward
+//   mean_c, rstd_c (T,B)               statistics of c (layer_norm only): LN_c(c) is recomputed from cs
+std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                 const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& w_ci,
+                                 const OptTensor& w_cf, const OptTensor& w_co, const OptTensor& ln_hh_w,
+                                 const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
+                                 double forget_bias, bool coupled, const OptTensor& lengths, bool save) {
+  const LSTMShape s = lstm_shape(gx, c0, h0, coupled);
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool zero = len != nullptr;
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool ln = ln_hh_w.has_value() && ln_hh_w->defined();
+  auto opts = gx.options();
+  Tensor h_state = h0.clone(), c_state = c0.clone();
+  Tensor out = at::empty({s.T, s.B, s.P}, opts);
+  Tensor none = none_like(gx);
+  Tensor gates = save ? buffer({s.T, s.B, s.G}, opts, zero) : none;
+  Tensor cs = save ? at::empty({s.T, s.B, s.H}, opts) : none;
+  Tensor hh_all = save && proj ? buffer({s.T, s.B, s.H}, opts, zero) : none;
+  Tensor xhat_hh = save && ln ? buffer({s.T, s.B, s.G}, opts, zero) : none;
+  Tensor rstd_hh = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
+  Tensor mean_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
+  Tensor rstd_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
+    forward_impl<scalar_t>(s, gx, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b,
+                           forget_bias, len, h_state, c_state, out, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c,
+                           rstd_c, save);
+  });
+  return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c};
+}
+
+// Backward through time. Returns the gradients the weight GEMMs and sums need, batched over time by the caller:
+//   dgx (T,B,G·H)   d loss / d (gate pre-activation) = gradient of gx, of b_hh and of LN_hh's output
+//   dgh (T,B,G·H)   gradient of W_hh h_{t-1} before LN_hh (the same tensor as dgx without layer norm)
+//   dhp (T,B,P)     gradient of the projected h_t (proj_size > 0 only; zero at masked steps)
+//   dcn (T,B,H)     gradient of LN_c(c_t) (layer_norm only)
+//   dh0, dc0        gradients of the initial state
+template <typename T>
+void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& dc, const Tensor& w_hh,
+                   const OptTensor& w_hr, const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
+                   const OptTensor& ln_hh_w, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
+                   const int64_t* lengths, const Tensor& c0, const Tensor& gates, const Tensor& cs,
+                   const Tensor& xhat_hh, const Tensor& rstd_hh, const Tensor& mean_c, const Tensor& rstd_c,
+                   Tensor& dgx, Tensor& dgh, Tensor& dhp, Tensor& dcn_all) {
+  const int64_t B = s.B, H = s.H, P = s.P, G = s.G;
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const T *pci = ptr_or_null<T>(w_ci), *pcf = ptr_or_null<T>(w_cf), *pco = ptr_or_null<T>(w_co);
+  const T* lnw = ptr_or_null<T>(ln_hh_w);
+  const T *lncw = ptr_or_null<T>(ln_c_w), *lncb = ptr_or_null<T>(ln_c_b);
+  auto opts = dout.options();
+  Tensor dhh = proj ? at::empty({B, H}, opts) : Tensor();   // (B, H): gradient of o*tanh(c)
+  Tensor dch = lncw ? at::empty({B, H}, opts) : Tensor();  // (B, H): gradient of c_t through h_t
+  T* dhp_ = dh.data_ptr<T>();
+  T* dcp_ = dc.data_ptr<T>();
+
+  for (int64_t t = s.T - 1; t >= 0; --t) {
+    const T* doutt = dout.data_ptr<T>() + t * B * P;
+    for (int64_t b = 0; b < B; ++b) {
+      if (!active(lengths, b, t)) continue;
+      T* d = dhp_ + b * P;
+      for (int64_t j = 0; j < P; ++j) d[j] += doutt[b * P + j];
+    }
+    if (proj) {
+      T* dhpt = dhp.data_ptr<T>() + t * B * P;
+      for (int64_t b = 0; b < B; ++b) {
+        if (active(lengths, b, t)) std::copy(dhp_ + b * P, dhp_ + (b + 1) * P, dhpt + b * P);
+      }
+      at::mm_out(dhh, dh, w_hr.value());  // (B,P) @ (P,H)
+    }
+    const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
+    const T* gt = gates.data_ptr<T>() + t * B * G;
+    const T* ct = cs.data_ptr<T>() + t * B * H;
+    const T* cprev = t > 0 ? cs.data_ptr<T>() + (t - 1) * B * H : c0.data_ptr<T>();
+    T* dgxt = dgx.data_ptr<T>() + t * B * G;
+    T* dght = dgh.data_ptr<T>() + t * B * G;
+    at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!active(lengths, b, t)) continue;  // gradients pass through unchanged; dgx/dgh rows stay zero
+        const T* gr = gt + b * G;
+        const T* c = ct + b * H;
+        const T* cp = cprev + b * H;
+        const T* dho = dhh_ + b * H;
+        T* dcr = dcp_ + b * H;
+        T* da = dgxt + b * G;
+        const T* dch_row = nullptr;
+        if (lncw) {
+          // dcn = dh * o * (1 - tanh(LN_c(c))^2), then back through LN_c; xhat of c is rebuilt from its stats.
+          const T mean = mean_c.data_ptr<T>()[t * B + b], rstd = rstd_c.data_ptr<T>()[t * B + b];
+          T* dcn = dcn_all.data_ptr<T>() + (t * B + b) * H;
+          T* xh = dch.data_ptr<T>() + b * H;  // holds xhat, then is overwritten by the LN gradient
+          for (int64_t j = 0; j < H; ++j) {
+            xh[j] = (c[j] - mean) * rstd;
+            const T th = std::tanh(xh[j] * lncw[j] + lncb[j]);
+            dcn[j] = dho[j] * gr[s.off_o + j] * (T(1) - th * th);
+          }
+          layer_norm_row_backward(dcn, xh, rstd, lncw, H, xh);
+          dch_row = xh;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
+          const T f = s.coupled ? T(1) - i : gr[s.off_f + j];
+          T th, dcj;
+          if (lncw) {
+            const T mean = mean_c.data_ptr<T>()[t * B + b], rstd = rstd_c.data_ptr<T>()[t * B + b];
+            th = std::tanh((c[j] - mean) * rstd * lncw[j] + lncb[j]);
+            dcj = dcr[j] + dch_row[j];
+          } else {
+            th = std::tanh(c[j]);
+            dcj = dcr[j] + dho[j] * o * (T(1) - th * th);
+          }
+          const T dao = dho[j] * th * o * (T(1) - o);
+          if (pco) dcj += dao * pco[j];
+          const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
+          const T dag = dg * (T(1) - g * g);
+          T dai, daf = 0;
+          if (s.coupled) {
+            dai = (di - df) * i * (T(1) - i);  // f = 1 - i
+          } else {
+            dai = di * i * (T(1) - i);
+            daf = df * f * (T(1) - f);
+            da[s.off_f + j] = daf;
+          }
+          T dcprev = dcj * f;
+          if (pci) dcprev += dai * pci[j];
+          if (pcf) dcprev += daf * pcf[j];
+          da[j] = dai;
+          da[s.off_g + j] = dag;
+          da[s.off_o + j] = dao;
+          dcr[j] = dcprev;
+        }
+        if (lnw) {
+          layer_norm_row_backward(da, xhat_hh.data_ptr<T>() + (t * B + b) * G, rstd_hh.data_ptr<T>()[t * B + b],
+                                  lnw, G, dght + b * G);
+        }
+        // h_{t-1} gets only the recurrent GEMM's gradient (added below); the carried value is used up.
+        std::fill(dhp_ + b * P, dhp_ + (b + 1) * P, T(0));
+      }
+    });
+    dh.addmm_(dgh[t], w_hh);  // (B,G·H) @ (G·H,P)
+  }
+}
+
+std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0,
+                                  const Tensor& c0, const Tensor& w_hh, const OptTensor& w_hr,
+                                  const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
+                                  const OptTensor& ln_hh_w, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
+                                  bool coupled, const OptTensor& lengths, const Tensor& gates, const Tensor& cs,
+                                  const Tensor& xhat_hh, const Tensor& rstd_hh, const Tensor& mean_c,
+                                  const Tensor& rstd_c) {
+  const LSTMShape s = lstm_shape(gates, c0, h0, coupled);
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool ln = ln_hh_w.has_value() && ln_hh_w->defined();
+  auto opts = dout.options();
+  Tensor dh = dh_n.clone(), dc = dc_n.clone();
+  Tensor dgx = at::zeros({s.T, s.B, s.G}, opts);
+  Tensor dgh = ln ? at::zeros({s.T, s.B, s.G}, opts) : dgx;
+  Tensor dhp = proj ? at::zeros({s.T, s.B, s.P}, opts) : none_like(dout);
+  Tensor dcn = ln ? at::zeros({s.T, s.B, s.H}, opts) : none_like(dout);
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_backward", [&] {
+    backward_impl<scalar_t>(s, dout, dh, dc, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, len, c0,
+                            gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, dgx, dgh, dhp, dcn);
+  });
+  return {dgx, dgh, dhp, dcn, dh, dc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+}
+
+}  // namespace gatedrnn

@@ -1,0 +1,121 @@
+// Elman RNN recurrence (cells/rnn.py: tanh or relu, optional layer norm), forward and backward.
+// Per step: one GEMM gh = h W_hh^T and one fused pass (layer norm, bias, activation, mask).
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace gatedrnn {
+namespace {
+
+template <typename T>
+void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
+                  const OptTensor& ln_b, bool relu, const int64_t* lengths, Tensor& h_state, Tensor& out,
+                  Tensor& xhat, Tensor& rstd, bool save) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const T* bias = ptr_or_null<T>(b_hh);
+  const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
+  Tensor gh = at::empty({B, H}, gx.options());  // (B, H)
+  T* hs = h_state.data_ptr<T>();
+  for (int64_t t = 0; t < T_; ++t) {
+    mm_nt(gh, h_state, w_hh);
+    const T* x_t = gx.data_ptr<T>() + t * B * H;
+    T* outt = out.data_ptr<T>() + t * B * H;
+    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* o = outt + b * H;
+        if (!active(lengths, b, t)) {
+          std::fill(o, o + H, T(0));
+          continue;
+        }
+        T* a = gh.data_ptr<T>() + b * H;
+        if (lnw) {
+          layer_norm_row(a, H, lnw, lnb, save ? xhat.data_ptr<T>() + (t * B + b) * H : nullptr, (T*)nullptr,
+                         save ? rstd.data_ptr<T>() + t * B + b : nullptr);
+        }
+        const T* x = x_t + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T v = x[j] + a[j] + (bias ? bias[j] : T(0));
+          o[j] = relu ? (v > T(0) ? v : T(0)) : std::tanh(v);
+        }
+        std::copy(o, o + H, hs + b * H);
+      }
+    });
+  }
+}
+
+// Saved tensors: out (T,B,H), the output itself (kept anyway): the activation's derivative is a function of
+// h_t, and h_{t-1} is the right factor of dW_hh; with layer_norm also xhat (T,B,H) and rstd (T,B) for LN backward.
+std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, const OptTensor& b_hh,
+                                const OptTensor& ln_w, const OptTensor& ln_b, bool relu, const OptTensor& lengths,
+                                bool save) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool ln = ln_w.has_value() && ln_w->defined();
+  auto opts = gx.options();
+  Tensor h_state = h0.clone();
+  Tensor out = at::empty({T_, B, H}, opts);
+  Tensor xhat = save && ln ? buffer({T_, B, H}, opts, len != nullptr) : none_like(gx);
+  Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
+    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, relu, len, h_state, out, xhat, rstd, save);
+  });
+  return {out, h_state, xhat, rstd};
+}
+
+// Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dgh
+// (T,B,H) = gradient of W_hh h_{t-1} before LN (dgx itself without layer norm), and dh0.
+template <typename T>
+void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const OptTensor& ln_w, bool relu,
+                   const int64_t* lengths, const Tensor& out, const Tensor& xhat, const Tensor& rstd, Tensor& dgx,
+                   Tensor& dgh) {
+  const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
+  const T* lnw = ptr_or_null<T>(ln_w);
+  T* dhp = dh.data_ptr<T>();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const T* doutt = dout.data_ptr<T>() + t * B * H;
+    const T* outt = out.data_ptr<T>() + t * B * H;
+    T* dgxt = dgx.data_ptr<T>() + t * B * H;
+    T* dght = dgh.data_ptr<T>() + t * B * H;
+    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!active(lengths, b, t)) continue;  // the gradient passes through unchanged
+        T* d = dhp + b * H;
+        const T* h = outt + b * H;
+        T* da = dgxt + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T g = d[j] + doutt[b * H + j];
+          da[j] = relu ? (h[j] > T(0) ? g : T(0)) : g * (T(1) - h[j] * h[j]);
+          d[j] = 0;  // h_{t-1} gets only the recurrent GEMM's gradient, added below
+        }
+        if (lnw) {
+          layer_norm_row_backward(da, xhat.data_ptr<T>() + (t * B + b) * H, rstd.data_ptr<T>()[t * B + b], lnw, H,
+                                  dght + b * H);
+        }
+      }
+    });
+    dh.addmm_(dgh[t], w_hh);  // (B,H) @ (H,H)
+  }
+}
+
+std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& w_hh, const OptTensor& ln_w,
+                                 bool relu, const OptTensor& lengths, const Tensor& out, const Tensor& xhat,
+                                 const Tensor& rstd) {
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool ln = ln_w.has_value() && ln_w->defined();
+  Tensor dh = dh_n.clone();
+  Tensor dgx = at::zeros(out.sizes(), dout.options());
+  Tensor dgh = ln ? at::zeros(out.sizes(), dout.options()) : dgx;
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
+    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, relu, len, out, xhat, rstd, dgx, dgh);
+  });
+  return {dgx, dgh, dh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_backward", &rnn_backward);
+}
+
+}  // namespace gatedrnn

@@ -1,0 +1,148 @@
+"""Launchers: buffers, tile sizes and the grid of the kernels in ``kernels.py``, for one layer and direction.
+
+A launch runs the whole sequence (*persistent*: one launch, a grid-wide barrier between steps) when its grid fits
+on the device at once, one program per multiprocessor; otherwise (very large ``B·H``) the same kernel is launched
+once per step and the launch boundary is the barrier. Under ``TRITON_INTERPRET=1`` programs run one after another,
+so a barrier could never be passed: there a persistent launch has a single program, and tests that want several
+programs use per-step launches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton.language as tl
+from torch import Tensor
+
+from . import kernels
+from .tiling import Tiling, choose_tiling, interpreting
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The static description of a recurrence that selects a kernel specialisation."""
+
+    cell: str  # "rnn", "lstm" or "gru"
+    relu: bool = False
+    coupled: bool = False
+    peephole: bool = False
+    forget_bias: float = 0.0
+    reset_before: bool = False
+
+    @property
+    def code(self) -> int:
+        """The kernels' ``CELL``."""
+        if self.cell == "gru":
+            return kernels.GRU_BEFORE if self.reset_before else kernels.GRU
+        return {"rnn": kernels.RNN, "lstm": kernels.LSTM}[self.cell]
+
+    @property
+    def gates(self) -> int:
+        """``G``: gate blocks of ``weight_hh``."""
+        return {"rnn": 1, "lstm": 3 if self.coupled else 4, "gru": 3}[self.cell]
+
+    @property
+    def recurrent_gates(self) -> int:
+        """Gate blocks whose rows multiply ``h_{t-1}`` itself: all but reset-before GRU's ``n`` (it multiplies
+        ``r h_{t-1}``)."""
+        return 2 if self.reset_before else self.gates
+
+    @property
+    def saved(self) -> int:
+        """Blocks of ``H`` activations saved per step for backward (GRU reset-after also keeps ``W_hn h + b_hn``)."""
+        return 4 if self.cell == "gru" and not self.reset_before else self.gates
+
+
+def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Operand type of the products: the storage type, except float32 for bfloat16 in the interpreter, whose
+    bfloat16 products are wrong (triton 3.9); bfloat16 products are exact in float32, so the result is the same."""
+    if dtype == torch.bfloat16 and interpreting():
+        return tl.float32
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """float32 products on the tensor cores: TF32 where the user allows it for matmuls (torch's own switch), else
+    three TF32 products per product (``tf32x3``, the error of float32 arithmetic). The interpreter computes IEEE."""
+    if dtype != torch.float32 or interpreting():
+        return "ieee"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+
+
+def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, peephole: Tensor | None,
+            h0: Tensor, c0: Tensor | None, lengths: Tensor | None, save: bool,
+            tiling: Tiling | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Run the recurrence; returns ``out (T,B,H)``, ``hs (T+1,B,H)``, ``cs (T+1,B,H)``, ``saved (T,B,S·H)`` and
+    ``q (T,B,H)``.
+
+    ``cs`` is float32 and empty (0 elements) unless LSTM; ``saved`` is float32 and empty unless ``save``; ``q`` (``r
+    h_{t-1}``) is empty unless GRU reset-before, which needs a persistent launch (a barrier inside each step).
+    """
+    T, B, _ = gx.shape
+    H = weight_hh.shape[1]
+    tiling = tiling or choose_tiling(B, H, gx.device)
+    if cell.reset_before and not tiling.persistent:
+        raise ValueError(f"engine: 'gpu' runs a reset-before GRU only with a grid that fits on the device (B={B}, "
+                         f"H={H} does not)")
+    hs = gx.new_empty(T + 1, B, H)
+    hs[0] = h0
+    lstm = cell.cell == "lstm"
+    cs = gx.new_empty((T + 1, B, H) if lstm else (0,), dtype=torch.float32)
+    if lstm:
+        cs[0] = c0
+    out = gx.new_empty(T, B, H)
+    saved = gx.new_empty((T, B, cell.saved * H) if save else (0,), dtype=torch.float32)
+    q = gx.new_empty((T, B, H) if cell.reset_before else (0,))
+    counter = torch.zeros(1, dtype=torch.int32, device=gx.device)
+    grid = (tiling.grid(B, H),)
+    spans = [(0, T)] if tiling.persistent else [(t, t + 1) for t in range(T)]
+    for t_start, t_stop in spans:
+        kernels.forward_kernel[grid](
+            gx, weight_hh, bias_hh if bias_hh is not None else gx, peephole if peephole is not None else cs,
+            lengths if lengths is not None else counter, hs, cs, out, saved, q if cell.reset_before else hs, counter,
+            t_start, t_stop, B, H, cell.forget_bias,
+            CELL=cell.code, NGATES=cell.gates, NREC=cell.recurrent_gates, NSAVED=cell.saved, RELU=cell.relu,
+            COUPLED=cell.coupled,
+            PEEPHOLE=cell.peephole, HAS_BIAS=bias_hh is not None, HAS_LENGTHS=lengths is not None, SAVE=save,
+            BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
+            PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype), num_warps=tiling.num_warps,
+        )
+    return out, hs, cs, saved, q
+
+
+def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight_hh: Tensor,
+             peephole: Tensor | None, lengths: Tensor | None, hs: Tensor, cs: Tensor, saved: Tensor,
+             tiling: Tiling | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of the recurrence: ``dgx (T,B,G·H)``, ``dgh (T,B,G·H)`` (in the weights' dtype), ``dh0``, ``dc0``
+    (float32).
+
+    ``dgh`` is the gradient of ``W_hh h_{t-1}`` (the same tensor as ``dgx`` except for GRU reset-after); ``dc0`` is
+    empty unless LSTM.
+    """
+    T, B, H = dout.shape
+    tiling = tiling or choose_tiling(B, H, dout.device)
+    GH = cell.gates * H
+    dgx = dout.new_empty(T, B, GH, dtype=weight_hh.dtype)
+    reset_after = cell.cell == "gru" and not cell.reset_before
+    dgh = dout.new_empty(T, B, GH, dtype=weight_hh.dtype) if reset_after else dgx
+    dh = dh_n.to(torch.float32, copy=True).contiguous()
+    lstm = cell.cell == "lstm"
+    dc = dc_n.to(torch.float32, copy=True).contiguous() if lstm else dh.new_empty(0)
+    counter = torch.zeros(1, dtype=torch.int32, device=dout.device)
+    grid = (tiling.grid(B, H),)
+    # (t_lo, t_hi, final): steps t_hi-1 … t_lo; the final launch also adds W_hhᵀ dgh_0 to ∂L/∂h_0.
+    spans = [(0, T, True)] if tiling.persistent else [(t, t + 1, False) for t in reversed(range(T))] + [(0, 0, True)]
+    for t_lo, t_hi, final in spans:
+        kernels.backward_kernel[grid](
+            dout, dh, dc, weight_hh, peephole if peephole is not None else dh,
+            lengths if lengths is not None else counter, hs, cs if lstm else dh, saved, dgx, dgh, counter,
+            t_lo, t_hi, T, B, H,
+            CELL=cell.code, NGATES=cell.gates, NREC=cell.recurrent_gates, NSAVED=cell.saved, RELU=cell.relu,
+            COUPLED=cell.coupled,
+            PEEPHOLE=cell.peephole, HAS_LENGTHS=lengths is not None, FINAL=final,
+            BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
+            PRECISION=_precision(weight_hh.dtype), DOT_DTYPE=_dot_dtype(weight_hh.dtype),
+            num_warps=tiling.num_warps,
+        )
+    return dgx, dgh, dh, dc

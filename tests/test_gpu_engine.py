@@ -1,0 +1,223 @@
+"""The gpu engine against the reference engine: every variant it runs, forward values and every gradient.
+
+Without CUDA the Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set here before the
+kernels are first imported) at small sizes, through a test copy of the engine that accepts CPU tensors. With CUDA
+the same tests run on the device, and the tests marked ``gpu`` add full sizes, ``torch.compile`` and autocast.
+The whole module is skipped where triton is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import gatedrnn  # noqa: E402
+from gatedrnn import engine as registry  # noqa: E402
+from gatedrnn.cells import CellSpec  # noqa: E402
+from gatedrnn.engine.gpu import DTYPES, GPUEngine, launch, unsupported  # noqa: E402
+from gatedrnn.variants import VARIANTS  # noqa: E402
+from numerics import relative_error  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+# Variant name -> layer options, for every variant the kernels run (plus combinations the named variants miss).
+KERNEL_VARIANTS = {name: v for name, v in VARIANTS.items() if unsupported(v.build(2, 3).spec) is None}
+COMBINATIONS = {
+    "lstm-coupled-peephole": (gatedrnn.LSTM, {"coupled": True, "peephole": True}),
+    "lstm-peephole-forgetbias-nobias": (gatedrnn.LSTM, {"peephole": True, "forget_bias": 1.0, "bias": False}),
+    "gru-nobias": (gatedrnn.GRU, {"bias": False}),
+}
+CASES = {**{name: (v.layer, v.options) for name, v in KERNEL_VARIANTS.items()}, **COMBINATIONS}
+
+
+class InterpretedGPUEngine(GPUEngine):
+    """The gpu engine, also for CPU tensors: on a machine without CUDA its kernels run in Triton's interpreter."""
+
+    name = "gpu-test"
+    priority = -1
+
+    def covers(self, spec: CellSpec, x: torch.Tensor) -> bool:
+        return x.dtype in DTYPES and unsupported(spec) is None
+
+
+@pytest.fixture(scope="module")
+def engine_name() -> Iterator[str]:
+    registry.register(InterpretedGPUEngine())
+    yield "gpu-test"
+    registry._REGISTRY.pop("gpu-test")
+
+
+def run_both(layer_cls, options: dict, engine_name: str, T: int, B: int, I: int, H: int, *, num_layers: int = 1,
+             bidirectional: bool = False, lengths: list[int] | None = None, with_hx: bool = True,
+             dtype: torch.dtype = torch.float32, seed: int = 0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Run the same layer on the gpu engine (in ``dtype``) and the reference engine (float64, from the same
+    ``dtype``-rounded values); return ``(name, gpu value, reference value)`` for the output, the final state and
+    the gradient of every parameter, of the input and of the initial state."""
+    torch.manual_seed(seed)
+    ref = layer_cls(I, H, num_layers=num_layers, bidirectional=bidirectional, **options, engine="reference",
+                    dtype=dtype, device=DEVICE)
+    if layer_cls is gatedrnn.LSTM and options.get("peephole"):
+        for name, p in ref.named_parameters():
+            if name.startswith("weight_c"):
+                torch.nn.init.uniform_(p, -0.5, 0.5)
+    fast = layer_cls(I, H, num_layers=num_layers, bidirectional=bidirectional, **options, engine=engine_name,
+                     dtype=dtype, device=DEVICE)
+    fast.load_state_dict(ref.state_dict())
+    ref = ref.double()
+    x = torch.randn(T, B, I, device=DEVICE).to(dtype)
+    D = num_layers * (2 if bidirectional else 1)
+    widths = ref.spec.state_widths()
+    hx = [torch.randn(D, B, w, device=DEVICE).to(dtype) * 0.5 for w in widths] if with_hx else None
+    kwargs = {} if lengths is None else {"lengths": torch.tensor(lengths)}
+    results = []
+    for module, cast in ((fast, dtype), (ref, torch.float64)):
+        xi = x.to(cast).requires_grad_()
+        hi = [h.to(cast).requires_grad_() for h in hx] if hx else None
+        state_arg = None if hi is None else (hi[0] if len(hi) == 1 else tuple(hi))
+        out, state = module(xi, state_arg, **kwargs)
+        states = state if isinstance(state, tuple) else (state,)
+        weight = torch.linspace(-1, 1, out.numel(), device=DEVICE, dtype=cast).reshape(out.shape)
+        loss = (out * weight).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(states))
+        inputs = [xi, *(hi or []), *module.parameters()]
+        grads = torch.autograd.grad(loss, inputs)
+        names = ["input", *[f"h0[{k}]" for k in range(len(hi or []))], *[n for n, _ in module.named_parameters()]]
+        results.append({"output": out, **{f"state[{k}]": s for k, s in enumerate(states)},
+                        **{f"grad {n}": g for n, g in zip(names, grads)}})
+    return [(name, results[0][name].double(), results[1][name]) for name in results[1]]
+
+
+def assert_parity(pairs, dtype: torch.dtype) -> None:
+    errors = {name: relative_error(a, b) for name, a, b in pairs}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE[dtype], f"{worst}: relative error {errors[worst]:.2e} ({dtype})"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_variant_matches_the_reference(name: str, engine_name: str) -> None:
+    layer_cls, options = CASES[name]
+    assert_parity(run_both(layer_cls, options, engine_name, T=5, B=3, I=4, H=20), torch.float32)
+
+
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru-before", "rnn"])
+def test_lengths_bidirectional_multilayer_without_h0(name: str, engine_name: str) -> None:
+    layer_cls, options = CASES[name]
+    pairs = run_both(layer_cls, options, engine_name, T=6, B=4, I=3, H=17, num_layers=2, bidirectional=True,
+                     lengths=[6, 1, 3, 6], with_hx=False, seed=1)
+    assert_parity(pairs, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["lstm-coupled-peephole", "gru", "rnn-relu"])
+def test_several_programs_per_step(name: str, engine_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles smaller than the problem (2 batch blocks × 3 unit blocks), one launch per step: each program reads
+    the others' slices of h_{t-1} and of the gate gradients."""
+    tiling = launch.Tiling(16, 16, 16, persistent=False)
+    monkeypatch.setattr(launch, "choose_tiling", lambda B, H, device: tiling)
+    layer_cls, options = CASES[name]
+    pairs = run_both(layer_cls, options, engine_name, T=4, B=20, I=3, H=37, lengths=[4, 2] * 10, seed=2)
+    assert_parity(pairs, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru", "gru-before"])
+def test_half_precision_accumulates_in_float32(name: str, dtype: torch.dtype, engine_name: str) -> None:
+    layer_cls, options = CASES[name]
+    assert_parity(run_both(layer_cls, options, engine_name, T=6, B=3, I=4, H=24, dtype=dtype, seed=3), dtype)
+
+
+def test_reset_before_needs_the_grid_on_the_device_at_once(engine_name: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its kernel synchronises inside each step, which one launch per step cannot do."""
+    tiling = launch.Tiling(16, 16, 16, persistent=False)
+    monkeypatch.setattr(launch, "choose_tiling", lambda B, H, device: tiling)
+    gru = gatedrnn.GRU(3, 4, reset="before", engine=engine_name, device=DEVICE)
+    with pytest.raises(ValueError, match="engine: 'gpu' runs a reset-before GRU only with a grid that fits on the "
+                                         r"device \(B=2, H=4 does not\)"):
+        gru(torch.randn(5, 2, 3, device=DEVICE))
+
+
+@pytest.mark.parametrize("options", [{"layer_norm": True}, {"proj_size": 2}], ids=["layer_norm", "proj_size"])
+def test_variants_without_kernels_are_refused_by_name_and_left_to_others_by_auto(options: dict) -> None:
+    lstm = gatedrnn.LSTM(3, 4, **options, device=DEVICE)
+    assert not GPUEngine().covers(lstm.spec, torch.zeros(1, device=DEVICE))
+    x = torch.randn(2, 1, 3, device=DEVICE)
+    assert registry.resolve("auto", lstm.spec, x).name != "gpu"
+    if CUDA:
+        with pytest.raises(ValueError, match="engine: 'gpu' does not run LSTMSpec"):
+            gatedrnn.LSTM(3, 4, **options, engine="gpu", device=DEVICE)(x)
+
+
+def test_engine_is_listed_with_its_reason() -> None:
+    info = {e.name: e for e in gatedrnn.engines()}["gpu"]
+    assert info.reason
+    assert info.available == (CUDA or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal of CPU tensors on a machine without CUDA")
+def test_cpu_tensors_are_not_taken_by_the_gpu_engine() -> None:
+    with pytest.raises(ValueError, match=r"engine: 'gpu' does not run LSTMSpec\(.*\) on cpu torch.float32"):
+        gatedrnn.LSTM(3, 4, engine="gpu")(torch.randn(2, 1, 3))
+    assert registry.resolve("auto", gatedrnn.LSTM(3, 4).spec, torch.randn(2, 1, 3)).name != "gpu"
+
+
+def test_torch_compile_traces_the_custom_ops_without_graph_breaks(engine_name: str) -> None:
+    torch.manual_seed(4)
+    lstm = gatedrnn.LSTM(3, 16, peephole=True, engine=engine_name, device=DEVICE)
+    x = torch.randn(5, 2, 3, device=DEVICE, requires_grad=True)
+    explanation = torch._dynamo.explain(lstm)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    # On CPU the graph runs eagerly (no C++ compiler needed), on CUDA through inductor.
+    compiled = torch.compile(lstm, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
+    out, (h, c) = compiled(x)
+    (grad_compiled,) = torch.autograd.grad(out.sum() + c.sum(), x)
+    eager_out, (_, eager_c) = lstm(x)
+    (grad_eager,) = torch.autograd.grad(eager_out.sum() + eager_c.sum(), x)
+    torch.testing.assert_close(out, eager_out)
+    torch.testing.assert_close(grad_compiled, grad_eager)
+
+
+def test_autocast_runs_in_the_autocast_dtype(engine_name: str) -> None:
+    torch.manual_seed(5)
+    gru = gatedrnn.GRU(4, 16, engine=engine_name, device=DEVICE)
+    x = torch.randn(6, 3, 4, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out, h = gru(x)
+    assert out.dtype == torch.bfloat16 and h.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert gru.weight_hh_l0.grad.dtype == torch.float32
+    expected, _ = gatedrnn.GRU.from_torch(gru.to_torch().double(), engine="reference")(x.double())
+    assert relative_error(out.double(), expected) <= 2e-2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Full sizes on a CUDA device.
+
+FULL_SIZES = [(1, 64, 256, 256), (16, 32, 512, 512), (64, 16, 1024, 1024), (256, 8, 1024, 1024)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("size", FULL_SIZES, ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_full_sizes_on_the_device(name: str, size: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    B, T, I, H = size
+    layer_cls, options = CASES[name]
+    lengths = [T - (k % 3) for k in range(B)]
+    assert_parity(run_both(layer_cls, options, "gpu", T=T, B=B, I=I, H=H, lengths=lengths, dtype=dtype), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_auto_picks_the_gpu_engine_for_cuda_tensors() -> None:
+    lstm = gatedrnn.LSTM(3, 4, device="cuda")
+    assert registry.resolve("auto", lstm.spec, torch.zeros(1, device="cuda")).name == "gpu"
