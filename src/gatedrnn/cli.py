@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .engine import engines, resolve
-from .tasks import charlm
+from .tasks import charlm, experiments
 from .variants import VARIANTS, variant
 
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("engines", help="list the engines and whether they are available here")
     p.set_defaults(run=list_engines)
     charlm.add_commands(commands)
+    experiments.add_command(commands)
     return parser
 
 
