@@ -125,6 +125,41 @@ def test_temporal_order_and_adding_criteria() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Chrono initialisation
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm-peephole", "lstm-layernorm", "lstm-coupled", "gru", "gru-before",
+                                  "rnn"])
+def test_chrono_init_opens_the_keep_gates_and_leaves_the_rest(cell: str) -> None:
+    H, t_max = 16, 120
+    spec = ex.task("copy")
+    torch.manual_seed(5)
+    plain = ex.SequenceModel(cell, spec, H, init="torch").rnn
+    torch.manual_seed(5)
+    chrono = ex.SequenceModel(cell, spec, H, init="chrono", steps=t_max).rnn
+    gates = {g: slice(k * H, (k + 1) * H) for k, g in enumerate(chrono.spec.gate_names)}
+    changed = {"lstm": ["i", "f"], "gru": ["z"], "rnn": []}[chrono.spec.family]
+    if cell == "lstm-coupled":
+        changed = ["i"]
+    top = math.log(t_max - 1)
+    for name, p in chrono.named_parameters():
+        before = dict(plain.named_parameters())[name]
+        for gate, rows in gates.items():
+            if gate in changed and name == "bias_ih_l0":
+                keep = -p[rows] if gate == "i" else p[rows]
+                assert ((keep >= 0) & (keep <= top)).all() and keep.std() > 0.3, (name, gate)
+                if gate == "i" and "f" in changed:
+                    torch.testing.assert_close(p[gates["i"]], -p[gates["f"]])
+            elif gate in changed and name == "bias_hh_l0":
+                assert (p[rows] == 0).all()
+            elif p.shape[0] == len(gates) * H:
+                torch.testing.assert_close(p[rows], before[rows], msg=f"{name} {gate}")
+    if cell == "rnn":
+        for (_, a), (_, b) in zip(plain.named_parameters(), chrono.named_parameters()):
+            assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -210,6 +245,7 @@ def test_cli_runs_in_parallel_workers_and_refuses_a_different_configuration(
     ({"clip": math.inf}, "clip: expected a number > 0, got inf"),
     ({"workers": -1}, "workers: expected an int >= 0, got -1"),
     ({"engine": "warp"}, "engine: unknown engine 'warp'"),
+    ({"init": "xavier"}, "init: expected one of chrono, torch, got 'xavier'"),
 ], ids=lambda v: str(v)[:30] if isinstance(v, dict) else "")
 def test_bad_configuration(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):

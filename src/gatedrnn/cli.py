@@ -1,7 +1,8 @@
 """``gatedrnn <command>``: the command-line entry point.
 
 Commands today: ``cells`` (build, run and compare every cell variant), ``engines`` and ``charlm`` (the
-character-level language model: ``train``, ``sample``, ``eval``; the demo).
+character-level language model: ``train``, ``sample``, ``eval``; the demo) and ``experiment`` (the long-memory
+tasks: adding, copy, temporal order).
 """
 
 from __future__ import annotations

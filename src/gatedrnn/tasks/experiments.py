@@ -17,7 +17,9 @@ Read top to bottom:
      accuracy is 1/4. Solved: test accuracy ≥ 99 %.
 
 2. **model**   — :class:`SequenceModel`: one ``gatedrnn`` layer of the named variant (``variants.py``) and a linear
-   read-out, of the last valid step (adding, temporal order) or of every step (copy).
+   read-out, of the last valid step (adding, temporal order) or of every step (copy). Its gate biases start either
+   as ``torch.nn`` draws them (``init="torch"``) or with the *chrono* initialisation (``init="chrono"``, Tallec &
+   Ollivier 2018, the default) that opens the forget/keep gates to time scales up to the sequence length.
 3. **loop**    — :func:`train_one`: one cell and seed; Adam, gradient-norm clipping, a fresh batch every step drawn
    from ``(seed, step)`` alone, a fixed test set, evaluation every ``eval_every`` steps, checkpoints there.
 4. **run**     — :func:`run_experiment`: every cell × seed, in parallel worker processes with one thread each, one
@@ -170,6 +172,10 @@ class Task:
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         raise NotImplementedError
 
+    def steps(self, length: int) -> int:
+        """Time steps of the longest sequence for this ``length``: the longest memory span there is."""
+        return length
+
     def loss(self, out: Tensor, batch: Batch) -> Tensor:
         """The training loss of the model's output ``out``."""
         raise NotImplementedError
@@ -195,7 +201,7 @@ class Adding(Task):
     paper = "Hochreiter & Schmidhuber 1997; Arjovsky, Shah & Bengio 2016"
     input_size, output_size = 2, 1
     metric = "mse"
-    defaults = {"length": 200, "hidden": 64, "batch": 64, "lr": 1e-2, "steps": 1500, "eval_every": 50}
+    defaults = {"length": 200, "hidden": 32, "batch": 64, "lr": 1e-2, "steps": 2000, "eval_every": 50}
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         return adding_batch(batch, length, generator)
@@ -228,6 +234,9 @@ class Copy(Task):
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         return copy_batch(batch, length, generator)
 
+    def steps(self, length: int) -> int:
+        return length + 2 * COPY_SYMBOLS
+
     def loss(self, out: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(out.flatten(0, 1), batch.y.flatten())  # mean over steps and sequences
 
@@ -254,10 +263,13 @@ class TemporalOrder(Task):
     input_size, output_size = len(ORDER_SYMBOLS), len(ORDER_CLASSES)
     metric = "accuracy"
     lower_is_better = False
-    defaults = {"length": 100, "hidden": 64, "batch": 64, "lr": 1e-2, "steps": 1500, "eval_every": 50}
+    defaults = {"length": 100, "hidden": 32, "batch": 64, "lr": 1e-2, "steps": 1500, "eval_every": 50}
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         return temporal_order_batch(batch, length, generator)
+
+    def steps(self, length: int) -> int:
+        return length + length // 10
 
     def loss(self, out: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(out, batch.y)
@@ -290,17 +302,57 @@ def task(name: str) -> Task:
 # 2. Model
 
 
+INITS = ("chrono", "torch")
+"""Gate-bias initialisations: ``chrono`` (Tallec & Ollivier 2018) or ``torch`` (``torch.nn``'s uniform draw)."""
+
+
+def chrono_init_(layer: nn.Module, t_max: int) -> None:
+    """Chrono initialisation (Tallec & Ollivier 2018, "Can recurrent neural networks warp time?").
+
+    A gate that keeps the old state with probability ``σ(b)`` keeps information for about ``1 + e^b`` steps, so
+    biases ``b ~ log U[1, t_max - 1]`` spread the initial time scales up to ``t_max``:
+
+    - LSTM: ``b_f = log U[1, t_max - 1]``, ``b_i = -b_f`` (coupled, ``f = 1 - i``: ``b_i = -log U[1, t_max - 1]``);
+    - GRU: the keep gate ``z`` (``h = (1 - z) * n + z * h``): ``b_z = log U[1, t_max - 1]``;
+    - RNN: it has no gate, so nothing changes — which is the point of the comparison.
+
+    The values go into ``bias_ih``; the matching rows of ``bias_hh`` are set to 0. Other biases and all weights
+    keep ``torch.nn``'s initialisation.
+    """
+    spec = layer.spec
+    if spec.family == "rnn":
+        return
+    H = spec.hidden_size
+    with torch.no_grad():
+        for name, bias in layer.named_parameters():
+            if not name.startswith("bias_"):
+                continue
+            rows = {g: slice(k * H, (k + 1) * H) for k, g in enumerate(spec.gate_names)}  # gate -> rows of (G·H,)
+            keep = torch.log(torch.empty(H).uniform_(1.0, max(t_max - 1.0, 1.0)))  # (H,)
+            ih = name.startswith("bias_ih")
+            if spec.family == "gru":
+                bias[rows["z"]] = keep if ih else 0.0
+            else:
+                bias[rows["i"]] = -keep if ih else 0.0
+                if "f" in rows:
+                    bias[rows["f"]] = keep if ih else 0.0
+
+
 class SequenceModel(nn.Module):
     """A one-layer ``gatedrnn`` recurrent layer of the named variant and a linear read-out.
 
     ``forward(x (T, B, I), lengths)`` returns ``(T, B, O)`` when the task reads every step, else ``(B, O)`` from the
-    hidden state after each sequence's last valid step.
+    hidden state after each sequence's last valid step. ``init="chrono"`` applies :func:`chrono_init_` with
+    ``t_max = steps`` (the task's longest sequence).
     """
 
-    def __init__(self, cell: str, task: Task, hidden: int, engine: str = "auto") -> None:
+    def __init__(self, cell: str, task: Task, hidden: int, engine: str = "auto", init: str = "chrono",
+                 steps: int = 1) -> None:
         super().__init__()
         self.every_step = task.every_step
         self.rnn = variant(cell).build(task.input_size, hidden, engine=engine)
+        if init == "chrono":
+            chrono_init_(self.rnn, steps)
         self.head = nn.Linear(hidden, task.output_size)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -345,12 +397,14 @@ class ExperimentConfig:
     seed: int = 0
     stop_when_solved: bool = True
     """End a run at the first evaluation that meets the task's solved criterion."""
+    init: str = "chrono"
+    """Gate biases: ``chrono`` (Tallec & Ollivier 2018) or ``torch`` (see :func:`chrono_init_`)."""
     workers: int = 0
     """Parallel runs, each a process with one torch thread; 0: one per CPU core (at most the number of runs)."""
     engine: str = "auto"
 
     TRAJECTORY_FIELDS: ClassVar[tuple[str, ...]] = ("task", "length", "hidden", "batch", "lr", "clip", "steps",
-                                                    "eval_every", "test_size", "stop_when_solved")
+                                                    "eval_every", "test_size", "stop_when_solved", "init")
 
     def __post_init__(self) -> None:
         spec = task(self.task)
@@ -382,6 +436,8 @@ class ExperimentConfig:
                 raise ValueError(f"{name}: expected a number > 0, got {value!r}")
         if not isinstance(self.stop_when_solved, bool):
             raise ValueError(f"stop_when_solved: expected True or False, got {self.stop_when_solved!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(INITS)}, got {self.init!r}")
         check_name(self.engine)
 
     def trajectory(self) -> dict[str, Any]:
@@ -413,7 +469,10 @@ class RunResult:
     solved_at: int | None
     """First step at which the solved criterion held, or None."""
     seconds: float
-    """Training time, over every resumed session."""
+    """Training time (wall clock), over every resumed session."""
+    cpu_seconds: float
+    """CPU time of the training process over the same span: unlike the wall clock, it does not grow when other
+    programs share the cores (with one thread per run it is the run's single-core time)."""
     finished: bool
     """False when interrupted (the run resumes from its checkpoint)."""
     history: list[dict[str, float]] = field(default_factory=list)
@@ -458,22 +517,22 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
 
     # The initial weights depend on the seed alone: every engine and resumption starts from the same ones.
     torch.manual_seed(training.fold_seed(seed, 0))
-    model = SequenceModel(cell, spec, config.hidden, config.engine)
+    model = SequenceModel(cell, spec, config.hidden, config.engine, config.init, spec.steps(config.length))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     test = test_set(config, seed)
 
-    step, elapsed, history, solved_at = 0, 0.0, [], None
+    step, elapsed, cpu, history, solved_at = 0, 0.0, 0.0, [], None
     if checkpoint.is_file():
         state = training.load_trainer_state(checkpoint, model=model, optimizer=optimizer)
         step, elapsed = state.step, state.elapsed
-        history, solved_at = state.extra["history"], state.extra["solved_at"]
+        cpu, history, solved_at = state.extra["cpu"], state.extra["history"], state.extra["solved_at"]
         _truncate_csv(csv_path, step)
     else:
         _write_csv(csv_path, [METRICS_HEADER], mode="w")
 
     def save() -> None:
         training.save_trainer_state(checkpoint, model=model, optimizer=optimizer, step=step, elapsed=elapsed,
-                                    extra={"history": history, "solved_at": solved_at})
+                                    extra={"cpu": cpu, "history": history, "solved_at": solved_at})
 
     def evaluate() -> tuple[Any, ...]:
         """Test the model, record it in the history, and return the test columns of the CSV row."""
@@ -489,7 +548,7 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
     final: dict[str, float] = history[-1]["metrics"] if history else {}
     if not history:  # step 0: the untrained model, where every curve of the plot starts
         _write_csv(csv_path, [(0, "0.000", "", *evaluate())])
-    start = time.perf_counter() - elapsed
+    start, cpu_start = time.perf_counter() - elapsed, time.process_time() - cpu
     rows: list[tuple[Any, ...]] = []
     stopped = False
     while step < config.steps and not (config.stop_when_solved and solved_at is not None):
@@ -507,7 +566,7 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
         if not math.isfinite(value):
             raise ValueError(f"lr: the training loss of {cell} (seed {seed}) became {value} at step {step}; "
                              "lower --lr")
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         row: tuple[Any, ...] = (step, f"{elapsed:.3f}", f"{value:.6g}", "", "", "")
         if step % config.eval_every == 0 or step == config.steps:
             rows.append((*row[:3], *evaluate()))
@@ -524,7 +583,7 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
     metric_history = [{"step": h["step"], "metric": h["metric"]} for h in history]
     best_values = [h["metric"] for h in history]
     best = min(best_values) if spec.lower_is_better else max(best_values)
-    result = RunResult(cell, seed, step, final, best, solved_at, elapsed, not stopped, metric_history)
+    result = RunResult(cell, seed, step, final, best, solved_at, elapsed, cpu, not stopped, metric_history)
     if not stopped:
         training.write_json(done, dataclasses.asdict(result))
     return result
@@ -624,8 +683,10 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike[str], *, pro
     finished = all(r.finished for r in runs)
     table = results_table(config, runs)
     write_reports(config, runs, out, seconds)
+    cpu = sum(r.cpu_seconds for r in runs)
     print(f"{config.task}: {'finished' if finished else 'interrupted (run again to resume)'} in {seconds:.0f} s "
-          f"({workers} worker{'s' if workers > 1 else ''}); reports in {out}\n\n{table}", file=log)
+          f"wall clock ({workers} worker{'s' if workers > 1 else ''}; {cpu:.0f} CPU seconds of training over all "
+          f"runs); reports in {out}\n\n{table}", file=log)
     return ExperimentResult(config, runs, seconds, out, finished, table)
 
 
@@ -683,6 +744,7 @@ def summarize(config: ExperimentConfig, runs: Sequence[RunResult]) -> list[dict[
             "solved_at_median": statistics.median(solved) if solved else None,
             "steps": statistics.mean(r.steps for r in mine),
             "seconds": statistics.mean(r.seconds for r in mine),
+            "cpu_seconds": statistics.mean(r.cpu_seconds for r in mine),
         }
         if spec.name == "copy":
             row["sequence_accuracy"] = statistics.mean(r.final["sequence_accuracy"] for r in mine)
@@ -699,21 +761,21 @@ def results_table(config: ExperimentConfig, runs: Sequence[RunResult]) -> str:
     spec = task(config.task)
     baseline = spec.baseline(config.length)
     header = ["cell", "solved", f"final test {spec.metric}", f"best test {spec.metric}", "first solved at step",
-              "steps run", "train s"]
+              "steps run", "train s", "CPU s"]
     if spec.name == "copy":
         header.insert(4, "exact-sequence acc.")
     if spec.metric == "mse":
         header.insert(4, "baseline / final")
     lines = [f"**{spec.name}** (T={config.length}, {spec.paper}): baseline {spec.metric} = {baseline:.4f}; "
              f"solved: {spec.criterion(config.length)}. Hidden {config.hidden}, batch {config.batch}, Adam lr "
-             f"{config.lr:g}, clip {config.clip:g}, at most {config.steps} steps, seeds {config.seed}"
-             f"..{config.seed + config.seeds - 1}, test set {config.test_size}.", "",
+             f"{config.lr:g}, clip {config.clip:g}, {config.init} gate init, at most {config.steps} steps, seeds "
+             f"{config.seed}..{config.seed + config.seeds - 1}, test set {config.test_size}.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in summarize(config, runs):
         spread = f" ± {row['final_std']:.4f}" if row["seeds"] > 1 else ""
         cells = [row["cell"], f"{row['solved']}/{row['seeds']}", f"{row['final']:.4f}{spread}", f"{row['best']:.4f}",
                  "-" if row["solved_at_median"] is None else f"{row['solved_at_median']:g}",
-                 f"{row['steps']:g}", f"{row['seconds']:.0f}"]
+                 f"{row['steps']:g}", f"{row['seconds']:.0f}", f"{row['cpu_seconds']:.0f}"]
         if spec.name == "copy":
             cells.insert(4, f"{row['sequence_accuracy']:.3f}")
         if spec.metric == "mse":
@@ -737,7 +799,8 @@ def write_reports(config: ExperimentConfig, runs: Sequence[RunResult], out: Path
     training.write_json(out / "results.json", {
         "task": spec.name, "paper": spec.paper, "metric": spec.metric, "baseline": spec.baseline(config.length),
         "criterion": spec.criterion(config.length), "config": dataclasses.asdict(config),
-        "wall_seconds": round(seconds, 1), "environment": environment, "summary": summarize(config, runs),
+        "wall_seconds": round(seconds, 1), "cpu_seconds": round(sum(r.cpu_seconds for r in runs), 1),
+        "environment": environment, "summary": summarize(config, runs),
         "runs": [dataclasses.asdict(r) for r in runs]})
     plot(config, runs, out / "plot.png")
 
@@ -801,6 +864,9 @@ def add_command(commands: Any) -> None:
     p.add_argument("--seeds", type=int, default=1, help="runs per cell (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
     p.add_argument("--full", action="store_true", help="train every run for all --steps, also once solved")
+    p.add_argument("--init", default="chrono", choices=INITS,
+                   help="gate biases: chrono (Tallec & Ollivier 2018: forget/keep gates open to time scales up to "
+                        "the sequence length) or torch (torch.nn's uniform draw) (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="parallel runs, one thread each (default: one per core)")
     p.add_argument("--engine", default="auto", help="recurrence engine (default: %(default)s; see `gatedrnn engines`)")
     p.add_argument("--out", default=None, help="output directory (default: experiments/TASK)")
@@ -812,6 +878,6 @@ def _cli(args: Any) -> int:
     config = ExperimentConfig(
         task=args.task, cells=args.cells, length=args.length, hidden=args.hidden, batch=args.batch, lr=args.lr,
         clip=args.clip, steps=args.steps, eval_every=args.eval_every, test_size=args.test_size, seeds=args.seeds,
-        seed=args.seed, stop_when_solved=not args.full, workers=args.workers, engine=args.engine)
+        seed=args.seed, stop_when_solved=not args.full, init=args.init, workers=args.workers, engine=args.engine)
     result = run_experiment(config, args.out or Path("experiments") / args.task, progress=not args.quiet)
     return 0 if result.finished else 130
