@@ -263,7 +263,7 @@ class TemporalOrder(Task):
     input_size, output_size = len(ORDER_SYMBOLS), len(ORDER_CLASSES)
     metric = "accuracy"
     lower_is_better = False
-    defaults = {"length": 100, "hidden": 32, "batch": 64, "lr": 1e-2, "steps": 1500, "eval_every": 50}
+    defaults = {"length": 100, "hidden": 32, "batch": 64, "lr": 1e-2, "steps": 1000, "eval_every": 50}
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         return temporal_order_batch(batch, length, generator)
