@@ -229,7 +229,7 @@ class Copy(Task):
     input_size, output_size = COPY_CATEGORIES + 2, COPY_CATEGORIES + 2
     every_step = True
     metric = "cross_entropy"
-    defaults = {"length": 100, "hidden": 64, "batch": 64, "lr": 1e-2, "steps": 1500, "eval_every": 50}
+    defaults = {"length": 100, "hidden": 64, "batch": 64, "lr": 1e-2, "steps": 600, "eval_every": 50}
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         return copy_batch(batch, length, generator)
