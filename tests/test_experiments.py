@@ -190,6 +190,17 @@ def test_a_tiny_run_learns_and_writes_every_report(tmp_path: Path) -> None:
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_several_seeds_are_different_runs_summarised_together(tmp_path: Path) -> None:
+    config = tiny(cells=("rnn",), seeds=2, seed=7, steps=4, eval_every=2, test_size=20)
+    result = ex.run_experiment(config, tmp_path, progress=False, log=open(tmp_path / "log.txt", "w"))
+    assert [(r.cell, r.seed) for r in result.runs] == [("rnn", 7), ("rnn", 8)]
+    assert result.runs[0].final != result.runs[1].final
+    row = ex.summarize(config, result.runs)[0]
+    finals = [r.final["mse"] for r in result.runs]
+    assert row["seeds"] == 2 and row["final"] == pytest.approx(sum(finals) / 2)
+    assert f"{row['final']:.4f} ± {row['final_std']:.4f}" in result.table and "seeds 7..8" in result.table
+
+
 def test_stop_when_solved(tmp_path: Path) -> None:
     run = ex.train_one(tiny(steps=400), "gru", 0, tmp_path)
     assert run.solved_at is not None and run.steps == run.solved_at < 400 and run.final["mse"] < 0.01
