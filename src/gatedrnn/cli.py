@@ -2,7 +2,8 @@
 
 Commands today: ``cells`` (build, run and compare every cell variant), ``engines`` and ``charlm`` (the
 character-level language model: ``train``, ``sample``, ``eval``; the demo), ``viz`` (``gates``,
-``gradient-flow``: plots) and ``explore`` (the explorer page).
+``gradient-flow``: plots), ``explore`` (the explorer page), ``classify`` and ``forecast`` (``train``, ``eval``,
+``predict``), ``experiment`` (the long-memory tasks: adding, copy, temporal order) and ``bench``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from .engine import engines, resolve
-from .tasks import charlm, classify, forecast
+from .tasks import charlm, classify, experiments, forecast
 from .variants import VARIANTS, variant
 from .viz import commands as viz_commands
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.register(commands)
     forecast.register(commands)
     _add_bench(commands)
+    experiments.add_command(commands)
     return parser
 
 

@@ -30,8 +30,10 @@ class ReferenceEngine(Engine):
         self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
     ) -> tuple[Tensor, State]:
         outputs = []
-        for t in range(gx.shape[0]):
-            new_state = spec.step(gx[t], state, params)
+        # unbind, not gx[t]: the backward of one unbind stacks the step gradients once, where T separate
+        # selections would each scatter into a zero tensor of the whole (T, B, G·H) shape (O(T²) work).
+        for t, gx_t in enumerate(gx.unbind(0)):
+            new_state = spec.step(gx_t, state, params)
             if lengths is None:
                 state = new_state
                 outputs.append(state[0])
