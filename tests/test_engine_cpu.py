@@ -11,7 +11,9 @@ import os
 import random
 import subprocess
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,6 +208,16 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(RuntimeError, match=r"engine: 'cpu' is not available on this machine: the C\+\+ extension "
                                            r"could not be built or loaded: OSError: c\+\+: command not found"):
         lstm(x)
+
+
+def test_a_lock_left_by_an_interrupted_build_is_cleared(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    assert not build.clear_stale_lock(tmp_path)  # no lock
+    lock.touch()
+    assert not build.clear_stale_lock(tmp_path) and lock.exists()  # a build in progress keeps its lock
+    old = time.time() - build.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    assert build.clear_stale_lock(tmp_path) and not lock.exists()
 
 
 def test_missing_compiler_in_a_fresh_process(tmp_path: os.PathLike) -> None:

@@ -19,6 +19,7 @@ import platform
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,9 @@ CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 tanh); the binary is built on the machine that runs it and keyed by its CPU flags. ``-fopenmp`` makes
 ``at::parallel_for`` in the gate loops use torch's OpenMP thread pool (and so ``torch.set_num_threads``)."""
 LDFLAGS = ("-fopenmp",)
+
+STALE_LOCK_SECONDS = 900
+"""A build lock older than this was left by an interrupted build (a build takes a few minutes at most)."""
 
 _lock = threading.Lock()
 _result: tuple[bool, str] | None = None
@@ -105,6 +109,19 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
+def clear_stale_lock(build_dir: Path) -> bool:
+    """Remove torch's build lock if an interrupted build left it behind; torch would otherwise wait on it forever.
+    Returns whether a lock was removed."""
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+            return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def compile_and_load() -> None:
     """Build (or find in the cache) and load the library; its ops appear as ``torch.ops.gatedrnn_cpu.*``."""
     from torch.utils import cpp_extension
@@ -112,6 +129,7 @@ def compile_and_load() -> None:
     name = f"gatedrnn_cpu_{build_key()}"
     build_dir = cache_root() / "extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(build_dir)
     with _ninja_on_path():
         cpp_extension.load(
             name=name,

@@ -16,9 +16,26 @@ using OptTensor = std::optional<Tensor>;
 
 constexpr double kLayerNormEps = 1e-5;  // torch.nn.LayerNorm's default, as cells/base.py LN_EPS
 
+// The activations run as simple loops over contiguous blocks so that the compiler vectorises them (with
+// -ffast-math, glibc's vector exp and tanh); one scalar call per element would dominate a step at small batch.
 template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+inline void sigmoid_(T* a, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) a[k] = T(1) / (T(1) + std::exp(-a[k]));
+}
+
+template <typename T>
+inline void tanh_(T* a, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) a[k] = std::tanh(a[k]);
+}
+
+// y = x + a (+ bias): the pre-activation of a block of gates.
+template <typename T>
+inline void add_(T* __restrict y, const T* __restrict x, const T* __restrict a, const T* __restrict bias, int64_t n) {
+  if (bias) {
+    for (int64_t k = 0; k < n; ++k) y[k] = x[k] + a[k] + bias[k];
+  } else {
+    for (int64_t k = 0; k < n; ++k) y[k] = x[k] + a[k];
+  }
 }
 
 // Pointer to a tensor's data, or nullptr for an absent optional parameter.
@@ -73,9 +90,36 @@ inline void layer_norm_row_backward(const T* dy, const T* xhat, T rstd, const T*
   for (int64_t k = 0; k < n; ++k) dx[k] = rstd * (dy[k] * w[k] - m1 - xhat[k] * m2);
 }
 
-// out = a @ b^T (b given as stored, rows = outputs), overwriting out.
-inline void mm_nt(Tensor& out, const Tensor& a, const Tensor& b) {
-  at::mm_out(out, a, b.t());
+// The per-step products. With one sequence (B = 1) they are matrix-vector products: BLAS gemv reads the weights
+// once, where gemm would first pack (copy) the whole weight matrix on every step.
+
+// out = a @ w^T, overwriting out; a (B, K), w (N, K), out (B, N).
+inline void mm_nt(Tensor& out, const Tensor& a, const Tensor& w) {
+  if (a.size(0) == 1) {
+    Tensor o = out.select(0, 0);
+    at::mv_out(o, w, a.select(0, 0));
+  } else {
+    at::mm_out(out, a, w.t());
+  }
+}
+
+// out = a @ w, overwriting out; a (B, N), w (N, K), out (B, K).
+inline void mm_nn(Tensor& out, const Tensor& a, const Tensor& w) {
+  if (a.size(0) == 1) {
+    Tensor o = out.select(0, 0);
+    at::mv_out(o, w.t(), a.select(0, 0));
+  } else {
+    at::mm_out(out, a, w);
+  }
+}
+
+// out += a @ w; a (B, N), w (N, K), out (B, K).
+inline void addmm_nn(Tensor& out, const Tensor& a, const Tensor& w) {
+  if (a.size(0) == 1) {
+    out.select(0, 0).addmv_(w.t(), a.select(0, 0));
+  } else {
+    out.addmm_(a, w);
+  }
 }
 
 // A saved buffer: zero-filled where masked rows are never written (so sums over time see zeros there).

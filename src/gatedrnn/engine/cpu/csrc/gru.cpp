@@ -51,25 +51,25 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
         const T* h = hs + b * H;
         T* gr = gt + b * G;
         T* au = auxt + b * H;
-        for (int64_t j = 0; j < H; ++j) {
-          T ar = x[j] + a[j], az = x[H + j] + a[H + j];
-          if (bias) {
-            ar += bias[j];
-            az += bias[H + j];
-          }
-          const T r = sigmoid(ar), z = sigmoid(az);
-          gr[j] = r;
-          gr[H + j] = z;
-          if (before) {
-            au[j] = r * h[j];
-          } else {
-            const T ghn_j = a[2 * H + j] + (bias ? bias[2 * H + j] : T(0));
-            const T n = std::tanh(x[2 * H + j] + r * ghn_j);
-            au[j] = ghn_j;
-            gr[2 * H + j] = n;
-            outt[b * H + j] = (T(1) - z) * n + z * h[j];
-          }
+        add_(gr, x, a, bias, 2 * H);
+        sigmoid_(gr, 2 * H);  // r|z
+        const T* r = gr;
+        const T* z = gr + H;
+        if (before) {
+          for (int64_t j = 0; j < H; ++j) au[j] = r[j] * h[j];
+          continue;
         }
+        const T* ghn_raw = a + 2 * H;
+        if (bias) {
+          for (int64_t j = 0; j < H; ++j) au[j] = ghn_raw[j] + bias[2 * H + j];
+        } else {
+          std::copy(ghn_raw, ghn_raw + H, au);
+        }
+        T* n = gr + 2 * H;
+        for (int64_t j = 0; j < H; ++j) n[j] = x[2 * H + j] + r[j] * au[j];
+        tanh_(n, H);
+        T* o = outt + b * H;
+        for (int64_t j = 0; j < H; ++j) o[j] = (T(1) - z[j]) * n[j] + z[j] * h[j];
       }
     });
     if (before) {
@@ -85,12 +85,12 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
           const T* x = x_t + b * G;
           const T* h = hs + b * H;
           T* gr = gt + b * G;
-          for (int64_t j = 0; j < H; ++j) {
-            const T n = std::tanh(x[2 * H + j] + a[j] + (bias ? bias[2 * H + j] : T(0)));
-            const T z = gr[H + j];
-            gr[2 * H + j] = n;
-            outt[b * H + j] = (T(1) - z) * n + z * h[j];
-          }
+          const T* z = gr + H;
+          T* n = gr + 2 * H;
+          add_(n, x + 2 * H, a, bias ? bias + 2 * H : nullptr, H);
+          tanh_(n, H);
+          T* o = outt + b * H;
+          for (int64_t j = 0; j < H; ++j) o[j] = (T(1) - z[j]) * n[j] + z[j] * h[j];
         }
       });
     }
@@ -189,7 +189,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
           }
         }
       });
-      dh.addmm_(dgh[t], w_hh);  // (B,3H) @ (3H,H)
+      addmm_nn(dh, dgh[t], w_hh);  // (B,3H) @ (3H,H)
       continue;
     }
     // reset-before: the n block first, because d(r*h) = dgh_n W_hn is needed for dr.
@@ -209,7 +209,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         }
       }
     });
-    at::mm_out(drh, dgh[t].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
+    mm_nn(drh, dgh[t].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) continue;
@@ -227,7 +227,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         if (lnw) layer_norm_row_backward(da, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
       }
     });
-    dh.addmm_(dgh[t].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
+    addmm_nn(dh, dgh[t].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
   }
 }
 

@@ -73,34 +73,33 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
         }
         const T* x = gxt + b * G;
         T* gr = gt + b * G;
-        for (int64_t j = 0; j < H; ++j) {
-          const T cp = c[j];
-          T ai = x[j] + a[j], ag = x[s.off_g + j] + a[s.off_g + j], ao = x[s.off_o + j] + a[s.off_o + j];
-          if (bias) {
-            ai += bias[j];
-            ag += bias[s.off_g + j];
-            ao += bias[s.off_o + j];
-          }
-          if (pci) ai += pci[j] * cp;
-          const T i = sigmoid(ai);
-          T f;
-          if (s.coupled) {
-            f = T(1) - i;
-          } else {
-            T af = x[s.off_f + j] + a[s.off_f + j] + fb;
-            if (bias) af += bias[s.off_f + j];
-            if (pcf) af += pcf[j] * cp;
-            f = sigmoid(af);
-            gr[s.off_f + j] = f;
-          }
-          const T g = std::tanh(ag);
-          const T cn = f * cp + i * g;
-          if (pco) ao += pco[j] * cn;
-          gr[j] = i;
-          gr[s.off_g + j] = g;
-          gr[s.off_o + j] = sigmoid(ao);
-          c[j] = cn;
+        add_(gr, x, a, bias, G);  // pre-activations of every gate, then activated in place, block by block
+        if (pci) {
+          for (int64_t j = 0; j < H; ++j) gr[j] += pci[j] * c[j];
         }
+        if (!s.coupled) {
+          T* af = gr + s.off_f;
+          if (pcf) {
+            for (int64_t j = 0; j < H; ++j) af[j] += pcf[j] * c[j] + fb;
+          } else if (fb != T(0)) {
+            for (int64_t j = 0; j < H; ++j) af[j] += fb;
+          }
+        }
+        sigmoid_(gr, s.coupled ? H : 2 * H);  // i (and f, the next block)
+        tanh_(gr + s.off_g, H);
+        const T* i = gr;
+        const T* f = gr + s.off_f;
+        const T* g = gr + s.off_g;
+        if (s.coupled) {
+          for (int64_t j = 0; j < H; ++j) c[j] = (T(1) - i[j]) * c[j] + i[j] * g[j];
+        } else {
+          for (int64_t j = 0; j < H; ++j) c[j] = f[j] * c[j] + i[j] * g[j];
+        }
+        T* o = gr + s.off_o;
+        if (pco) {
+          for (int64_t j = 0; j < H; ++j) o[j] += pco[j] * c[j];
+        }
+        sigmoid_(o, H);
         if (save) std::copy(c, c + H, cst_save + b * H);
         // h = o * tanh(LN_c(c)); LN_c needs the whole row of c first, so it is a second pass over the row.
         T mean = 0, rstd = 1;
@@ -118,10 +117,13 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
           }
         }
         T* h = proj ? hht + b * H : outt + b * P;
-        for (int64_t j = 0; j < H; ++j) {
-          const T cn = lncw ? (c[j] - mean) * rstd * lncw[j] + lncb[j] : c[j];
-          h[j] = gr[s.off_o + j] * std::tanh(cn);
+        if (lncw) {
+          for (int64_t j = 0; j < H; ++j) h[j] = (c[j] - mean) * rstd * lncw[j] + lncb[j];
+        } else {
+          std::copy(c, c + H, h);
         }
+        tanh_(h, H);
+        for (int64_t j = 0; j < H; ++j) h[j] *= o[j];
         if (!proj) std::copy(h, h + H, hs + b * P);
       }
     });
@@ -197,6 +199,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   auto opts = dout.options();
   Tensor dhh = proj ? at::empty({B, H}, opts) : Tensor();   // (B, H): gradient of o*tanh(c)
   Tensor dch = lncw ? at::empty({B, H}, opts) : Tensor();  // (B, H): gradient of c_t through h_t
+  Tensor th_buf = at::empty({B, H}, opts);                    // (B, H): tanh(LN_c(c_t))
   T* dhp_ = dh.data_ptr<T>();
   T* dcp_ = dc.data_ptr<T>();
 
@@ -212,7 +215,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) std::copy(dhp_ + b * P, dhp_ + (b + 1) * P, dhpt + b * P);
       }
-      at::mm_out(dhh, dh, w_hr.value());  // (B,P) @ (P,H)
+      mm_nn(dhh, dh, w_hr.value());  // (B,P) @ (P,H)
     }
     const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
     const T* gt = gates.data_ptr<T>() + t * B * G;
@@ -229,16 +232,25 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         const T* dho = dhh_ + b * H;
         T* dcr = dcp_ + b * H;
         T* da = dgxt + b * G;
+        // th = tanh(LN_c(c_t)), recomputed from the saved c_t (and its statistics) in one vectorisable pass.
+        T* th = th_buf.data_ptr<T>() + b * H;
+        T mean = 0, rstd = 1;
+        if (lncw) {
+          mean = mean_c.data_ptr<T>()[t * B + b];
+          rstd = rstd_c.data_ptr<T>()[t * B + b];
+          for (int64_t j = 0; j < H; ++j) th[j] = (c[j] - mean) * rstd * lncw[j] + lncb[j];
+        } else {
+          std::copy(c, c + H, th);
+        }
+        tanh_(th, H);
         const T* dch_row = nullptr;
         if (lncw) {
-          // dcn = dh * o * (1 - tanh(LN_c(c))^2), then back through LN_c; xhat of c is rebuilt from its stats.
-          const T mean = mean_c.data_ptr<T>()[t * B + b], rstd = rstd_c.data_ptr<T>()[t * B + b];
+          // dcn = dh * o * (1 - th^2), then back through LN_c, whose xhat is rebuilt from the statistics of c.
           T* dcn = dcn_all.data_ptr<T>() + (t * B + b) * H;
           T* xh = dch.data_ptr<T>() + b * H;  // holds xhat, then is overwritten by the LN gradient
           for (int64_t j = 0; j < H; ++j) {
             xh[j] = (c[j] - mean) * rstd;
-            const T th = std::tanh(xh[j] * lncw[j] + lncb[j]);
-            dcn[j] = dho[j] * gr[s.off_o + j] * (T(1) - th * th);
+            dcn[j] = dho[j] * gr[s.off_o + j] * (T(1) - th[j] * th[j]);
           }
           layer_norm_row_backward(dcn, xh, rstd, lncw, H, xh);
           dch_row = xh;
@@ -246,16 +258,9 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         for (int64_t j = 0; j < H; ++j) {
           const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
           const T f = s.coupled ? T(1) - i : gr[s.off_f + j];
-          T th, dcj;
-          if (lncw) {
-            const T mean = mean_c.data_ptr<T>()[t * B + b], rstd = rstd_c.data_ptr<T>()[t * B + b];
-            th = std::tanh((c[j] - mean) * rstd * lncw[j] + lncb[j]);
-            dcj = dcr[j] + dch_row[j];
-          } else {
-            th = std::tanh(c[j]);
-            dcj = dcr[j] + dho[j] * o * (T(1) - th * th);
-          }
-          const T dao = dho[j] * th * o * (T(1) - o);
+          const T thj = th[j];
+          T dcj = lncw ? dcr[j] + dch_row[j] : dcr[j] + dho[j] * o * (T(1) - thj * thj);
+          const T dao = dho[j] * thj * o * (T(1) - o);
           if (pco) dcj += dao * pco[j];
           const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
           const T dag = dg * (T(1) - g * g);
@@ -283,7 +288,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         std::fill(dhp_ + b * P, dhp_ + (b + 1) * P, T(0));
       }
     });
-    dh.addmm_(dgh[t], w_hh);  // (B,G·H) @ (G·H,P)
+    addmm_nn(dh, dgh[t], w_hh);  // (B,G·H) @ (G·H,P)
   }
 }
 

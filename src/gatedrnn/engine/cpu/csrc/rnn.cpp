@@ -32,10 +32,11 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
           layer_norm_row(a, H, lnw, lnb, save ? xhat.data_ptr<T>() + (t * B + b) * H : nullptr, (T*)nullptr,
                          save ? rstd.data_ptr<T>() + t * B + b : nullptr);
         }
-        const T* x = x_t + b * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const T v = x[j] + a[j] + (bias ? bias[j] : T(0));
-          o[j] = relu ? (v > T(0) ? v : T(0)) : std::tanh(v);
+        add_(o, x_t + b * H, a, bias, H);
+        if (relu) {
+          for (int64_t j = 0; j < H; ++j) o[j] = o[j] > T(0) ? o[j] : T(0);
+        } else {
+          tanh_(o, H);
         }
         std::copy(o, o + H, hs + b * H);
       }
@@ -93,7 +94,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
         }
       }
     });
-    dh.addmm_(dgh[t], w_hh);  // (B,H) @ (H,H)
+    addmm_nn(dh, dgh[t], w_hh);  // (B,H) @ (H,H)
   }
 }
 
