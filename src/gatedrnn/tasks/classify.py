@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .. import plots, training
+from .. import training
 from ..checks import check_choice
 from ..datasets import (
     SeriesData,
@@ -48,6 +48,7 @@ from ..datasets import (
 )
 from ..metrics import accuracy, confusion_matrix, macro_f1
 from ..variants import variant
+from ..viz import results as plots
 from . import supervised
 
 DATASETS = ("rotten-tomatoes", "japanese-vowels", "csv")

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .. import plots, training
+from .. import training
 from ..checks import check_choice
 from ..datasets import bundled
 from ..timeseries import (
@@ -62,6 +62,7 @@ from ..timeseries import (
     windows,
 )
 from ..variants import variant
+from ..viz import results as plots
 from . import supervised
 
 PRESETS = {

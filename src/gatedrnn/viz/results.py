@@ -1,4 +1,5 @@
-"""The task plots, written as PNG files with matplotlib's file-only backend (no display needed)."""
+"""Plots of the tasks' results (confusion matrix, forecast against truth): PNG files written with matplotlib's
+file-only backend (no display needed)."""
 
 from __future__ import annotations
 
