@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,23 @@ def test_csv_train_eval_predict(tmp_path: Path, capsys: pytest.CaptureFixture[st
     monkeypatch.setattr("sys.stdin", io.StringIO("great music\n\ndull scene\n"))
     assert main(["classify", "predict", "--out", str(out)]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["good", "bad"]
+
+
+def test_torchrun_two_processes_train_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DDP on CPU (gloo): two ranks share the batches, rank 0 alone writes, and the run learns the task."""
+    csv = _reviews(tmp_path / "reviews.csv")
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "gatedrnn", "classify", "train", "--csv", str(csv), "--text-column", "review", "--label-column",
+                "verdict", "--min-count", "1", *SMALL, "--steps", "60", "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"config.json", "vocab.json", "model.safetensors", "trainer_state.safetensors"} <= {
+        p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]  # no stray temp files
+    assert main(["classify", "eval", "--out", str(out)]) == 0
+    assert "accuracy  1.0000  (12/12)" in capsys.readouterr().out
 
 
 def test_vocabulary_comes_from_the_training_split_only(tmp_path: Path) -> None:

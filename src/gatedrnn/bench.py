@@ -410,12 +410,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except ValueError as error:
-        print(f"gatedrnn: error: {error}", file=sys.stderr)
-        return 2
+    from .cli import run as run_command  # cli imports this module for `gatedrnn bench`
+
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
