@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .cells import CellSpec, State
-from .engine import Engine
+from .engine import Engine, reference
 from .layers import Tap, _Recurrent
 from .sequence import reverse_padded
 
@@ -300,7 +300,7 @@ def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor], **
             steps, batch = gx.shape[0], gx.shape[1]
             probe = gx.new_zeros(steps, batch, spec.state_size, requires_grad=True)  # (T, B, P): δ_t
             probes[_key(name, layer, direction, call(layer, direction))] = (probe, direction, lengths)
-            return _probed_run(spec, gx, p, state, lengths, probe)
+            return reference.loop(spec, gx, p, state, lengths, probe)
 
         return tap
 
@@ -316,24 +316,6 @@ def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor], **
         grad = torch.zeros_like(probe) if grad is None else grad  # (T, B, P)
         flow[key] = _to_input_order(grad, direction, lengths).detach().square().sum(dim=(0, 2)).sqrt()  # (T,)
     return flow
-
-
-def _probed_run(spec: CellSpec, gx: Tensor, p: Mapping[str, Tensor], state: State, lengths: Tensor | None,
-                probe: Tensor) -> tuple[Tensor, State]:
-    """The reference engine's loop with ``h_t + δ_t`` in place of ``h_t``: same values, and ``∂L/∂δ_t = ∂L/∂h_t``."""
-    outputs = []
-    # unbind, not gx[t]: the backward of T index operations would add T full-size gradients, O(T²).
-    for t, (gx_t, probe_t) in enumerate(zip(gx.unbind(0), probe.unbind(0))):
-        h, *rest = spec.step(gx_t, state, p)
-        new_state = (h + probe_t, *rest)
-        if lengths is None:
-            state = new_state
-            outputs.append(state[0])
-        else:
-            active = (t < lengths).unsqueeze(1)  # (B, 1)
-            state = tuple(torch.where(active, new, old) for new, old in zip(new_state, state))
-            outputs.append(torch.where(active, state[0], 0.0))
-    return torch.stack(outputs), state  # (T, B, state_size)
 
 
 def _describe(value: object) -> str:
