@@ -22,7 +22,7 @@ from torch import Tensor
 import gatedrnn
 from gatedrnn import engine as registry
 from gatedrnn.engine.cpu import build, functions
-from numerics import relative_error
+from numerics import layer_as_function, relative_error
 from test_variants import VARIANT_CASES, case_id, randomize_
 
 CONFIGS_PER_FAMILY = 200
@@ -116,22 +116,8 @@ def test_gradcheck(case: tuple[str, dict]) -> None:
     T, B, I, H = 3, 2, 2, 3
     module = getattr(gatedrnn, kind)(I, H, **options, bidirectional=True, dtype=torch.float64, engine="cpu")
     randomize_(module, gen)
-    names = [name for name, _ in module.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
-    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64, requires_grad=True)
-    widths = module.spec.state_widths()
-    state = [torch.randn(2, B, w, generator=gen, dtype=torch.float64, requires_grad=True) for w in widths]
-    lengths = torch.tensor([T, T - 1])
-
-    def f(x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        states, values = rest[: len(widths)], rest[len(widths) :]
-        out, hx = torch.func.functional_call(
-            module, dict(zip(names, values)), (x, tuple(states) if kind == "LSTM" else states[0]),
-            {"lengths": lengths},
-        )
-        return (out, *(hx if isinstance(hx, tuple) else (hx,)))
-
-    assert torch.autograd.gradcheck(f, (x, *state, *params))
+    f, inputs = layer_as_function(module, module.spec.state_widths(), T, B, I, gen)
+    assert torch.autograd.gradcheck(f, inputs)
 
 
 def test_auto_chooses_cpu_for_cpu_tensors() -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 import gatedrnn
-from numerics import relative_error
+from numerics import layer_as_function, relative_error
 
 EPS = 1e-5  # layer-norm epsilon, torch.nn.LayerNorm's default
 TOLERANCE = 1e-12
@@ -301,21 +301,6 @@ def test_gradcheck_and_gradgradcheck(case: tuple[str, dict]) -> None:
     T, B, I, H = 3, 2, 2, 3
     module = build(kind, options, I, H, bidirectional=True)
     randomize_(module, gen)
-    names = [name for name, _ in module.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
-    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64, requires_grad=True)
-    widths = Spec(kind, options, H).widths
-    state = [torch.randn(2, B, w, generator=gen, dtype=torch.float64, requires_grad=True) for w in widths]
-    lengths = torch.tensor([T, T - 1])
-
-    def f(x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        states, values = rest[: len(widths)], rest[len(widths) :]
-        out, hx = torch.func.functional_call(
-            module, dict(zip(names, values)), (x, tuple(states) if kind == "LSTM" else states[0]),
-            {"lengths": lengths},
-        )
-        return (out, *(hx if isinstance(hx, tuple) else (hx,)))
-
-    inputs = (x, *state, *params)
+    f, inputs = layer_as_function(module, Spec(kind, options, H).widths, T, B, I, gen)
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
