@@ -28,17 +28,18 @@ def unsupported(spec: CellSpec) -> str | None:
     """Why the kernels do not run ``spec``, or None when they do."""
     if spec.layer_norm and isinstance(spec, GRUSpec) and spec.reset == "before":
         return "layer_norm with reset='before'"
-    if isinstance(spec, LSTMSpec) and spec.proj_size:
-        return "proj_size"
+    if spec.layer_norm and isinstance(spec, LSTMSpec) and spec.proj_size:
+        return "layer_norm with proj_size"
     return None
 
 
 class GPUEngine(Engine):
     """Fused Triton kernels, forward and backward, for CUDA tensors in float32, bfloat16 and float16.
 
-    Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias) and GRUs (reset after or before), with or
-    without layer norm (except a reset-before GRU); projected LSTMs are left to other engines, and so is a
-    reset-before GRU whose grid would not fit on the device at once (its kernel synchronises inside each step).
+    Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias, proj_size) and GRUs (reset after or
+    before), with or without layer norm; a layer-norm GRU with reset before and a layer-norm LSTM with a projection
+    are left to other engines, and so is a reset-before GRU whose grid would not fit on the device at once (its
+    kernel synchronises inside each step).
     Products accumulate in float32 and the LSTM cell state stays in float32 through the sequence.
     """
 
@@ -86,11 +87,14 @@ class GPUEngine(Engine):
             ln = torch.cat([params[name] for name in names]).float()
         bias = params.get("bias_hh")
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (gx, params["weight_hh"], bias, peephole, ln, *state)
+            t is not None and t.requires_grad
+            for t in (gx, params["weight_hh"], params.get("weight_hr"), bias, peephole, ln, *state)
         )
+        weight_hr = params.get("weight_hr")
         out, hs, cs, *_ = ops.recurrence(
             gx.to(dtype).contiguous(),
             params["weight_hh"].to(dtype).contiguous(),
+            None if weight_hr is None else weight_hr.to(dtype).contiguous(),
             None if bias is None else bias.to(dtype),
             peephole,
             ln,

@@ -75,32 +75,33 @@ def _store_tile(ptr, gate, rows, cols, row_mask, col_mask, H, width, value):
 
 
 @triton.jit
-def _recurrent_gates(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
+def _recurrent_gates(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H, K,
                      NGATES: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
                      PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """``(W_hh h)`` for the gate rows ``k·H + cols`` of every gate ``k``: up to four ``(BLOCK_B, BLOCK_J)`` tiles."""
+    """``(W h)`` for the rows ``k·H + cols`` of every gate ``k`` of ``W`` (``(NGATES·H, K)``), ``h`` being ``(B, K)``:
+    up to four ``(BLOCK_B, BLOCK_J)`` tiles."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     acc1 = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     acc2 = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     acc3 = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     ks = tl.arange(0, BLOCK_K)
-    for k0 in range(0, H, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         kk = k0 + ks
-        k_mask = kk < H
+        k_mask = kk < K
         # .cg: read from L2, never from a stale L1 line, since other programs wrote h_{t-1}.
-        h = tl.load(h_ptr + rows[:, None] * H + kk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0,
+        h = tl.load(h_ptr + rows[:, None] * K + kk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0,
                     cache_modifier=".cg").to(DOT_DTYPE)  # (BLOCK_B, BLOCK_K)
-        w_offs = cols[None, :] * H + kk[:, None]  # (BLOCK_K, BLOCK_J): W_hh[k*H + cols, kk] transposed
+        w_offs = cols[None, :] * K + kk[:, None]  # (BLOCK_K, BLOCK_J): W[k*H + cols, kk] transposed
         w_mask = k_mask[:, None] & col_mask[None, :]
         acc0 = tl.dot(h, tl.load(w_ptr + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc0, input_precision=PRECISION)
         if NGATES > 1:
-            acc1 = tl.dot(h, tl.load(w_ptr + H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc1,
+            acc1 = tl.dot(h, tl.load(w_ptr + H * K + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc1,
                           input_precision=PRECISION)
         if NGATES > 2:
-            acc2 = tl.dot(h, tl.load(w_ptr + 2 * H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc2,
+            acc2 = tl.dot(h, tl.load(w_ptr + 2 * H * K + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc2,
                           input_precision=PRECISION)
         if NGATES > 3:
-            acc3 = tl.dot(h, tl.load(w_ptr + 3 * H * H + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc3,
+            acc3 = tl.dot(h, tl.load(w_ptr + 3 * H * K + w_offs, mask=w_mask, other=0.0).to(DOT_DTYPE), acc3,
                           input_precision=PRECISION)
     return acc0, acc1, acc2, acc3
 
@@ -187,32 +188,36 @@ def _ln_apply(x, mean, rstd, ln_ptr, gate, cols, col_mask, H, xhat_ptr, rows, ro
 @triton.jit
 def forward_kernel(
     gx_ptr,  # (T, B, G·H) input projection of every step
-    w_ptr,  # (G·H, H) weight_hh
+    w_ptr,  # (G·H, S) weight_hh; S = P (proj_size) with PROJ, else H
+    w_hr_ptr,  # (P, H) weight_hr (unused without PROJ)
     b_ptr,  # (G·H,) bias_hh (unused without HAS_BIAS)
     peep_ptr,  # (3, H) peephole weights p_i | p_f | p_o, float32 (unused without PEEPHOLE)
     ln_ptr,  # (2·G·H + 2·H,) float32 layer-norm weights w_hh | b_hh | w_c | b_c (unused without LAYER_NORM)
     len_ptr,  # (B,) int64 lengths (unused without HAS_LENGTHS)
-    hs_ptr,  # (T+1, B, H) states h; hs[0] = h_0 on entry, hs[t+1] = state after step t
+    hs_ptr,  # (T+1, B, S) states h; hs[0] = h_0 on entry, hs[t+1] = state after step t
     cs_ptr,  # (T+1, B, H) float32 cell states, same layout (LSTM only)
-    out_ptr,  # (T, B, H) outputs, zero where t >= lengths
-    saved_ptr,  # (T, B, S·H) float32 activations for backward (written only with SAVE)
+    out_ptr,  # (T, B, S) outputs, zero where t >= lengths
+    saved_ptr,  # (T, B, NSAVED·H) float32 activations for backward (written only with SAVE)
     q_ptr,  # (T, B, H) q = r h_{t-1} of GRU reset-before (unused otherwise)
+    us_ptr,  # (T, B, H) u = o tanh(c_t), the projection's input (PROJ)
     xhat_ptr,  # (T, B, G·H) float32 x̂ of LN_hh (written only with LAYER_NORM and SAVE)
     stats_ptr,  # (T, B, 3) float32 rstd of LN_hh, mean and rstd of LN_c (written only with LAYER_NORM and SAVE)
     part_ptr,  # (2, n_j, B, 2) float32 partial row statistics of LN_hh and LN_c (LAYER_NORM)
     scratch_ptr,  # (B, G·H + H) float32: W_hh h_{t-1} | o, carried between the stages of a SPLIT step
     counter_ptr,  # int32 arrivals at the grid barrier, zero on entry
-    t_start, t_stop, B, H, forget_bias, eps,
+    t_start, t_stop, B, H, S, forget_bias, eps,
     CELL: tl.constexpr, NGATES: tl.constexpr, NREC: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr,
     COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr,
-    LAYER_NORM: tl.constexpr, SPLIT: tl.constexpr, STAGE: tl.constexpr, NSTAGES: tl.constexpr,
+    LAYER_NORM: tl.constexpr, PROJ: tl.constexpr, SPLIT: tl.constexpr, STAGE: tl.constexpr,
+    NSTAGES: tl.constexpr, PW_STAGE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    """Steps ``t_start … t_stop-1``. A layer-norm step has ``NSTAGES`` stages separated by the barriers of its row
-    statistics; with ``SPLIT`` this launch runs only stage ``STAGE`` of one step (the launch boundary is the barrier,
-    and what crosses it goes through ``scratch``)."""
+    """Steps ``t_start … t_stop-1``. A step with a layer norm or a projection has ``NSTAGES`` stages separated by
+    barriers (the layer norms' row statistics; all of ``u`` before ``W_hr u``); with ``SPLIT`` this launch runs
+    only stage ``STAGE`` of one step (the launch boundary is the barrier, and what crosses it goes through memory).
+    The cell's gates are computed in stage ``PW_STAGE``."""
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     n_j = tl.cdiv(H, BLOCK_J)
@@ -221,8 +226,10 @@ def forward_kernel(
     cols = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     row_mask = rows < B
     col_mask = cols < H
+    s_mask = cols < S  # this program's units of the state h (of the projection's output with PROJ)
     GH = NGATES * H
     BH = B * H
+    BS = B * S
 
     b0 = tl.zeros((BLOCK_J,), tl.float32)
     b1 = b0
@@ -248,7 +255,7 @@ def forward_kernel(
         lengths = tl.load(len_ptr + rows, mask=row_mask, other=0)
 
     # This tile's own state, kept in registers across steps (h as stored, so a held state is bit-identical).
-    h_own = _gate_tile(hs_ptr + t_start * BH, 0, rows, cols, row_mask, col_mask, H, H)
+    h_own = _gate_tile(hs_ptr + t_start * BS, 0, rows, cols, row_mask, s_mask, S, S)
     c = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     if CELL == 1:
         c = _gate_tile(cs_ptr + t_start * BH, 0, rows, cols, row_mask, col_mask, H, H)
@@ -262,7 +269,7 @@ def forward_kernel(
             active = (t < lengths)[:, None]
         if not SPLIT or STAGE == 0:
             # The NREC gate blocks that multiply h_{t-1} itself (all but GRU reset-before's n).
-            acc0, acc1, acc2, acc3 = _recurrent_gates(hs_ptr + t * BH, w_ptr, rows, cols, row_mask, col_mask, H,
+            acc0, acc1, acc2, acc3 = _recurrent_gates(hs_ptr + t * BS, w_ptr, rows, cols, row_mask, col_mask, H, S,
                                                       NREC, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
             if LAYER_NORM:
                 # LN_hh normalises the whole gate row y = W_hh h_{t-1} (G·H wide), which spans n_j programs; a
@@ -319,7 +326,7 @@ def forward_kernel(
                     if CELL == 2:
                         tl.store(stats_ptr + t * B * 3 + rows * 3 + 1, mean_n, mask=row_mask)
                         tl.store(stats_ptr + t * B * 3 + rows * 3 + 2, rstd_n, mask=row_mask)
-        if not SPLIT or STAGE > 0:
+        if not SPLIT or STAGE >= PW_STAGE:
             c_new = c
             if CELL == 0:
                 a0 = _gate_tile(gx_t, 0, rows, cols, row_mask, col_mask, H, GH) + acc0 + b0[None, :]
@@ -330,7 +337,7 @@ def forward_kernel(
                 if SAVE:
                     _store_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, NSAVED * H, h_new)
             elif CELL == 1:
-                if not SPLIT or STAGE == 1:
+                if not SPLIT or STAGE == PW_STAGE:
                     a0 = _gate_tile(gx_t, 0, rows, cols, row_mask, col_mask, H, GH) + acc0 + b0[None, :]
                     a1 = _gate_tile(gx_t, 1, rows, cols, row_mask, col_mask, H, GH) + acc1 + b1[None, :]
                     a2 = _gate_tile(gx_t, 2, rows, cols, row_mask, col_mask, H, GH) + acc2 + b2[None, :]
@@ -362,6 +369,12 @@ def forward_kernel(
                             _store_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, NSAVED * H, f)
                             _store_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, NSAVED * H, g)
                             _store_tile(saved_t, 3, rows, cols, row_mask, col_mask, H, NSAVED * H, o)
+                    if PROJ:
+                        # h_t = W_hr u needs every program's units of u = o tanh(c_t).
+                        _store_tile(us_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H, o * _tanh(c_new))
+                        if not SPLIT:
+                            barriers += 1
+                            _grid_barrier(counter_ptr, barriers * n_programs)  # all of u is written
                     if LAYER_NORM:
                         # LN_c normalises c_t over its H units, which span the n_j programs of the row.
                         _ln_partials(part_ptr + n_j * B * 2, pid_j, rows, cols, row_mask, col_mask, B, H,
@@ -385,6 +398,10 @@ def forward_kernel(
                         w_c = tl.load(ln_ptr + 2 * GH + cols, mask=col_mask, other=0.0)
                         b_c = tl.load(ln_ptr + 2 * GH + H + cols, mask=col_mask, other=0.0)
                         h_new = o * _tanh((c_new - mean_c[:, None]) * rstd_c[:, None] * w_c[None, :] + b_c[None, :])
+                    elif PROJ:
+                        # This program's units of h_t = W_hr u (the programs past P have none).
+                        h_new, _, _, _ = _recurrent_gates(us_ptr + t * BH, w_hr_ptr, rows, cols, row_mask, s_mask, H,
+                                                          H, 1, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
                     else:
                         h_new = o * _tanh(c_new)
             elif CELL == 3:
@@ -395,7 +412,7 @@ def forward_kernel(
                 barriers += 1
                 _grid_barrier(counter_ptr, barriers * n_programs)  # all of q = r h_{t-1} is written
                 acc_n, _, _, _ = _recurrent_gates(q_ptr + t * BH, w_ptr + 2 * H * H, rows, cols, row_mask, col_mask,
-                                                  H, 1, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
+                                                  H, H, 1, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
                 n = _tanh(_gate_tile(gx_t, 2, rows, cols, row_mask, col_mask, H, GH) + acc_n + b2[None, :])
                 h_new = (1.0 - z) * n + z * h_own
                 if SAVE:
@@ -420,8 +437,8 @@ def forward_kernel(
             h_new = h_new.to(hs_ptr.dtype.element_ty).to(tl.float32)
             h_new = tl.where(active, h_new, h_own)
             out = tl.where(active, h_new, 0.0)
-            _store_tile(hs_ptr + (t + 1) * BH, 0, rows, cols, row_mask, col_mask, H, H, h_new)
-            _store_tile(out_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H, out)
+            _store_tile(hs_ptr + (t + 1) * BS, 0, rows, cols, row_mask, s_mask, S, S, h_new)
+            _store_tile(out_ptr + t * BS, 0, rows, cols, row_mask, s_mask, S, S, out)
             h_own = h_new
             c = c_new
             if t + 1 < t_stop:
@@ -483,8 +500,8 @@ def _ln_hh_grad_tile(gate, dgh_t, dy_t, xhat_t, ln_ptr, rows, cols, row_mask, co
 def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, K, GH,
                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                     DOT_DTYPE: tl.constexpr):
-    """``W_hhᵀ dgh`` for this tile's units: Σ over the first ``K`` gate rows ``k`` (from ``w_ptr``, ``dgh_ptr``) of
-    ``dgh[:, k] W_hh[k, cols]``; ``dgh`` rows are ``GH`` apart."""
+    """``Wᵀ dgh`` for this tile's units: Σ over the first ``K`` rows ``k`` of ``W`` (from ``w_ptr``, rows ``H``
+    apart) of ``dgh[:, k] W[k, cols]``; ``dgh`` rows are ``GH`` apart."""
     acc = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     ks = tl.arange(0, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
@@ -500,10 +517,11 @@ def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, K, GH,
 
 @triton.jit
 def backward_kernel(
-    dout_ptr,  # (T, B, H) gradient of the outputs
-    dh_ptr,  # (B, H) float32 in/out: ∂L/∂h pending (without the term W_hhᵀ dy of the step after); ∂L/∂h_0 at the end
+    dout_ptr,  # (T, B, S) gradient of the outputs
+    dh_ptr,  # (B, S) float32 in/out: ∂L/∂h pending (without the term W_hhᵀ dy of the step after); ∂L/∂h_0 at the end
     dc_ptr,  # (B, H) float32 in/out: ∂L/∂c carried backwards; ∂L/∂c_0 at the end (LSTM only)
-    w_ptr,  # (G·H, H) weight_hh
+    w_ptr,  # (G·H, S) weight_hh; S = P (proj_size) with PROJ, else H
+    w_hr_ptr,  # (P, H) weight_hr (unused without PROJ)
     peep_ptr,  # (3, H) float32 peephole weights
     ln_ptr,  # (2·G·H + 2·H,) float32 layer-norm weights w_hh | b_hh | w_c | b_c (unused without LAYER_NORM)
     len_ptr,  # (B,) int64 lengths
@@ -517,20 +535,24 @@ def backward_kernel(
     dgh_ptr,  # (T, B, G·H) out: gradient of LN_hh(W_hh h_{t-1}) + b_hh (the same buffer as dgx for RNN, LSTM)
     dy_ptr,  # (T, B, G·H) out: gradient of W_hh h_{t-1} (the same buffer as dgh without LAYER_NORM)
     dcn_ptr,  # (T, B, H) float32 out: gradient of LN_c's output (LSTM with LAYER_NORM)
+    dhs_ptr,  # (T, B, P) out: ∂L/∂h_t, zero where t >= lengths, in the weights' dtype (PROJ)
     counter_ptr,  # int32 arrivals at the grid barrier, zero on entry
-    t_lo, t_hi, T, B, H,
+    t_lo, t_hi, T, B, H, S,
     CELL: tl.constexpr, NGATES: tl.constexpr, NREC: tl.constexpr, NSAVED: tl.constexpr, RELU: tl.constexpr,
     COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_LENGTHS: tl.constexpr, FINAL: tl.constexpr,
-    LAYER_NORM: tl.constexpr, SPLIT: tl.constexpr, STAGE: tl.constexpr, NSTAGES: tl.constexpr,
+    LAYER_NORM: tl.constexpr, PROJ: tl.constexpr, SPLIT: tl.constexpr, STAGE: tl.constexpr,
+    NSTAGES: tl.constexpr, PW_STAGE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     """Steps ``t_hi-1`` down to ``t_lo``; with ``FINAL`` also the last ``W_hhᵀ dy_0`` that completes ``∂L/∂h_0``.
 
-    A layer-norm step has ``NSTAGES`` stages separated by barriers (LSTM: ``LN_c``'s row sums, then ``LN_hh``'s;
-    others: ``LN_hh``'s); with ``SPLIT`` this launch runs only stage ``STAGE`` of one step, and ``dh`` carries the
-    step's whole ``∂L/∂h_t`` from an LSTM's stage 0 to its stage 1."""
+    A step with a layer norm or a projection has ``NSTAGES`` stages separated by barriers (a projected LSTM:
+    all of ``∂L/∂h_t`` before ``W_hrᵀ ∂L/∂h_t``; a layer-norm LSTM: ``LN_c``'s row sums, then ``LN_hh``'s; others:
+    ``LN_hh``'s); with ``SPLIT`` this launch runs only stage ``STAGE`` of one step, and ``dh`` carries the step's
+    whole ``∂L/∂h_t`` from a layer-norm LSTM's stage 0 to its stage 1. The gates' gradients are formed in stage
+    ``PW_STAGE``."""
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     n_j = tl.cdiv(H, BLOCK_J)
@@ -539,8 +561,10 @@ def backward_kernel(
     cols = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     row_mask = rows < B
     col_mask = cols < H
+    s_mask = cols < S  # this program's units of the state h (of the projection's output with PROJ)
     GH = NGATES * H
     BH = B * H
+    BS = B * S
     SH = NSAVED * H
 
     p_i = tl.zeros((BLOCK_J,), tl.float32)
@@ -554,7 +578,7 @@ def backward_kernel(
     if HAS_LENGTHS:
         lengths = tl.load(len_ptr + rows, mask=row_mask, other=0)
 
-    dh_pending = _gate_tile(dh_ptr, 0, rows, cols, row_mask, col_mask, H, H)
+    dh_pending = _gate_tile(dh_ptr, 0, rows, cols, row_mask, s_mask, S, S)
     dc_carry = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
     if CELL == 1:
         dc_carry = _gate_tile(dc_ptr, 0, rows, cols, row_mask, col_mask, H, H)
@@ -571,17 +595,29 @@ def backward_kernel(
                 if s > T - t_hi:  # dy_{t+1} was written in this launch: wait for every program's part
                     barriers += 1
                     _grid_barrier(counter_ptr, barriers * n_programs)
-                dh += _recurrent_grad(dy_ptr + (t + 1) * B * GH, w_ptr, rows, cols, row_mask, col_mask, H,
+                dh += _recurrent_grad(dy_ptr + (t + 1) * B * GH, w_ptr, rows, cols, row_mask, s_mask, S,
                                       NREC * H, GH, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
-            dh += tl.where(active, _gate_tile(dout_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H), 0.0)
+            dh += tl.where(active, _gate_tile(dout_ptr + t * BS, 0, rows, cols, row_mask, s_mask, S, S), 0.0)
         saved_t = saved_ptr + t * B * SH
         dgx_t = dgx_ptr + t * B * GH
         dgh_t = dgh_ptr + t * B * GH
         xhat_t = xhat_ptr + t * B * GH
         dc_prev = dc_carry
         dh_direct = dh
+        if PROJ:
+            dhs_t = dhs_ptr + t * BS
+            if not SPLIT or STAGE == 0:
+                _store_tile(dhs_t, 0, rows, cols, row_mask, s_mask, S, S, tl.where(active, dh, 0.0))
+                dh_direct = tl.where(active, 0.0, dh)
+                if not SPLIT:
+                    barriers += 1
+                    _grid_barrier(counter_ptr, barriers * n_programs)  # all of ∂L/∂h_t is written
+            if not SPLIT or STAGE == PW_STAGE:
+                # From here on dh is ∂L/∂u = W_hrᵀ ∂L/∂h_t for this tile's units of u = o tanh(c_t).
+                dh = _recurrent_grad(dhs_t, w_hr_ptr, rows, cols, row_mask, col_mask, H, S, S, BLOCK_B, BLOCK_J,
+                                     BLOCK_K, PRECISION, DOT_DTYPE)
         if CELL == 1:
-            if not SPLIT or STAGE < NSTAGES - 1:
+            if (not SPLIT or STAGE == PW_STAGE) or (LAYER_NORM and STAGE == 0):
                 c_new = _gate_tile(cs_ptr + (t + 1) * BH, 0, rows, cols, row_mask, col_mask, H, H)
                 o = _gate_tile(saved_t, NGATES - 1, rows, cols, row_mask, col_mask, H, SH)
                 if LAYER_NORM:
@@ -602,7 +638,7 @@ def backward_kernel(
                             _grid_barrier(counter_ptr, barriers * n_programs)  # LN_c's partial sums are written
                 else:
                     tc = _tanh(c_new)
-            if not SPLIT or STAGE == NSTAGES - 2:
+            if not SPLIT or STAGE == PW_STAGE:
                 c_prev = _gate_tile(cs_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H)
                 i = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
                 if COUPLED:
@@ -646,8 +682,9 @@ def backward_kernel(
                 _store_tile(dgx_t, 2, rows, cols, row_mask, col_mask, H, GH, d2)
                 if not COUPLED:
                     _store_tile(dgx_t, 3, rows, cols, row_mask, col_mask, H, GH, d3)
-                dh_direct = tl.where(active, 0.0, dh)
-        elif not SPLIT or STAGE == 0:
+                if not PROJ:
+                    dh_direct = tl.where(active, 0.0, dh)
+        elif not SPLIT or STAGE == PW_STAGE:
             if CELL == 0:
                 y = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
                 if RELU:
@@ -698,7 +735,7 @@ def backward_kernel(
                 _store_tile(dgh_t, 2, rows, cols, row_mask, col_mask, H, GH, d2)
                 dh_direct = tl.where(active, dh * z, dh)
         if LAYER_NORM:
-            if not SPLIT or STAGE == NSTAGES - 2:
+            if not SPLIT or STAGE == PW_STAGE:
                 # dgh is stored in the weights' dtype: take the row sums of the values the last stage reads back.
                 dt = dgh_ptr.dtype.element_ty
                 d0 = d0.to(dt).to(tl.float32)
@@ -740,8 +777,8 @@ def backward_kernel(
         if t_hi > t_lo:
             barriers += 1
             _grid_barrier(counter_ptr, barriers * n_programs)
-        dh_pending += _recurrent_grad(dy_ptr, w_ptr, rows, cols, row_mask, col_mask, H, NREC * H, GH,
+        dh_pending += _recurrent_grad(dy_ptr, w_ptr, rows, cols, row_mask, s_mask, S, NREC * H, GH,
                                       BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
-    _store_tile(dh_ptr, 0, rows, cols, row_mask, col_mask, H, H, dh_pending)
+    _store_tile(dh_ptr, 0, rows, cols, row_mask, s_mask, S, S, dh_pending)
     if CELL == 1:
         _store_tile(dc_ptr, 0, rows, cols, row_mask, col_mask, H, H, dc_carry)

@@ -32,6 +32,7 @@ class Cell:
     forget_bias: float = 0.0
     reset_before: bool = False
     layer_norm: bool = False
+    proj: bool = False
 
     @property
     def code(self) -> int:
@@ -59,10 +60,24 @@ class Cell:
     @property
     def stages(self) -> int:
         """Parts of a step between barriers: a layer norm's row statistics need every program's partial sums
-        (``LN_hh``, and ``LN_c`` after it in an LSTM) before the step can go on."""
+        (``LN_hh``, and ``LN_c`` after it in an LSTM) before the step can go on, and a projection all of its
+        input (forward: ``u``; backward: ``∂L/∂h_t``). The kernels run a projection without layer norm only."""
+        if self.proj:
+            return 2
         if not self.layer_norm:
             return 1
         return 3 if self.cell == "lstm" else 2
+
+    @property
+    def forward_gate_stage(self) -> int:
+        """The stage of a forward step that computes the gates (after ``LN_hh``'s statistics)."""
+        return 1 if self.layer_norm else 0
+
+    @property
+    def backward_gate_stage(self) -> int:
+        """The stage of a backward step that forms the gates' gradients (after ``LN_c``'s row sums or
+        ``W_hrᵀ ∂L/∂h_t``)."""
+        return 1 if self.cell == "lstm" and (self.layer_norm or self.proj) else 0
 
 
 def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -89,11 +104,13 @@ def _step_launches(steps: Iterable[int], stages: int) -> list[tuple[int, int, bo
     return [(t, t + 1, True, stage) for t in steps for stage in range(stages)]
 
 
-def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, peephole: Tensor | None,
-            ln: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor | None, save: bool,
-            tiling: Tiling | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Run the recurrence; returns ``out (T,B,H)``, ``hs (T+1,B,H)``, ``cs (T+1,B,H)``, ``saved (T,B,S·H)``,
-    ``q (T,B,H)``, ``xhat (T,B,G·H)`` and ``stats (T,B,3)``.
+def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, weight_hr: Tensor | None, bias_hh: Tensor | None,
+            peephole: Tensor | None, ln: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
+            save: bool, tiling: Tiling | None = None) -> tuple[Tensor, ...]:
+    """Run the recurrence; returns ``out (T,B,S)``, ``hs (T+1,B,S)``, ``cs (T+1,B,H)``, ``saved (T,B,N·H)``,
+    ``q (T,B,H)``, ``xhat (T,B,G·H)``, ``stats (T,B,3)`` and ``us (T,B,H)``; the state width ``S`` is ``P`` for a
+    projected LSTM (``weight_hr`` (P, H) given exactly with ``cell.proj``; ``us`` holds ``u = o tanh(c_t)``, empty
+    without projection), else ``H``.
 
     ``cs`` is float32 and empty (0 elements) unless LSTM; ``saved`` is float32 and empty unless ``save``; ``q`` (``r
     h_{t-1}``) is empty unless GRU reset-before, which needs a persistent launch (a barrier inside each step).
@@ -102,18 +119,20 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
     ``LN_c``'s mean and rstd) are saved for backward (empty unless ``save``).
     """
     T, B, _ = gx.shape
-    H = weight_hh.shape[1]
+    S = weight_hh.shape[1]
+    H = gx.shape[2] // cell.gates
     tiling = tiling or choose_tiling(B, H, gx.device)
     if cell.reset_before and not tiling.persistent:
         raise ValueError(f"engine: 'gpu' runs a reset-before GRU only with a grid that fits on the device (B={B}, "
                          f"H={H} does not)")
-    hs = gx.new_empty(T + 1, B, H)
+    hs = gx.new_empty(T + 1, B, S)
     hs[0] = h0
     lstm = cell.cell == "lstm"
     cs = gx.new_empty((T + 1, B, H) if lstm else (0,), dtype=torch.float32)
     if lstm:
         cs[0] = c0
-    out = gx.new_empty(T, B, H)
+    out = gx.new_empty(T, B, S)
+    us = gx.new_empty((T, B, H) if cell.proj else (0,))
     saved = gx.new_empty((T, B, cell.saved * H) if save else (0,), dtype=torch.float32)
     q = gx.new_empty((T, B, H) if cell.reset_before else (0,))
     f32 = torch.float32
@@ -127,32 +146,36 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, p
     launches = [(0, T, False, 0)] if tiling.persistent else _step_launches(range(T), cell.stages)
     for t_start, t_stop, split, stage in launches:
         kernels.forward_kernel[grid](
-            gx, weight_hh, bias_hh if bias_hh is not None else gx, peephole if peephole is not None else cs,
-            ln if ln is not None else cs, lengths if lengths is not None else counter, hs, cs, out, saved,
-            q if cell.reset_before else hs, xhat, stats, part, scratch, counter,
-            t_start, t_stop, B, H, cell.forget_bias, LN_EPS,
+            gx, weight_hh, weight_hr if weight_hr is not None else weight_hh, bias_hh if bias_hh is not None else gx,
+            peephole if peephole is not None else cs, ln if ln is not None else cs,
+            lengths if lengths is not None else counter, hs, cs, out, saved, q if cell.reset_before else hs,
+            us if cell.proj else hs, xhat, stats, part, scratch, counter,
+            t_start, t_stop, B, H, S, cell.forget_bias, LN_EPS,
             CELL=cell.code, NGATES=cell.gates, NREC=cell.recurrent_gates, NSAVED=cell.saved, RELU=cell.relu,
             COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_BIAS=bias_hh is not None, HAS_LENGTHS=lengths is not None, SAVE=save,
-            LAYER_NORM=norm, SPLIT=split, STAGE=stage, NSTAGES=cell.stages,
+            LAYER_NORM=norm, PROJ=cell.proj, SPLIT=split, STAGE=stage, NSTAGES=cell.stages,
+            PW_STAGE=cell.forward_gate_stage,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
             PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype), num_warps=tiling.num_warps,
         )
-    return out, hs, cs, saved, q, xhat, stats
+    return out, hs, cs, saved, q, xhat, stats, us
 
 
 def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight_hh: Tensor,
-             peephole: Tensor | None, ln: Tensor | None, lengths: Tensor | None, hs: Tensor, cs: Tensor,
-             saved: Tensor, xhat: Tensor, stats: Tensor,
-             tiling: Tiling | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+             weight_hr: Tensor | None, peephole: Tensor | None, ln: Tensor | None, lengths: Tensor | None,
+             hs: Tensor, cs: Tensor, saved: Tensor, xhat: Tensor, stats: Tensor,
+             tiling: Tiling | None = None) -> tuple[Tensor, ...]:
     """Gradients of the recurrence: ``dgx (T,B,G·H)``, ``dgh (T,B,G·H)``, ``dy (T,B,G·H)`` (in the weights'
-    dtype), ``dcn (T,B,H)``, ``dh0``, ``dc0`` (float32).
+    dtype), ``dcn (T,B,H)``, ``dh0 (B,S)``, ``dc0 (B,H)`` (float32) and ``dhs (T,B,P)`` (in the weights' dtype).
 
     ``dgh`` is the gradient of ``LN_hh(W_hh h_{t-1}) + b_hh`` (the same tensor as ``dgx`` except for GRU
     reset-after) and ``dy`` that of ``W_hh h_{t-1}`` (the same tensor as ``dgh`` without layer norm); ``dcn``, the
-    gradient of ``LN_c``'s output, is empty unless an LSTM with layer norm; ``dc0`` is empty unless LSTM.
+    gradient of ``LN_c``'s output, is empty unless an LSTM with layer norm; ``dc0`` is empty unless LSTM; ``dhs``,
+    ``∂L/∂h_t`` (zero past the lengths) of a projected LSTM, is empty without projection.
     """
-    T, B, H = dout.shape
+    T, B, S = dout.shape
+    H = weight_hh.shape[0] // cell.gates
     tiling = tiling or choose_tiling(B, H, dout.device)
     GH = cell.gates * H
     dgx = dout.new_empty(T, B, GH, dtype=weight_hh.dtype)
@@ -165,6 +188,7 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
     dc = dc_n.to(torch.float32, copy=True).contiguous() if lstm else dh.new_empty(0)
     f32 = torch.float32
     dcn = dout.new_empty((T, B, H) if norm and lstm else (0,), dtype=f32)
+    dhs = dout.new_empty((T, B, S) if cell.proj else (0,), dtype=weight_hh.dtype)
     part = dout.new_empty((2, triton_cdiv(H, tiling.block_j), B, 2) if norm else (0,), dtype=f32)
     counter = torch.zeros(1, dtype=torch.int32, device=dout.device)
     grid = (tiling.grid(B, H),)
@@ -173,16 +197,18 @@ def backward(cell: Cell, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, weight
     launches = [(0, T, False, 0)] if tiling.persistent else [*_step_launches(reversed(range(T)), cell.stages), final]
     for k, (t_lo, t_hi, split, stage) in enumerate(launches):
         kernels.backward_kernel[grid](
-            dout, dh, dc, weight_hh, peephole if peephole is not None else dh, ln if ln is not None else dh,
+            dout, dh, dc, weight_hh, weight_hr if weight_hr is not None else weight_hh,
+            peephole if peephole is not None else dh, ln if ln is not None else dh,
             lengths if lengths is not None else counter, hs, cs if lstm else dh, saved, xhat, stats, part, dgx, dgh,
-            dy, dcn, counter,
-            t_lo, t_hi, T, B, H,
+            dy, dcn, dhs if cell.proj else dgx, counter,
+            t_lo, t_hi, T, B, H, S,
             CELL=cell.code, NGATES=cell.gates, NREC=cell.recurrent_gates, NSAVED=cell.saved, RELU=cell.relu,
             COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_LENGTHS=lengths is not None, FINAL=k == len(launches) - 1,
-            LAYER_NORM=norm, SPLIT=split, STAGE=stage, NSTAGES=cell.stages,
+            LAYER_NORM=norm, PROJ=cell.proj, SPLIT=split, STAGE=stage, NSTAGES=cell.stages,
+            PW_STAGE=cell.backward_gate_stage,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
             PRECISION=_precision(weight_hh.dtype), DOT_DTYPE=_dot_dtype(weight_hh.dtype),
             num_warps=tiling.num_warps,
         )
-    return dgx, dgh, dy, dcn, dh, dc
+    return dgx, dgh, dy, dcn, dh, dc, dhs
