@@ -3,6 +3,10 @@
 # in float32 and bfloat16; logs and JSON under $OUT.
 # Usage (from the repo root): OUT=/some/dir scripts/gpu_check.sh [pytest -k expression] [bench arguments...]
 # TEST_TIMEOUT (seconds, default 600) bounds the test stage so that the benchmark always gets its turn.
+# A device call is limited to 10 minutes, so select: e.g. the layer-norm and projected variants (their kernels were
+# verified in the interpreter and compiled for sm_90 by scripts/compile_check.py, never run on a device before):
+#   TEST_TIMEOUT=300 OUT=$OUT scripts/gpu_check.sh "layernorm or proj" \
+#     --variants lstm,lstm-layernorm,gru-layernorm,rnn-layernorm,lstm-proj --repeats 5
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
