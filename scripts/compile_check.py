@@ -72,8 +72,9 @@ def record(cell: launch.Cell, dtype: torch.dtype, tiling: launch.Tiling) -> None
     h0 = torch.randn(B, S, dtype=dtype)
     c0 = torch.randn(B, H) if lstm else None
     lengths = torch.tensor([3, 1, 2, 3, 3])
-    out, hs, cs, saved, q, xhat, stats, us = launch.forward(cell, gx, weight_hh, weight_hr, torch.randn(G * H, dtype=dtype),
-                                                            peephole, ln, h0, c0, lengths, True, tiling)
+    bias = torch.randn(G * H, dtype=dtype)
+    out, hs, cs, saved, q, xhat, stats, _ = launch.forward(cell, gx, weight_hh, weight_hr, bias, peephole, ln, h0, c0,
+                                                           lengths, True, tiling)
     launch.backward(cell, torch.randn_like(out), torch.randn(B, S), torch.randn(B, H) if lstm else None, weight_hh,
                     weight_hr, peephole, ln, lengths, hs, cs, saved, xhat, stats, tiling)
 
