@@ -43,6 +43,7 @@ CELLS = {
     "gru": launch.Cell("gru"),
     "gru-before": launch.Cell("gru", reset_before=True),
     "gru-layernorm": launch.Cell("gru", layer_norm=True),
+    "gru-before-layernorm": launch.Cell("gru", reset_before=True, layer_norm=True),
 }
 TILINGS = [launch.Tiling(64, 16, 64, persistent=True), launch.Tiling(16, 16, 64, persistent=False)]
 

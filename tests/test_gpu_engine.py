@@ -38,6 +38,7 @@ COMBINATIONS = {
     "lstm-layernorm-coupled-nobias": (gatedrnn.LSTM, {"layer_norm": True, "coupled": True, "bias": False}),
     "rnn-relu-layernorm": (gatedrnn.RNN, {"nonlinearity": "relu", "layer_norm": True}),
     "gru-layernorm-nobias": (gatedrnn.GRU, {"layer_norm": True, "bias": False}),
+    "gru-before-layernorm": (gatedrnn.GRU, {"layer_norm": True, "reset": "before"}),
     "lstm-proj": (gatedrnn.LSTM, {"proj_size": 13}),
     "lstm-proj-peephole": (gatedrnn.LSTM, {"proj_size": 13, "peephole": True}),
     "lstm-proj-coupled-nobias": (gatedrnn.LSTM, {"proj_size": 13, "coupled": True, "bias": False}),
@@ -131,7 +132,7 @@ def test_every_variant_matches_the_reference(name: str, engine_name: str) -> Non
 
 
 @pytest.mark.parametrize("name", ["lstm-peephole", "gru-before", "rnn", "lstm-layernorm", "gru-layernorm",
-                                  "lstm-proj-peephole"])
+                                  "gru-before-layernorm", "lstm-proj-peephole"])
 def test_lengths_bidirectional_multilayer_without_h0(name: str, engine_name: str) -> None:
     layer_cls, options = CASES[name]
     pairs = run_both(layer_cls, options, engine_name, T=6, B=4, I=3, H=17, num_layers=2, bidirectional=True,
@@ -173,17 +174,15 @@ def test_reset_before_needs_the_grid_on_the_device_at_once(engine_name: str,
         gru(torch.randn(5, 2, 3, device=DEVICE))
 
 
-@pytest.mark.parametrize(("layer_cls", "options"), [(gatedrnn.LSTM, {"layer_norm": True, "proj_size": 2}),
-                                                    (gatedrnn.GRU, {"layer_norm": True, "reset": "before"})],
-                         ids=["lstm-layernorm-proj", "gru-layernorm-before"])
-def test_variants_without_kernels_are_refused_by_name_and_left_to_others_by_auto(layer_cls, options: dict) -> None:
-    layer = layer_cls(3, 4, **options, device=DEVICE)
-    assert not GPUEngine().covers(layer.spec, torch.zeros(1, device=DEVICE))
+def test_variants_without_kernels_are_refused_by_name_and_left_to_others_by_auto() -> None:
+    """A layer-norm LSTM with a projection has no kernels."""
+    lstm = gatedrnn.LSTM(3, 4, layer_norm=True, proj_size=2, device=DEVICE)
+    assert not GPUEngine().covers(lstm.spec, torch.zeros(1, device=DEVICE))
     x = torch.randn(2, 1, 3, device=DEVICE)
-    assert registry.resolve("auto", layer.spec, x).name != "gpu"
+    assert registry.resolve("auto", lstm.spec, x).name != "gpu"
     if CUDA:
-        with pytest.raises(ValueError, match=f"engine: 'gpu' does not run {type(layer.spec).__name__}"):
-            layer_cls(3, 4, **options, engine="gpu", device=DEVICE)(x)
+        with pytest.raises(ValueError, match="engine: 'gpu' does not run LSTMSpec"):
+            gatedrnn.LSTM(3, 4, layer_norm=True, proj_size=2, engine="gpu", device=DEVICE)(x)
 
 
 def test_engine_is_listed_with_its_reason() -> None:

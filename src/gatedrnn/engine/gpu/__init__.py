@@ -26,8 +26,6 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 def unsupported(spec: CellSpec) -> str | None:
     """Why the kernels do not run ``spec``, or None when they do."""
-    if spec.layer_norm and isinstance(spec, GRUSpec) and spec.reset == "before":
-        return "layer_norm with reset='before'"
     if spec.layer_norm and isinstance(spec, LSTMSpec) and spec.proj_size:
         return "layer_norm with proj_size"
     return None
@@ -37,9 +35,8 @@ class GPUEngine(Engine):
     """Fused Triton kernels, forward and backward, for CUDA tensors in float32, bfloat16 and float16.
 
     Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias, proj_size) and GRUs (reset after or
-    before), with or without layer norm; a layer-norm GRU with reset before and a layer-norm LSTM with a projection
-    are left to other engines, and so is a reset-before GRU whose grid would not fit on the device at once (its
-    kernel synchronises inside each step).
+    before), with or without layer norm; a layer-norm LSTM with a projection is left to other engines, and so is a
+    reset-before GRU whose grid would not fit on the device at once (its kernel synchronises inside each step).
     Products accumulate in float32 and the LSTM cell state stays in float32 through the sequence.
     """
 

@@ -413,6 +413,19 @@ def forward_kernel(
                 _grid_barrier(counter_ptr, barriers * n_programs)  # all of q = r h_{t-1} is written
                 acc_n, _, _, _ = _recurrent_gates(q_ptr + t * BH, w_ptr + 2 * H * H, rows, cols, row_mask, col_mask,
                                                   H, H, 1, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
+                if LAYER_NORM:  # LN_n over the n rows W_hn q, a third round of partials in this step
+                    _ln_partials(part_ptr + n_j * B * 2, pid_j, rows, cols, row_mask, col_mask, B, H, acc_n, acc_n,
+                                 acc_n, acc_n, 1)
+                    barriers += 1
+                    _grid_barrier(counter_ptr, barriers * n_programs)  # LN_n's partials are written
+                    mean_n, rstd_n = _ln_stats(part_ptr + n_j * B * 2, rows, row_mask, B, H, eps, 1, BLOCK_B,
+                                               BLOCK_J)
+                    acc_n = _ln_apply(acc_n, mean_n, rstd_n, ln_ptr, 2, cols, col_mask, H, xhat_t, rows, row_mask,
+                                      GH, SAVE)
+                    if SAVE:
+                        if pid_j == 0:
+                            tl.store(stats_ptr + t * B * 3 + rows * 3 + 1, mean_n, mask=row_mask)
+                            tl.store(stats_ptr + t * B * 3 + rows * 3 + 2, rstd_n, mask=row_mask)
                 n = _tanh(_gate_tile(gx_t, 2, rows, cols, row_mask, col_mask, H, GH) + acc_n + b2[None, :])
                 h_new = (1.0 - z) * n + z * h_own
                 if SAVE:
@@ -706,14 +719,33 @@ def backward_kernel(
                 da_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
                 _store_tile(dgx_t, 1, rows, cols, row_mask, col_mask, H, GH, da_z)
                 _store_tile(dgx_t, 2, rows, cols, row_mask, col_mask, H, GH, da_n)
+                dgx_n = dgx_t + 2 * H  # ∂L/∂(W_hn q), rows GH apart
+                if LAYER_NORM:
+                    # Through LN_n first: its row sums over the n units of every program, then dy_n.
+                    dt = dgh_ptr.dtype.element_ty
+                    d_n = da_n.to(dt).to(tl.float32)  # as the last stage reads it back
+                    _ln_hh_grad_partials(part_ptr + n_j * B * 2, pid_j, rows, cols, row_mask, col_mask, B, H, GH,
+                                         ln_ptr + 2 * H, xhat_t + 2 * H, d_n, d_n, d_n, d_n, 1)
+                    barriers += 1
+                    _grid_barrier(counter_ptr, barriers * n_programs)  # LN_n's partial sums are written
+                    sum_dx, sum_dx_xhat = _row_sums(part_ptr + n_j * B * 2, rows, row_mask, B, H, BLOCK_B, BLOCK_J)
+                    rstd_n = tl.load(stats_ptr + t * B * 3 + rows * 3 + 2, mask=row_mask, other=0.0)
+                    _ln_hh_grad_tile(2, dgh_t, dy_ptr + t * B * GH, xhat_t, ln_ptr, rows, cols, row_mask, col_mask,
+                                     H, GH, rstd_n, sum_dx / H, sum_dx_xhat / H)
+                    dgx_n = dy_ptr + t * B * GH + 2 * H
                 barriers += 1
-                _grid_barrier(counter_ptr, barriers * n_programs)  # all of dgx_n is written
+                _grid_barrier(counter_ptr, barriers * n_programs)  # all of dgx_n (dy_n) is written
                 # ∂q = W_hnᵀ dgx_n for this tile's units, q = r h_{t-1}
-                dq = _recurrent_grad(dgx_t + 2 * H, w_ptr + 2 * H * H, rows, cols, row_mask, col_mask, H, H, GH,
+                dq = _recurrent_grad(dgx_n, w_ptr + 2 * H * H, rows, cols, row_mask, col_mask, H, H, GH,
                                      BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
-                _store_tile(dgx_t, 0, rows, cols, row_mask, col_mask, H, GH,
-                            tl.where(active, dq * h_prev * r * (1.0 - r), 0.0))
+                da_r = tl.where(active, dq * h_prev * r * (1.0 - r), 0.0)
+                _store_tile(dgx_t, 0, rows, cols, row_mask, col_mask, H, GH, da_r)
                 dh_direct = tl.where(active, dq * r + dh * z, dh)
+                if LAYER_NORM:  # LN_rz's gradient below, over the r|z rows
+                    d0 = da_r
+                    d1 = da_z
+                    d2 = da_z
+                    d3 = da_z
             else:
                 r = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
                 z = _gate_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, SH)
