@@ -40,6 +40,7 @@ CELLS = {
     "lstm-layernorm-coupled-peephole": launch.Cell("lstm", coupled=True, peephole=True, layer_norm=True),
     "lstm-proj": launch.Cell("lstm", proj=True),
     "lstm-proj-coupled-peephole": launch.Cell("lstm", coupled=True, peephole=True, proj=True),
+    "lstm-layernorm-proj-peephole": launch.Cell("lstm", peephole=True, layer_norm=True, proj=True),
     "gru": launch.Cell("gru"),
     "gru-before": launch.Cell("gru", reset_before=True),
     "gru-layernorm": launch.Cell("gru", layer_norm=True),

@@ -21,15 +21,14 @@ pytest.importorskip("triton")
 import gatedrnn  # noqa: E402
 from gatedrnn import engine as registry  # noqa: E402
 from gatedrnn.cells import CellSpec  # noqa: E402
-from gatedrnn.engine.gpu import DTYPES, GPUEngine, launch, unsupported  # noqa: E402
+from gatedrnn.engine.gpu import DTYPES, GPUEngine, launch  # noqa: E402
 from gatedrnn.variants import VARIANTS  # noqa: E402
 from numerics import relative_error  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
-# Variant name -> layer options, for every variant the kernels run (plus combinations the named variants miss).
-KERNEL_VARIANTS = {name: v for name, v in VARIANTS.items() if unsupported(v.build(2, 3).spec) is None}
+# Variant name -> layer options, for every variant (plus combinations the named variants miss).
 COMBINATIONS = {
     "lstm-coupled-peephole": (gatedrnn.LSTM, {"coupled": True, "peephole": True}),
     "lstm-peephole-forgetbias-nobias": (gatedrnn.LSTM, {"peephole": True, "forget_bias": 1.0, "bias": False}),
@@ -39,11 +38,12 @@ COMBINATIONS = {
     "rnn-relu-layernorm": (gatedrnn.RNN, {"nonlinearity": "relu", "layer_norm": True}),
     "gru-layernorm-nobias": (gatedrnn.GRU, {"layer_norm": True, "bias": False}),
     "gru-before-layernorm": (gatedrnn.GRU, {"layer_norm": True, "reset": "before"}),
+    "lstm-layernorm-proj-peephole": (gatedrnn.LSTM, {"layer_norm": True, "proj_size": 13, "peephole": True}),
     "lstm-proj": (gatedrnn.LSTM, {"proj_size": 13}),
     "lstm-proj-peephole": (gatedrnn.LSTM, {"proj_size": 13, "peephole": True}),
     "lstm-proj-coupled-nobias": (gatedrnn.LSTM, {"proj_size": 13, "coupled": True, "bias": False}),
 }
-CASES = {**{name: (v.layer, v.options) for name, v in KERNEL_VARIANTS.items()}, **COMBINATIONS}
+CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items()}, **COMBINATIONS}
 
 
 class InterpretedGPUEngine(GPUEngine):
@@ -53,7 +53,7 @@ class InterpretedGPUEngine(GPUEngine):
     priority = -1
 
     def covers(self, spec: CellSpec, x: torch.Tensor) -> bool:
-        return x.dtype in DTYPES and unsupported(spec) is None
+        return x.dtype in DTYPES
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,8 @@ def test_lengths_bidirectional_multilayer_without_h0(name: str, engine_name: str
 
 
 @pytest.mark.parametrize("name", ["lstm-coupled-peephole", "gru", "rnn-relu", "lstm-layernorm-peephole-forgetbias",
-                                  "gru-layernorm", "rnn-layernorm", "lstm-proj-peephole"])
+                                  "gru-layernorm", "rnn-layernorm", "lstm-proj-peephole",
+                                  "lstm-layernorm-proj-peephole"])
 def test_several_programs_per_step(name: str, engine_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiles smaller than the problem (2 batch blocks × 3 unit blocks), one launch per step, or per stage of a step
     with a layer norm or a projection: each program reads the others' slices of h_{t-1} and of the gate
@@ -172,17 +173,6 @@ def test_reset_before_needs_the_grid_on_the_device_at_once(engine_name: str,
     with pytest.raises(ValueError, match="engine: 'gpu' runs a reset-before GRU only with a grid that fits on the "
                                          r"device \(B=2, H=4 does not\)"):
         gru(torch.randn(5, 2, 3, device=DEVICE))
-
-
-def test_variants_without_kernels_are_refused_by_name_and_left_to_others_by_auto() -> None:
-    """A layer-norm LSTM with a projection has no kernels."""
-    lstm = gatedrnn.LSTM(3, 4, layer_norm=True, proj_size=2, device=DEVICE)
-    assert not GPUEngine().covers(lstm.spec, torch.zeros(1, device=DEVICE))
-    x = torch.randn(2, 1, 3, device=DEVICE)
-    assert registry.resolve("auto", lstm.spec, x).name != "gpu"
-    if CUDA:
-        with pytest.raises(ValueError, match="engine: 'gpu' does not run LSTMSpec"):
-            gatedrnn.LSTM(3, 4, layer_norm=True, proj_size=2, engine="gpu", device=DEVICE)(x)
 
 
 def test_engine_is_listed_with_its_reason() -> None:

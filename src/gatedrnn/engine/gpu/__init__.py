@@ -24,19 +24,12 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def unsupported(spec: CellSpec) -> str | None:
-    """Why the kernels do not run ``spec``, or None when they do."""
-    if spec.layer_norm and isinstance(spec, LSTMSpec) and spec.proj_size:
-        return "layer_norm with proj_size"
-    return None
-
-
 class GPUEngine(Engine):
     """Fused Triton kernels, forward and backward, for CUDA tensors in float32, bfloat16 and float16.
 
     Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias, proj_size) and GRUs (reset after or
-    before), with or without layer norm; a layer-norm LSTM with a projection is left to other engines, and so is a
-    reset-before GRU whose grid would not fit on the device at once (its kernel synchronises inside each step).
+    before), each with or without layer norm; a reset-before GRU whose grid would not fit on the device at once is
+    left to other engines (its kernel synchronises inside each step).
     Products accumulate in float32 and the LSTM cell state stays in float32 through the sequence.
     """
 
@@ -53,7 +46,7 @@ class GPUEngine(Engine):
         return False, "needs a CUDA device (none found)"
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        if not (x.is_cuda and x.dtype in DTYPES and unsupported(spec) is None):
+        if not (x.is_cuda and x.dtype in DTYPES):
             return False
         if isinstance(spec, GRUSpec) and spec.reset == "before" and x.dim() == 3:  # x: (T, B, I)
             return choose_tiling(x.shape[1], spec.hidden_size, x.device).persistent
@@ -62,9 +55,6 @@ class GPUEngine(Engine):
     def run(
         self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
     ) -> tuple[Tensor, State]:
-        reason = unsupported(spec)
-        if reason is not None:
-            raise ValueError(f"engine: 'gpu' does not run {reason}")
         from . import ops  # the kernels are compiled (or interpreted) from here on
 
         device = gx.device.type

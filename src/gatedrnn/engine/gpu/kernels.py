@@ -210,14 +210,15 @@ def forward_kernel(
     COUPLED: tl.constexpr,
     PEEPHOLE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr,
     LAYER_NORM: tl.constexpr, PROJ: tl.constexpr, SPLIT: tl.constexpr, STAGE: tl.constexpr,
-    NSTAGES: tl.constexpr, PW_STAGE: tl.constexpr,
+    NSTAGES: tl.constexpr, PW_STAGE: tl.constexpr, U_STAGE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     """Steps ``t_start … t_stop-1``. A step with a layer norm or a projection has ``NSTAGES`` stages separated by
     barriers (the layer norms' row statistics; all of ``u`` before ``W_hr u``); with ``SPLIT`` this launch runs
     only stage ``STAGE`` of one step (the launch boundary is the barrier, and what crosses it goes through memory).
-    The cell's gates are computed in stage ``PW_STAGE``."""
+    The cell's gates are computed in stage ``PW_STAGE``, an LSTM's ``u = o tanh(LN_c(c_t))`` in stage ``U_STAGE``
+    (``h_t = W_hr u`` in the last stage)."""
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     n_j = tl.cdiv(H, BLOCK_J)
@@ -369,12 +370,6 @@ def forward_kernel(
                             _store_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, NSAVED * H, f)
                             _store_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, NSAVED * H, g)
                             _store_tile(saved_t, 3, rows, cols, row_mask, col_mask, H, NSAVED * H, o)
-                    if PROJ:
-                        # h_t = W_hr u needs every program's units of u = o tanh(c_t).
-                        _store_tile(us_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H, o * _tanh(c_new))
-                        if not SPLIT:
-                            barriers += 1
-                            _grid_barrier(counter_ptr, barriers * n_programs)  # all of u is written
                     if LAYER_NORM:
                         # LN_c normalises c_t over its H units, which span the n_j programs of the row.
                         _ln_partials(part_ptr + n_j * B * 2, pid_j, rows, cols, row_mask, col_mask, B, H,
@@ -384,7 +379,7 @@ def forward_kernel(
                         else:
                             barriers += 1
                             _grid_barrier(counter_ptr, barriers * n_programs)  # every partial of c_t is written
-                if not SPLIT or STAGE == NSTAGES - 1:
+                if not SPLIT or STAGE == U_STAGE:  # u = o tanh(LN_c(c_t)), h_t itself without projection
                     if LAYER_NORM:
                         if SPLIT:
                             o = _gate_tile(scratch_ptr, NGATES, rows, cols, row_mask, col_mask, H, GH + H)
@@ -397,13 +392,22 @@ def forward_kernel(
                                 tl.store(stats_ptr + t * B * 3 + rows * 3 + 2, rstd_c, mask=row_mask)
                         w_c = tl.load(ln_ptr + 2 * GH + cols, mask=col_mask, other=0.0)
                         b_c = tl.load(ln_ptr + 2 * GH + H + cols, mask=col_mask, other=0.0)
-                        h_new = o * _tanh((c_new - mean_c[:, None]) * rstd_c[:, None] * w_c[None, :] + b_c[None, :])
-                    elif PROJ:
+                        u = o * _tanh((c_new - mean_c[:, None]) * rstd_c[:, None] * w_c[None, :] + b_c[None, :])
+                    else:
+                        u = o * _tanh(c_new)
+                    if PROJ:
+                        # h_t = W_hr u needs every program's units of u.
+                        _store_tile(us_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H, u)
+                        if not SPLIT:
+                            barriers += 1
+                            _grid_barrier(counter_ptr, barriers * n_programs)  # all of u is written
+                    else:
+                        h_new = u
+                if PROJ:
+                    if not SPLIT or STAGE == NSTAGES - 1:
                         # This program's units of h_t = W_hr u (the programs past P have none).
                         h_new, _, _, _ = _recurrent_gates(us_ptr + t * BH, w_hr_ptr, rows, cols, row_mask, s_mask, H,
                                                           H, 1, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, DOT_DTYPE)
-                    else:
-                        h_new = o * _tanh(c_new)
             elif CELL == 3:
                 a0 = _gate_tile(gx_t, 0, rows, cols, row_mask, col_mask, H, GH) + acc0 + b0[None, :]
                 r = _sigmoid(a0)
@@ -625,12 +629,13 @@ def backward_kernel(
                 if not SPLIT:
                     barriers += 1
                     _grid_barrier(counter_ptr, barriers * n_programs)  # all of ∂L/∂h_t is written
-            if not SPLIT or STAGE == PW_STAGE:
-                # From here on dh is ∂L/∂u = W_hrᵀ ∂L/∂h_t for this tile's units of u = o tanh(c_t).
+            if (not SPLIT or STAGE == PW_STAGE) or (LAYER_NORM and STAGE == PW_STAGE - 1):
+                # From here on dh is ∂L/∂u = W_hrᵀ ∂L/∂h_t for this tile's units of u = o tanh(LN_c(c_t)) (formed
+                # in both stages of a SPLIT layer-norm step, not carried between them).
                 dh = _recurrent_grad(dhs_t, w_hr_ptr, rows, cols, row_mask, col_mask, H, S, S, BLOCK_B, BLOCK_J,
                                      BLOCK_K, PRECISION, DOT_DTYPE)
         if CELL == 1:
-            if (not SPLIT or STAGE == PW_STAGE) or (LAYER_NORM and STAGE == 0):
+            if (not SPLIT or STAGE == PW_STAGE) or (LAYER_NORM and STAGE == PW_STAGE - 1):
                 c_new = _gate_tile(cs_ptr + (t + 1) * BH, 0, rows, cols, row_mask, col_mask, H, H)
                 o = _gate_tile(saved_t, NGATES - 1, rows, cols, row_mask, col_mask, H, SH)
                 if LAYER_NORM:
@@ -642,7 +647,7 @@ def backward_kernel(
                     b_c = tl.load(ln_ptr + 2 * GH + H + cols, mask=col_mask, other=0.0)
                     tc = _tanh(c_hat * w_c[None, :] + b_c[None, :])
                     dcn = tl.where(active, dh * o * (1.0 - tc * tc), 0.0)  # ∂L/∂LN_c(c)
-                    if not SPLIT or STAGE == 0:
+                    if not SPLIT or STAGE == PW_STAGE - 1:
                         _store_tile(dcn_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H, dcn)
                         s0, s1 = _grad_row_sums(dcn, c_hat, w_c, row_mask[:, None] & col_mask[None, :])
                         _store_row_pair(part_ptr + n_j * B * 2, pid_j, rows, row_mask, B, s0, s1)

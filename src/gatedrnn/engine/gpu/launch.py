@@ -61,23 +61,26 @@ class Cell:
     def stages(self) -> int:
         """Parts of a step between barriers: a layer norm's row statistics need every program's partial sums
         (``LN_hh``, and ``LN_c`` after it in an LSTM) before the step can go on, and a projection all of its
-        input (forward: ``u``; backward: ``∂L/∂h_t``). The kernels run a projection without layer norm only."""
-        if self.proj:
-            return 2
-        if not self.layer_norm:
-            return 1
-        return 3 if self.cell == "lstm" else 2
+        input (forward: ``u``; backward: ``∂L/∂h_t``)."""
+        if self.cell == "lstm":
+            return 1 + 2 * self.layer_norm + self.proj
+        return 1 + self.layer_norm
 
     @property
     def forward_gate_stage(self) -> int:
         """The stage of a forward step that computes the gates (after ``LN_hh``'s statistics)."""
-        return 1 if self.layer_norm else 0
+        return int(self.layer_norm)
+
+    @property
+    def forward_u_stage(self) -> int:
+        """The stage of a forward LSTM step that forms ``u = o tanh(LN_c(c_t))`` (after ``LN_c``'s statistics)."""
+        return 2 * self.layer_norm
 
     @property
     def backward_gate_stage(self) -> int:
-        """The stage of a backward step that forms the gates' gradients (after ``LN_c``'s row sums or
-        ``W_hrᵀ ∂L/∂h_t``)."""
-        return 1 if self.cell == "lstm" and (self.layer_norm or self.proj) else 0
+        """The stage of a backward step that forms the gates' gradients (after ``W_hrᵀ ∂L/∂h_t`` needs all of
+        ``∂L/∂h_t``, and after ``LN_c``'s row sums)."""
+        return int(self.layer_norm) + int(self.proj) if self.cell == "lstm" else 0
 
 
 def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -155,7 +158,7 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, weight_hr: Tensor | None,
             COUPLED=cell.coupled,
             PEEPHOLE=cell.peephole, HAS_BIAS=bias_hh is not None, HAS_LENGTHS=lengths is not None, SAVE=save,
             LAYER_NORM=norm, PROJ=cell.proj, SPLIT=split, STAGE=stage, NSTAGES=cell.stages,
-            PW_STAGE=cell.forward_gate_stage,
+            PW_STAGE=cell.forward_gate_stage, U_STAGE=cell.forward_u_stage,
             BLOCK_B=tiling.block_b, BLOCK_J=tiling.block_j, BLOCK_K=tiling.block_k,
             PRECISION=_precision(gx.dtype), DOT_DTYPE=_dot_dtype(gx.dtype), num_warps=tiling.num_warps,
         )
