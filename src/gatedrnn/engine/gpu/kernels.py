@@ -28,6 +28,18 @@ they differ only in GRU's ``n`` block, ``dgh_n = r dgx_n``), writes them, waits 
 first, with a barrier of its own: ``∂q = W_hnᵀ dgx_n`` gives ``∂r = ∂q h_{t-1}`` and the direct term ``r ∂q``, and only
 the ``r|z`` rows enter ``W_hhᵀ dgh_t``. The weight gradients are one GEMM over all steps afterwards (``ops.py``).
 
+Layer norm (``LAYER_NORM``): ``a = gx_t + LN_hh(W_hh h_{t-1}) + b_hh`` (a GRU's ``LN_hh`` is ``LN_rz`` over the
+``r|z`` rows and ``LN_n`` over the ``n`` rows) and an LSTM's ``h = o tanh(LN_c(c'))``. A row spans the programs of
+its batch tile, so each writes partial statistics of its columns (``_ln_partials``), meets the others at a
+barrier, and merges them (``_ln_stats``); backward does the same with the row sums ``Σ dx̂``, ``Σ dx̂ x̂``
+(``_ln_hh_grad_partials``, ``_row_sums``) and writes ``dy``, the gradient of ``W_hh h_{t-1}`` itself.
+
+Projection (``PROJ``, LSTM): ``h = W_hr u`` with ``u = o tanh(LN_c(c'))``, the state ``P`` wide: each program
+writes its units of ``u``, meets the others, and forms its slice of ``h`` from all of ``u``; backward writes its
+slice of ``∂h_t``, meets the others, and forms ``∂u = W_hrᵀ ∂h_t`` for its units.
+
+These barriers inside a step split it into stages; see ``forward_kernel``'s docstring.
+
 Where ``t >= lengths[b]`` a row keeps its state, outputs zero, and passes gradients through unchanged.
 """
 
@@ -296,9 +308,6 @@ def forward_kernel(
         if LAYER_NORM and (not SPLIT or STAGE == 1):
             if SPLIT:
                 acc0 = _gate_tile(scratch_ptr, 0, rows, cols, row_mask, col_mask, H, GH + H)
-                acc1 = acc0
-                acc2 = acc0
-                acc3 = acc0
                 if NREC > 1:
                     acc1 = _gate_tile(scratch_ptr, 1, rows, cols, row_mask, col_mask, H, GH + H)
                 if NREC > 2:
