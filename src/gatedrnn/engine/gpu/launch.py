@@ -112,14 +112,15 @@ def forward(cell: Cell, gx: Tensor, weight_hh: Tensor, weight_hr: Tensor | None,
             save: bool, tiling: Tiling | None = None) -> tuple[Tensor, ...]:
     """Run the recurrence; returns ``out (T,B,S)``, ``hs (T+1,B,S)``, ``cs (T+1,B,H)``, ``saved (T,B,N·H)``,
     ``q (T,B,H)``, ``xhat (T,B,G·H)``, ``stats (T,B,3)`` and ``us (T,B,H)``; the state width ``S`` is ``P`` for a
-    projected LSTM (``weight_hr`` (P, H) given exactly with ``cell.proj``; ``us`` holds ``u = o tanh(c_t)``, empty
-    without projection), else ``H``.
+    projected LSTM (``weight_hr`` (P, H) given exactly with ``cell.proj``; ``us`` holds ``u = o tanh(LN_c(c_t))``,
+    empty without projection), else ``H``.
 
     ``cs`` is float32 and empty (0 elements) unless LSTM; ``saved`` is float32 and empty unless ``save``; ``q`` (``r
     h_{t-1}``) is empty unless GRU reset-before, which needs a persistent launch (a barrier inside each step).
     ``ln`` (float32 ``w_hh | b_hh | w_c | b_c`` of the layer norms, LSTM only with the last two) is given exactly
     with ``cell.layer_norm``; then ``xhat`` (``LN_hh``'s normalised input) and ``stats`` (per row: ``LN_hh``'s rstd,
-    ``LN_c``'s mean and rstd) are saved for backward (empty unless ``save``).
+    ``LN_c``'s mean and rstd; a GRU's: ``LN_rz``'s rstd, ``LN_n``'s mean and rstd) are saved for backward (empty
+    unless ``save``).
     """
     T, B, _ = gx.shape
     S = weight_hh.shape[1]
