@@ -220,3 +220,15 @@ def test_missing_compiler_in_a_fresh_process(tmp_path: os.PathLike) -> None:
     first, second = done.stdout.splitlines()[:2]
     assert first.startswith("1 gatedrnn: the cpu engine is not available, so the slower reference engine runs instead")
     assert second == "False"
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_bias_and_layer_norm_shift_gradients_do_not_alias(kind: str) -> None:
+    """b_hh and LN_hh's shift have the same gradient, computed once and returned for both (autograd copies a tensor
+    it receives twice); an in-place change of one ``.grad`` (gradient clipping) must not change the other."""
+    module = getattr(gatedrnn, kind)(3, 4, layer_norm=True, engine="cpu")
+    module(torch.randn(5, 2, 3))[0].sum().backward()
+    bias, shift = module.bias_hh_l0.grad, module.ln_hh_bias_l0.grad
+    torch.testing.assert_close(bias, shift, rtol=0, atol=0)
+    bias.mul_(2)
+    assert not torch.equal(bias, shift)

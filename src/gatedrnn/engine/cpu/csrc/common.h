@@ -90,6 +90,40 @@ inline void layer_norm_row_backward(const T* dy, const T* xhat, T rstd, const T*
   for (int64_t k = 0; k < n; ++k) dx[k] = rstd * (dy[k] * w[k] - m1 - xhat[k] * m2);
 }
 
+// Per-column sums of one step's rows, added to double accumulators, skipping ended sequences:
+//   acc_yx[j] += sum_b y[b,j] * x[b,j]   (when acc_yx is given)
+//   acc_y[j]  += sum_b y[b,j]            (when acc_y is given)
+// The vector parameters' gradients (b_hh, layer-norm gains and shifts, peepholes) are such sums over time and
+// batch. Taken each step, they read rows that the step has just written and that are still in cache; summed after
+// the loop they would be extra passes over (T,B,·) tensors and their temporaries. Every column is summed in the
+// same order (t descending, then b), whatever the thread count.
+template <typename T>
+inline void sum_rows(const T* y, int64_t y_stride, const T* x, int64_t x_stride, int64_t B, int64_t n,
+                     const int64_t* lengths, int64_t t, double* acc_yx, double* acc_y) {
+  at::parallel_for(0, n, row_grain(B), [&](int64_t j0, int64_t j1) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (!active(lengths, b, t)) continue;
+      const T* yr = y + b * y_stride;
+      if (acc_yx) {
+        const T* xr = x + b * x_stride;
+        for (int64_t j = j0; j < j1; ++j) acc_yx[j] += double(yr[j]) * double(xr[j]);
+      }
+      if (acc_y) {
+        for (int64_t j = j0; j < j1; ++j) acc_y[j] += double(yr[j]);
+      }
+    }
+  });
+}
+
+// A zeroed double accumulator of length n for sum_rows, or an empty tensor when that sum is not needed.
+inline Tensor accumulator(int64_t n, bool used, const at::TensorOptions& opts) {
+  return at::zeros({used ? n : 0}, opts.dtype(at::kDouble));
+}
+
+inline double* acc_or_null(Tensor& acc) {
+  return acc.numel() ? acc.data_ptr<double>() : nullptr;
+}
+
 // The per-step products. With one sequence (B = 1) they are matrix-vector products: BLAS gemv reads the weights
 // once, where gemm would first pack (copy) the whole weight matrix on every step.
 

@@ -131,21 +131,26 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   return {out, h_state, gates, aux, xhat, rstd};
 }
 
-// Backward through time. Returns, batched over time for the caller's weight GEMMs and sums:
+// Backward through time. Returns, batched over time for the caller's weight GEMMs:
 //   dgx (T,B,3H)  gradient of gx
-//   dgp (T,B,3H)  gradient of the recurrent part after LN and bias (b_hh's and LN's gradient); for reset-after
-//                 its n block is r * dgx_n, for reset-before it equals dgx
 //   dgh (T,B,3H)  gradient of W_hh h (r|z rows) and W_hn (r*h) or W_hn h (n rows) before LN
 //   dh0
+// and the vector parameters' gradients, summed here step by step (sum_rows) over dgp, the gradient of the
+// recurrent part after LN and bias (for reset-after its n block is r * dgx_n, for reset-before it equals dgx):
+//   db (3H)       sum of dgp: the gradient of b_hh and of LN's shift
+//   dln_w (3H)    sum of dgp * xhat: LN's gain (layer_norm only)
 template <typename T>
 void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tensor& w_hh, const OptTensor& ln_w,
                    bool before, const int64_t* lengths, const Tensor& out, const Tensor& gates, const Tensor& aux,
-                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgp, Tensor& dgh) {
+                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgh, Tensor& acc_b,
+                   Tensor& acc_lnw) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   const T* lnw = ptr_or_null<T>(ln_w);
   auto opts = dout.options();
   Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
   Tensor drh = at::empty({B, H}, opts);  // reset-before: gradient of r*h_{t-1}
+  // reset-after with layer norm: this step's dgp (B, 3H); without layer norm dgp is dgh, and for reset-before dgx
+  Tensor dgp_step = !before && lnw ? at::empty({B, G}, opts) : Tensor();
   T* dhp = dh.data_ptr<T>();
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -154,8 +159,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
     const T* auxt = aux.data_ptr<T>() + t * B * H;
     const T* hprev = t > 0 ? out.data_ptr<T>() + (t - 1) * B * H : h0.data_ptr<T>();
     T* dgxt = dgx.data_ptr<T>() + t * B * G;
-    T* dgpt = dgp.data_ptr<T>() + t * B * G;
     T* dght = dgh.data_ptr<T>() + t * B * G;
+    T* dgpt = before ? dgxt : (lnw ? dgp_step.data_ptr<T>() : dght);
     const T* xh = lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
     const T* rs = lnw ? rstd.data_ptr<T>() + t * B * 2 : nullptr;
     for (int64_t b = 0; b < B; ++b) {
@@ -189,6 +194,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
           }
         }
       });
+      sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
       addmm_nn(dh, dgh[t], w_hh);  // (B,3H) @ (3H,H)
       continue;
     }
@@ -227,6 +233,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         if (lnw) layer_norm_row_backward(da, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
       }
     });
+    sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
     addmm_nn(dh, dgh[t].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
   }
 }
@@ -235,16 +242,19 @@ std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const T
                                  const OptTensor& ln_w, bool before, const OptTensor& lengths, const Tensor& out,
                                  const Tensor& gates, const Tensor& aux, const Tensor& xhat, const Tensor& rstd) {
   const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool zero = len != nullptr;  // rows of ended sequences are never written
   const bool ln = ln_w.has_value() && ln_w->defined();
+  auto opts = dout.options();
   Tensor dh = dh_n.clone();
-  Tensor dgx = at::zeros(gates.sizes(), dout.options());
-  // Without layer norm the gradient before LN is the one after it; reset-before's post-LN gradient is dgx.
-  Tensor dgp = before ? dgx : at::zeros(gates.sizes(), dout.options());
-  Tensor dgh = ln ? at::zeros(gates.sizes(), dout.options()) : dgp;
+  Tensor dgx = buffer(gates.sizes(), opts, zero);
+  // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself.
+  Tensor dgh = ln || !before ? buffer(gates.sizes(), opts, zero) : dgx;
+  Tensor acc_b = accumulator(gates.size(2), true, opts), acc_lnw = accumulator(gates.size(2), ln, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgp, dgh);
+    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgh, acc_b,
+                            acc_lnw);
   });
-  return {dgx, dgp, dgh, dh};
+  return {dgx, dgh, dh, acc_b.to(dout.scalar_type()), acc_lnw.to(dout.scalar_type())};
 }
 
 }  // namespace

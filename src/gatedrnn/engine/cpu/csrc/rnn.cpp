@@ -64,11 +64,12 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
 }
 
 // Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dgh
-// (T,B,H) = gradient of W_hh h_{t-1} before LN (dgx itself without layer norm), and dh0.
+// (T,B,H) = gradient of W_hh h_{t-1} before LN (dgx itself without layer norm), dh0, and summed here step by step
+// (sum_rows): db (H) = sum of dgx (b_hh and LN's shift), dln_w (H) = sum of dgx * xhat (LN's gain, layer_norm only).
 template <typename T>
 void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const OptTensor& ln_w, bool relu,
                    const int64_t* lengths, const Tensor& out, const Tensor& xhat, const Tensor& rstd, Tensor& dgx,
-                   Tensor& dgh) {
+                   Tensor& dgh, Tensor& acc_b, Tensor& acc_lnw) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const T* lnw = ptr_or_null<T>(ln_w);
   T* dhp = dh.data_ptr<T>();
@@ -77,6 +78,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
     const T* outt = out.data_ptr<T>() + t * B * H;
     T* dgxt = dgx.data_ptr<T>() + t * B * H;
     T* dght = dgh.data_ptr<T>() + t * B * H;
+    const T* xh = lnw ? xhat.data_ptr<T>() + t * B * H : nullptr;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) continue;  // the gradient passes through unchanged
@@ -89,11 +91,11 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
           d[j] = 0;  // h_{t-1} gets only the recurrent GEMM's gradient, added below
         }
         if (lnw) {
-          layer_norm_row_backward(da, xhat.data_ptr<T>() + (t * B + b) * H, rstd.data_ptr<T>()[t * B + b], lnw, H,
-                                  dght + b * H);
+          layer_norm_row_backward(da, xh + b * H, rstd.data_ptr<T>()[t * B + b], lnw, H, dght + b * H);
         }
       }
     });
+    sum_rows(dgxt, H, xh, H, B, H, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
     addmm_nn(dh, dgh[t], w_hh);  // (B,H) @ (H,H)
   }
 }
@@ -103,13 +105,16 @@ std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const T
                                  const Tensor& rstd) {
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool ln = ln_w.has_value() && ln_w->defined();
+  const bool zero = len != nullptr;  // rows of ended sequences are never written
+  auto opts = dout.options();
   Tensor dh = dh_n.clone();
-  Tensor dgx = at::zeros(out.sizes(), dout.options());
-  Tensor dgh = ln ? at::zeros(out.sizes(), dout.options()) : dgx;
+  Tensor dgx = buffer(out.sizes(), opts, zero);
+  Tensor dgh = ln ? buffer(out.sizes(), opts, zero) : dgx;
+  Tensor acc_b = accumulator(out.size(2), true, opts), acc_lnw = accumulator(out.size(2), ln, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, relu, len, out, xhat, rstd, dgx, dgh);
+    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, relu, len, out, xhat, rstd, dgx, dgh, acc_b, acc_lnw);
   });
-  return {dgx, dgh, dh};
+  return {dgx, dgh, dh, acc_b.to(dout.scalar_type()), acc_lnw.to(dout.scalar_type())};
 }
 
 }  // namespace
