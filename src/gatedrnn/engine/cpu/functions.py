@@ -1,10 +1,10 @@
 """The autograd layer of the cpu engine: one ``torch.autograd.Function`` per cell family around the C++ kernels.
 
-Each forward runs the whole recurrence of one layer and direction in C++; each backward runs backpropagation
-through time in C++ and then forms the weight gradients here, batched over all time steps (one GEMM per weight
-matrix). The vector parameters' gradients (biases, layer-norm gains and shifts, peepholes) are sums over time and
-batch that the C++ backward accumulates step by step, while each step's rows are in cache. Without autograd
-(``torch.no_grad()`` or nothing requiring a gradient) the kernels are called directly and save nothing.
+Each forward runs the whole recurrence of one layer and direction in C++. Each backward runs backpropagation
+through time in C++, which also returns the parameters' gradients: W_hh's as GEMMs batched over chunks of time steps,
+and the vector parameters' (biases, layer-norm gains and shifts, peepholes), sums over time and batch accumulated
+step by step while each step's rows are in cache; W_hr's (proj_size) is one GEMM over all steps here. Without
+autograd (``torch.no_grad()`` or nothing requiring a gradient) the kernels are called directly and save nothing.
 
 The backward passes are not themselves differentiable: a backward with ``create_graph=True`` (second derivatives,
 e.g. a gradient penalty) raises an error that names ``engine="reference"``, which supports them.
@@ -23,14 +23,6 @@ from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 
 def _ops():  # noqa: ANN202 - torch.ops namespaces have no static type
     return torch.ops.gatedrnn_cpu
-
-
-def _weight_grad(d: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
-    """``sum_t d_t^T h_{t-1}``: ``d`` ``(T, B, R)``; ``h_{t-1}`` is ``h0`` at t=0 and ``hs[t-1]`` after."""
-    grad = d[0].t() @ h0  # (R, W)
-    if d.shape[0] > 1:
-        grad = torch.addmm(grad, d[1:].reshape(-1, d.shape[2]).t(), hs[:-1].reshape(-1, hs.shape[2]))
-    return grad
 
 
 def _refuse_second_derivatives() -> None:
@@ -63,14 +55,13 @@ class LSTMFunction(torch.autograd.Function):
         _refuse_second_derivatives()
         (h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, lengths, out, gates, cs, hh, xhat_hh,
          rstd_hh, mean_c, rstd_c) = ctx.saved_tensors
-        dgx, dgh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co = _ops().lstm_backward(
+        dgx, d_w_hh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co = _ops().lstm_backward(
             dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w,
-            ln_c_w, ln_c_b, ctx.coupled, lengths, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c)
+            ln_c_w, ln_c_b, ctx.coupled, lengths, out, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c)
         H = c0.shape[1]
         need = ctx.needs_input_grad
         ln = ln_hh_w is not None
-        return (dgx, dh0, dc0,
-                _weight_grad(dgh, h0, out) if need[3] else None,
+        return (dgx, dh0, dc0, d_w_hh,
                 db if ctx.has_bias else None,
                 dhp.reshape(-1, dhp.shape[2]).t() @ hh.reshape(-1, H) if w_hr is not None and need[5] else None,
                 d_ci if w_ci is not None else None, d_cf if w_cf is not None else None,
@@ -94,16 +85,8 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
         h0, w_hh, ln_w, lengths, out, gates, aux, xhat, rstd = ctx.saved_tensors
-        dgx, dgh, dh0, db, d_ln_w = _ops().gru_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w,
-                                                        ctx.before, lengths, out, gates, aux, xhat, rstd)
-        H = h0.shape[1]
-        d_w_hh = None
-        if ctx.needs_input_grad[2]:
-            if ctx.before:  # the n rows multiply r*h_{t-1} (saved as aux), the r|z rows h_{t-1}
-                d_w_hh = torch.cat([_weight_grad(dgh[..., : 2 * H], h0, out),
-                                    dgh[..., 2 * H :].reshape(-1, H).t() @ aux.reshape(-1, H)])
-            else:
-                d_w_hh = _weight_grad(dgh, h0, out)
+        dgx, d_w_hh, dh0, db, d_ln_w = _ops().gru_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w,
+                                                           ctx.before, lengths, out, gates, aux, xhat, rstd)
         ln = ln_w is not None
         return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
                 None, None)
@@ -123,9 +106,8 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
         h0, w_hh, ln_w, lengths, out, xhat, rstd = ctx.saved_tensors
-        dgx, dgh, dh0, db, d_ln_w = _ops().rnn_backward(dout.contiguous(), dh_n.contiguous(), w_hh, ln_w, ctx.relu,
-                                                        lengths, out, xhat, rstd)
-        d_w_hh = _weight_grad(dgh, h0, out) if ctx.needs_input_grad[2] else None
+        dgx, d_w_hh, dh0, db, d_ln_w = _ops().rnn_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w,
+                                                           ctx.relu, lengths, out, xhat, rstd)
         ln = ln_w is not None
         return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
                 None, None)
