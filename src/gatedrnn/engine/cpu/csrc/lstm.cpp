@@ -172,8 +172,9 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c};
 }
 
-// Backward through time. Returns the gradients the weight GEMMs need, batched over time by the caller, and the
-// vector parameters' gradients, summed here step by step (sum_rows):
+// Backward through time. Returns the gradients of gx, of the initial state and of every recurrent parameter but
+// W_hr (whose GEMM over all steps the caller forms from dhp); the vector parameters' are summed step by step
+// (sum_rows):
 //   dgx (T,B,G·H)   d loss / d (gate pre-activation) = gradient of gx and of LN_hh's output
 //   dw_hh (G·H,P)   sum_t dgh_t^T h_{t-1}, dgh the gradient of W_hh h_{t-1} before LN_hh. Without layer norm dgh
 //                   is dgx, kept whole, and this is one GEMM at the end; with layer norm dgh exists only for this
