@@ -220,3 +220,45 @@ def test_missing_compiler_in_a_fresh_process(tmp_path: os.PathLike) -> None:
     first, second = done.stdout.splitlines()[:2]
     assert first.startswith("1 gatedrnn: the cpu engine is not available, so the slower reference engine runs instead")
     assert second == "False"
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_bias_and_layer_norm_shift_gradients_do_not_alias(kind: str) -> None:
+    """b_hh and LN_hh's shift have the same gradient, computed once and returned for both (autograd copies a tensor
+    it receives twice); an in-place change of one ``.grad`` (gradient clipping) must not change the other."""
+    module = getattr(gatedrnn, kind)(3, 4, layer_norm=True, engine="cpu")
+    module(torch.randn(5, 2, 3))[0].sum().backward()
+    bias, shift = module.bias_hh_l0.grad, module.ln_hh_bias_l0.grad
+    torch.testing.assert_close(bias, shift, rtol=0, atol=0)
+    bias.mul_(2)
+    assert not torch.equal(bias, shift)
+
+
+CHUNKED = [("LSTM", dict(layer_norm=True)), ("LSTM", dict(layer_norm=True, proj_size=2, peephole=True)),
+           ("GRU", dict(layer_norm=True)), ("GRU", dict(layer_norm=True, reset="before")), ("GRU", dict()),
+           ("RNN", dict(layer_norm=True))]
+
+
+@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
+def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) -> None:
+    """Where the gradient before the recurrent product's layer norm exists only for W_hh's gradient (layer norm; GRU
+    reset-after), the cpu engine keeps it for a chunk of steps (as many as make 1024 rows of the GEMM: 16 at B=64)
+    and adds each chunk to dW_hh. 37 steps are two full chunks and a partial one; uneven lengths leave rows of the
+    reused buffer masked."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(7)
+    T, B, I, H = 37, 64, 3, 5
+    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    widths = module.spec.state_widths()
+    hx = tuple(torch.randn(1, B, w, generator=gen, dtype=torch.float64) for w in widths)
+    weights = [torch.randn(s, generator=gen, dtype=torch.float64)
+               for s in [(T, B, module.spec.state_size), *((1, B, w) for w in widths)]]
+    truth = run_with(module, "reference", x, hx, lengths, weights)
+    got = run_with(module, "cpu", x, hx, lengths, weights)
+    names = ["output", *module.spec.state_names, "input", *module.spec.state_names,
+             *(n for n, _ in module.named_parameters())]
+    for name, g, w in zip(names, got, truth, strict=True):
+        assert relative_error(g, w) <= 1e-10, f"{name}: {relative_error(g, w):.2e}"

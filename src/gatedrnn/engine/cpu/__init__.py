@@ -2,7 +2,7 @@
 
 Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused pass over the gates per step
 around one recurrent GEMM), ``build.py`` (compile once, cache, explain failures), ``functions.py`` (the
-``torch.autograd.Function`` of each family and the weight-gradient GEMMs batched over time), and the engine here.
+``torch.autograd.Function`` of each family), and the engine here.
 """
 
 from __future__ import annotations

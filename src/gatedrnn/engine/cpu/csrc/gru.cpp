@@ -41,9 +41,9 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
         if (!active(lengths, b, t)) continue;
         T* a = gh.data_ptr<T>() + b * ghw;
         if (lnw) {
-          layer_norm_row(a, 2 * H, lnw, lnb, xh ? xh + b * G : nullptr, (T*)nullptr, rs ? rs + 2 * b : nullptr);
+          layer_norm_row(a, 2 * H, lnw, lnb, xh ? xh + b * G : nullptr, rs ? rs + 2 * b : nullptr);
           if (!before) {
-            layer_norm_row(a + 2 * H, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr, (T*)nullptr,
+            layer_norm_row(a + 2 * H, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr,
                            rs ? rs + 2 * b + 1 : nullptr);
           }
         }
@@ -79,7 +79,7 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
           if (!active(lengths, b, t)) continue;
           T* a = ghn.data_ptr<T>() + b * H;
           if (lnw) {
-            layer_norm_row(a, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr, (T*)nullptr,
+            layer_norm_row(a, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr,
                            rs ? rs + 2 * b + 1 : nullptr);
           }
           const T* x = x_t + b * G;
@@ -131,21 +131,32 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   return {out, h_state, gates, aux, xhat, rstd};
 }
 
-// Backward through time. Returns, batched over time for the caller's weight GEMMs and sums:
+// Backward through time. Returns, batched over time for the caller's weight GEMMs:
 //   dgx (T,B,3H)  gradient of gx
-//   dgp (T,B,3H)  gradient of the recurrent part after LN and bias (b_hh's and LN's gradient); for reset-after
-//                 its n block is r * dgx_n, for reset-before it equals dgx
-//   dgh (T,B,3H)  gradient of W_hh h (r|z rows) and W_hn (r*h) or W_hn h (n rows) before LN
 //   dh0
+// the gradient of W_hh, as GEMMs over chunks of steps (add_weight_grad):
+//   dw_hh (3H,H)  sum_t dgh_t^T h_{t-1} (r|z rows; n rows too for reset-after) and sum_t dgh_n,t^T (r*h_{t-1})
+//                 (n rows, reset-before), dgh the gradient of the recurrent products before LN. For reset-before
+//                 without layer norm dgh is dgx, kept whole, and the chunk is all T steps; otherwise dgh exists
+//                 only for this and the step's recurrent products, and lives in a buffer of chunk_steps steps
+// and the vector parameters' gradients, summed here step by step (sum_rows) over dgp, the gradient of the
+// recurrent part after LN and bias (for reset-after its n block is r * dgx_n, for reset-before it equals dgx):
+//   db (3H)       sum of dgp: the gradient of b_hh and of LN's shift
+//   dln_w (3H)    sum of dgp * xhat: LN's gain (layer_norm only)
 template <typename T>
 void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tensor& w_hh, const OptTensor& ln_w,
                    bool before, const int64_t* lengths, const Tensor& out, const Tensor& gates, const Tensor& aux,
-                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgp, Tensor& dgh) {
+                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgh, Tensor& dw_hh,
+                   Tensor& acc_b, Tensor& acc_lnw) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
+  const int64_t chunk = dgh.size(0);        // steps held by dgh
+  const bool own_dgh = !dgh.is_same(dgx);  // a reused buffer: rows of ended sequences are cleared each step
   const T* lnw = ptr_or_null<T>(ln_w);
   auto opts = dout.options();
   Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
   Tensor drh = at::empty({B, H}, opts);  // reset-before: gradient of r*h_{t-1}
+  // reset-after with layer norm: this step's dgp (B, 3H); without layer norm dgp is dgh, and for reset-before dgx
+  Tensor dgp_step = !before && lnw ? at::empty({B, G}, opts) : Tensor();
   T* dhp = dh.data_ptr<T>();
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -154,8 +165,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
     const T* auxt = aux.data_ptr<T>() + t * B * H;
     const T* hprev = t > 0 ? out.data_ptr<T>() + (t - 1) * B * H : h0.data_ptr<T>();
     T* dgxt = dgx.data_ptr<T>() + t * B * G;
-    T* dgpt = dgp.data_ptr<T>() + t * B * G;
-    T* dght = dgh.data_ptr<T>() + t * B * G;
+    T* dght = dgh.data_ptr<T>() + (t % chunk) * B * G;
+    T* dgpt = before ? dgxt : (lnw ? dgp_step.data_ptr<T>() : dght);
     const T* xh = lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
     const T* rs = lnw ? rstd.data_ptr<T>() + t * B * 2 : nullptr;
     for (int64_t b = 0; b < B; ++b) {
@@ -165,7 +176,10 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
     if (!before) {
       at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          if (!active(lengths, b, t)) continue;
+          if (!active(lengths, b, t)) {
+            if (own_dgh) std::fill(dght + b * G, dght + (b + 1) * G, T(0));
+            continue;
+          }
           const T* gr = gt + b * G;
           const T* hp = hprev + b * H;
           T* d = dhp + b * H;
@@ -189,13 +203,18 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
           }
         }
       });
-      addmm_nn(dh, dgh[t], w_hh);  // (B,3H) @ (3H,H)
+      sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+      addmm_nn(dh, dgh[t % chunk], w_hh);  // (B,3H) @ (3H,H)
+      if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
       continue;
     }
     // reset-before: the n block first, because d(r*h) = dgh_n W_hn is needed for dr.
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        if (!active(lengths, b, t)) continue;
+        if (!active(lengths, b, t)) {
+          if (own_dgh) std::fill(dght + b * G, dght + (b + 1) * G, T(0));
+          continue;
+        }
         const T* gr = gt + b * G;
         const T* d = dhp + b * H;
         T* da = dgxt + b * G;
@@ -209,7 +228,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         }
       }
     });
-    mm_nn(drh, dgh[t].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
+    mm_nn(drh, dgh[t % chunk].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) continue;
@@ -227,24 +246,38 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         if (lnw) layer_norm_row_backward(da, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
       }
     });
-    addmm_nn(dh, dgh[t].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
+    sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+    addmm_nn(dh, dgh[t % chunk].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
+    if (t % chunk == 0) {
+      const int64_t n = std::min(chunk, T_ - t);
+      Tensor dw_rz = dw_hh.narrow(0, 0, 2 * H);
+      add_weight_grad(dw_rz, dgh.narrow(2, 0, 2 * H), t, n, h0, out);
+      dw_hh.narrow(0, 2 * H, H)
+          .addmm_(dgh.narrow(0, 0, n).narrow(2, 2 * H, H).reshape({n * B, H}).t(),
+                  aux.narrow(0, t, n).reshape({n * B, H}));  // (H, n·B) @ (n·B, H)
+    }
   }
 }
 
 std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
                                  const OptTensor& ln_w, bool before, const OptTensor& lengths, const Tensor& out,
                                  const Tensor& gates, const Tensor& aux, const Tensor& xhat, const Tensor& rstd) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool zero = len != nullptr;  // rows of ended sequences are never written
   const bool ln = ln_w.has_value() && ln_w->defined();
+  auto opts = dout.options();
   Tensor dh = dh_n.clone();
-  Tensor dgx = at::zeros(gates.sizes(), dout.options());
-  // Without layer norm the gradient before LN is the one after it; reset-before's post-LN gradient is dgx.
-  Tensor dgp = before ? dgx : at::zeros(gates.sizes(), dout.options());
-  Tensor dgh = ln ? at::zeros(gates.sizes(), dout.options()) : dgp;
+  Tensor dgx = buffer(gates.sizes(), opts, zero);
+  // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself.
+  Tensor dgh = ln || !before ? at::empty({chunk_steps(T_, B), B, G}, opts) : dgx;
+  Tensor dw_hh = at::zeros({G, H}, opts);
+  Tensor acc_b = accumulator(G, true, opts), acc_lnw = accumulator(G, ln, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgp, dgh);
+    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgh, dw_hh,
+                            acc_b, acc_lnw);
   });
-  return {dgx, dgp, dgh, dh};
+  return {dgx, dw_hh, dh, acc_b.to(dout.scalar_type()), acc_lnw.to(dout.scalar_type())};
 }
 
 }  // namespace
