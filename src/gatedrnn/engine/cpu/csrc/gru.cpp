@@ -25,9 +25,12 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   Tensor aux_scratch = save ? Tensor() : at::empty({B, H}, opts);
   T* hs = h_state.data_ptr<T>();
   const int64_t ghw = gh.size(1);
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/true, B);  // h W_hh^T (r|z rows if before)
+  std::optional<StepProduct<T>> candidate;                                         // reset-before: (r*h) W_hn^T
+  if (before) candidate.emplace(w_n, /*transposed=*/true, B);
 
   for (int64_t t = 0; t < T_; ++t) {
-    mm_nt(gh, h_state, before ? w_rz : w_hh);
+    recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = gx.data_ptr<T>() + t * B * G;
     T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     // aux: reset-after keeps LN_n(W_hn h) + b_hn (dr needs it); reset-before keeps r*h (the factor of dW_hn).
@@ -73,7 +76,7 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
       }
     });
     if (before) {
-      mm_nt(ghn, save ? aux[t] : aux_scratch, w_n);
+      (*candidate)(auxt, H, ghn.data_ptr<T>(), /*accumulate=*/false);
       at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(lengths, b, t)) continue;
@@ -147,6 +150,10 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
   Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
   Tensor drh = at::empty({B, H}, opts);  // reset-before: gradient of r*h_{t-1}
   T* dhp = dh.data_ptr<T>();
+  // dgh W_hh (all rows for reset-after, the r|z rows for reset-before) and, reset-before only, dgh_n W_hn.
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/false, B);
+  std::optional<StepProduct<T>> candidate;
+  if (before) candidate.emplace(w_n, /*transposed=*/false, B);
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
@@ -189,7 +196,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
           }
         }
       });
-      addmm_nn(dh, dgh[t], w_hh);  // (B,3H) @ (3H,H)
+      recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,3H) @ (3H,H)
       continue;
     }
     // reset-before: the n block first, because d(r*h) = dgh_n W_hn is needed for dr.
@@ -209,7 +216,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         }
       }
     });
-    mm_nn(drh, dgh[t].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
+    (*candidate)(dght + 2 * H, G, drh.data_ptr<T>(), /*accumulate=*/false);  // (B,H) @ (H,H)
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) continue;
@@ -227,7 +234,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         if (lnw) layer_norm_row_backward(da, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
       }
     });
-    addmm_nn(dh, dgh[t].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
+    recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,2H) @ (2H,H)
   }
 }
 

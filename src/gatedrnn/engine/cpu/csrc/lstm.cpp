@@ -48,10 +48,13 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   Tensor h_new = proj ? at::empty({B, P}, opts) : Tensor();           // (B, P)
   T* hs = h_state.data_ptr<T>();
   T* cst = c_state.data_ptr<T>();
+  T* ghp = gh.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
+  std::optional<StepProduct<T>> projection;                       // (o*tanh(c)) W_hr^T
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/true, B);
 
   for (int64_t t = 0; t < s.T; ++t) {
-    mm_nt(gh, h_state, w_hh);
-    T* ghp = gh.data_ptr<T>();
+    recurrent(hs, P, ghp, /*accumulate=*/false);
     const T* gxt = gx.data_ptr<T>() + t * B * G;
     T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     T* cst_save = save ? cs.data_ptr<T>() + t * B * H : nullptr;
@@ -128,7 +131,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
       }
     });
     if (proj) {
-      mm_nt(h_new, save ? hh_all[t] : hh_scratch, w_hr.value());
+      (*projection)(hht, H, h_new.data_ptr<T>(), /*accumulate=*/false);
       const T* hn = h_new.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) {
@@ -202,6 +205,9 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   Tensor th_buf = at::empty({B, H}, opts);                    // (B, H): tanh(LN_c(c_t))
   T* dhp_ = dh.data_ptr<T>();
   T* dcp_ = dc.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
+  std::optional<StepProduct<T>> projection;                        // dh W_hr
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/false, B);
 
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * P;
@@ -215,7 +221,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) std::copy(dhp_ + b * P, dhp_ + (b + 1) * P, dhpt + b * P);
       }
-      mm_nn(dhh, dh, w_hr.value());  // (B,P) @ (P,H)
+      (*projection)(dhp_, P, dhh.data_ptr<T>(), /*accumulate=*/false);  // (B,P) @ (P,H)
     }
     const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
     const T* gt = gates.data_ptr<T>() + t * B * G;
@@ -288,7 +294,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         std::fill(dhp_ + b * P, dhp_ + (b + 1) * P, T(0));
       }
     });
-    addmm_nn(dh, dgh[t], w_hh);  // (B,G·H) @ (G·H,P)
+    recurrent(dght, G, dhp_, /*accumulate=*/true);  // (B,G·H) @ (G·H,P)
   }
 }
 

@@ -16,8 +16,9 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
   Tensor gh = at::empty({B, H}, gx.options());  // (B, H)
   T* hs = h_state.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
   for (int64_t t = 0; t < T_; ++t) {
-    mm_nt(gh, h_state, w_hh);
+    recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = gx.data_ptr<T>() + t * B * H;
     T* outt = out.data_ptr<T>() + t * B * H;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
@@ -72,6 +73,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const T* lnw = ptr_or_null<T>(ln_w);
   T* dhp = dh.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
     const T* outt = out.data_ptr<T>() + t * B * H;
@@ -94,7 +96,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
         }
       }
     });
-    addmm_nn(dh, dgh[t], w_hh);  // (B,H) @ (H,H)
+    recurrent(dght, H, dhp, /*accumulate=*/true);  // (B,H) @ (H,H)
   }
 }
 
