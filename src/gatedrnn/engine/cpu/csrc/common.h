@@ -179,21 +179,23 @@ class StepProduct {
     TORCH_CHECK(w.stride(1) == 1, "StepProduct: the weight's rows must be contiguous");
     const T* src = w.data_ptr<T>();
     const int64_t ld = w.stride(0);
-    // A(r, c) = src[r * rs + c * cs]
-    const int64_t rs = transposed ? 1 : ld, cs = transposed ? ld : 1;
     if (batch == 1) {
       constexpr int64_t L = Simd<T>::kLanes;
       const int64_t padded = (cols_ + L - 1) / L * L;
       packed_ = at::empty({rows_ * padded}, w.options());
       out_ = at::empty({padded}, w.options());
       T* p = packed_.data_ptr<T>();
+      std::fill(p, p + rows_ * padded, T(0));  // the padding columns of the last vector
       for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
         T* block = p + col0 * rows_;
-        for (int64_t r = 0; r < rows_; ++r) {
-          for (int64_t j = 0; j < nv * L; ++j) {
-            const int64_t c = col0 + j;
-            block[r * nv * L + j] = c < cols_ ? src[r * rs + c * cs] : T(0);
+        const int64_t width = std::min(nv * L, cols_ - col0);
+        // Row by row of the block: its writes stay sequential (a column-wise walk of w would scatter them).
+        if (transposed) {
+          for (int64_t r = 0; r < rows_; ++r) {
+            for (int64_t j = 0; j < width; ++j) block[r * nv * L + j] = src[r + (col0 + j) * ld];
           }
+        } else {
+          for (int64_t r = 0; r < rows_; ++r) std::copy(src + r * ld + col0, src + r * ld + col0 + width, block + r * nv * L);
         }
       });
     } else if (std::is_same_v<T, float> && mkl_packed_gemm_available()) {
