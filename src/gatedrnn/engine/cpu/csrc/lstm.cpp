@@ -261,30 +261,50 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
           layer_norm_row_backward(dcn, xh, rstd, lncw, H, xh);
           dch_row = xh;
         }
-        for (int64_t j = 0; j < H; ++j) {
-          const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
-          const T f = s.coupled ? T(1) - i : gr[s.off_f + j];
-          const T thj = th[j];
-          T dcj = lncw ? dcr[j] + dch_row[j] : dcr[j] + dho[j] * o * (T(1) - thj * thj);
-          const T dao = dho[j] * thj * o * (T(1) - o);
-          if (pco) dcj += dao * pco[j];
-          const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
-          const T dag = dg * (T(1) - g * g);
-          T dai, daf = 0;
-          if (s.coupled) {
-            dai = (di - df) * i * (T(1) - i);  // f = 1 - i
-          } else {
-            dai = di * i * (T(1) - i);
-            daf = df * f * (T(1) - f);
-            da[s.off_f + j] = daf;
+        // The gate loop is compiled once per combination of variant flags: with the flags as constants (and `omp
+        // simd`, as the rows written never overlap the rows read, which the compiler cannot prove) it vectorises;
+        // with the flags tested inside, GCC keeps it scalar. Peepholes are p_i, p_o and (not coupled) p_f.
+        auto gates_backward = [&](auto coupled_flag, auto peephole_flag, auto ln_c_flag) {
+          constexpr bool coupled = decltype(coupled_flag)::value, peephole = decltype(peephole_flag)::value;
+          constexpr bool ln_c = decltype(ln_c_flag)::value;
+          #pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
+            const T f = coupled ? T(1) - i : gr[s.off_f + j];
+            const T thj = th[j];
+            T dcj = ln_c ? dcr[j] + dch_row[j] : dcr[j] + dho[j] * o * (T(1) - thj * thj);
+            const T dao = dho[j] * thj * o * (T(1) - o);
+            if constexpr (peephole) dcj += dao * pco[j];
+            const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
+            const T dag = dg * (T(1) - g * g);
+            T dai, daf = 0;
+            if constexpr (coupled) {
+              dai = (di - df) * i * (T(1) - i);  // f = 1 - i
+            } else {
+              dai = di * i * (T(1) - i);
+              daf = df * f * (T(1) - f);
+              da[s.off_f + j] = daf;
+            }
+            T dcprev = dcj * f;
+            if constexpr (peephole) dcprev += dai * pci[j];
+            if constexpr (peephole && !coupled) dcprev += daf * pcf[j];
+            da[j] = dai;
+            da[s.off_g + j] = dag;
+            da[s.off_o + j] = dao;
+            dcr[j] = dcprev;
           }
-          T dcprev = dcj * f;
-          if (pci) dcprev += dai * pci[j];
-          if (pcf) dcprev += daf * pcf[j];
-          da[j] = dai;
-          da[s.off_g + j] = dag;
-          da[s.off_o + j] = dao;
-          dcr[j] = dcprev;
+        };
+        auto with_coupling = [&](auto peephole_flag, auto ln_c_flag) {
+          if (s.coupled) {
+            gates_backward(std::true_type{}, peephole_flag, ln_c_flag);
+          } else {
+            gates_backward(std::false_type{}, peephole_flag, ln_c_flag);
+          }
+        };
+        if (pci) {
+          lncw ? with_coupling(std::true_type{}, std::true_type{}) : with_coupling(std::true_type{}, std::false_type{});
+        } else {
+          lncw ? with_coupling(std::false_type{}, std::true_type{}) : with_coupling(std::false_type{}, std::false_type{});
         }
         if (lnw) {
           layer_norm_row_backward(da, xhat_hh.data_ptr<T>() + (t * B + b) * G, rstd_hh.data_ptr<T>()[t * B + b],
