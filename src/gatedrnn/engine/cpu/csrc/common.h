@@ -1,4 +1,4 @@
-// Shared pieces of the fused CPU kernels: activations, row-wise layer norm, the time mask, GEMM helpers.
+// Shared pieces of the fused CPU kernels: activations, row-wise layer norm, the time mask, the per-step products.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 // GCC vectorises loops with 256-bit vectors by default even where 512-bit ones exist; the gate loops here are long
@@ -101,7 +101,7 @@ inline void layer_norm_row_backward(const T* dy, const T* xhat, T rstd, const T*
 // The per-step products y = x @ A, where A (a weight or its transpose) is the same at every step of a call.
 // StepProduct prepares A once per call (the constructor) so that the time loop only does arithmetic on raw pointers:
 // no Tensor is made and no ATen op is dispatched inside it, which at B = 1 would cost more than the product itself.
-//   B = 1: a matrix-vector product over A packed in column blocks (packed_gemv below): each block's rows are
+//   B = 1: a matrix-vector product over A packed in column blocks (gemv_block below): each block's rows are
 //          stored one after the other, so the weights stream from cache in one sequential pass.
 //   B > 1, float32, torch built with MKL: MKL's packed GEMM (cblas_sgemm_pack once per call, cblas_sgemm_compute
 //          per step): a plain GEMM would re-pack the whole weight matrix on every step.
@@ -195,7 +195,9 @@ class StepProduct {
             for (int64_t j = 0; j < width; ++j) block[r * nv * L + j] = src[r + (col0 + j) * ld];
           }
         } else {
-          for (int64_t r = 0; r < rows_; ++r) std::copy(src + r * ld + col0, src + r * ld + col0 + width, block + r * nv * L);
+          for (int64_t r = 0; r < rows_; ++r) {
+            std::copy(src + r * ld + col0, src + r * ld + col0 + width, block + r * nv * L);
+          }
         }
       });
     } else if (std::is_same_v<T, float> && mkl_packed_gemm_available()) {
