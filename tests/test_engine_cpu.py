@@ -2,7 +2,7 @@
 
 Parity runs 200 seeded random configurations per cell family (every variant flag, layers, directions, batch_first,
 lengths, h0, float32 and float64) with norm-wise relative error <= 1e-10 in float64 and <= 1e-5 in float32 (layer
-norm in float32: see the test for the bound and why).
+norm in float32: see the test for the bound and why); wider layers check every path of the per-step products.
 """
 
 from __future__ import annotations
@@ -108,6 +108,43 @@ def test_parity_with_reference_on_random_configurations(kind: str) -> None:
             assert error <= bound, f"{label} {name}: relative error {error:.2e} > {bound:.2e}"
 
 
+# Widths that reach every kind of column block of the kernels' per-step products (full blocks of 8 vectors, the
+# 4/2/1-vector remainders and a zero-padded last vector, in float32 and float64), one sequence (the packed
+# matrix-vector path) and five (the batched GEMM path: MKL's packed GEMM in float32 where torch has MKL, ATen's mm
+# in float64).
+WIDE_CASES = [
+    ("LSTM", {}), ("LSTM", dict(peephole=True, forget_bias=1.0)), ("LSTM", dict(coupled=True)),
+    ("LSTM", dict(proj_size=13)), ("LSTM", dict(layer_norm=True, proj_size=13)), ("GRU", dict(reset="after")),
+    ("GRU", dict(reset="before")), ("GRU", dict(reset="before", layer_norm=True)), ("RNN", dict(nonlinearity="tanh")),
+    ("RNN", dict(nonlinearity="relu", layer_norm=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("B", [1, 5], ids=["B1", "B5"])
+@pytest.mark.parametrize("case", WIDE_CASES, ids=case_id)
+def test_wide_layers_match_reference(case: tuple[str, dict], B: int, dtype: torch.dtype) -> None:
+    """Outputs, final states and every gradient at H = 57, both directions, with sequences that end early."""
+    kind, options = case
+    rng = random.Random(f"cpu-wide-{case_id(case)}-{B}-{dtype}")
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    T, I, H = 9, 5, 57
+    module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    module.to(dtype)
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    lengths = torch.tensor([T - 3] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
+    hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
+    shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    names = ["output", *module.spec.state_names, "input", *["hx"] * len(hx), *(n for n, _ in module.named_parameters())]
+    want = run_with(module, "reference", x, hx, lengths, weights)
+    got = run_with(module, "cpu", x, hx, lengths, weights)
+    bound = 1e-5 if dtype == torch.float32 else 1e-10
+    for name, g, w in zip(names, got, want):
+        assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
+
+
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=case_id)
 def test_gradcheck(case: tuple[str, dict]) -> None:
     """Input, initial state and every parameter, bidirectional, uneven lengths, float64, through the cpu engine."""
@@ -147,9 +184,10 @@ def test_no_grad_saves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_results_do_not_depend_on_the_thread_count() -> None:
+@pytest.mark.parametrize("B", [1, 64])
+def test_results_do_not_depend_on_the_thread_count(B: int) -> None:
     lstm = gatedrnn.LSTM(8, 64, layer_norm=True)
-    x = torch.randn(5, 64, 8, dtype=torch.float32)
+    x = torch.randn(5, B, 8, dtype=torch.float32)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -25,9 +25,12 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   Tensor aux_scratch = save ? Tensor() : at::empty({B, H}, opts);
   T* hs = h_state.data_ptr<T>();
   const int64_t ghw = gh.size(1);
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/true, B);  // h W_hh^T (r|z rows if before)
+  std::optional<StepProduct<T>> candidate;                                         // reset-before: (r*h) W_hn^T
+  if (before) candidate.emplace(w_n, /*transposed=*/true, B);
 
   for (int64_t t = 0; t < T_; ++t) {
-    mm_nt(gh, h_state, before ? w_rz : w_hh);
+    recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = gx.data_ptr<T>() + t * B * G;
     T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     // aux: reset-after keeps LN_n(W_hn h) + b_hn (dr needs it); reset-before keeps r*h (the factor of dW_hn).
@@ -73,7 +76,7 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
       }
     });
     if (before) {
-      mm_nt(ghn, save ? aux[t] : aux_scratch, w_n);
+      (*candidate)(auxt, H, ghn.data_ptr<T>(), /*accumulate=*/false);
       at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(lengths, b, t)) continue;
@@ -158,6 +161,10 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
   // reset-after with layer norm: this step's dgp (B, 3H); without layer norm dgp is dgh, and for reset-before dgx
   Tensor dgp_step = !before && lnw ? at::empty({B, G}, opts) : Tensor();
   T* dhp = dh.data_ptr<T>();
+  // dgh W_hh (all rows for reset-after, the r|z rows for reset-before) and, reset-before only, dgh_n W_hn.
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/false, B);
+  std::optional<StepProduct<T>> candidate;
+  if (before) candidate.emplace(w_n, /*transposed=*/false, B);
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
@@ -185,6 +192,9 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
           T* d = dhp + b * H;
           T* da = dgxt + b * G;
           T* dp = dgpt + b * G;
+          // The rows written never overlap the rows read, which the compiler cannot prove from the pointers;
+          // without `omp simd` it keeps this loop scalar.
+          #pragma omp simd
           for (int64_t j = 0; j < H; ++j) {
             const T r = gr[j], z = gr[H + j], n = gr[2 * H + j];
             const T dan = d[j] * (T(1) - z) * (T(1) - n * n);
@@ -204,7 +214,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         }
       });
       sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
-      addmm_nn(dh, dgh[t % chunk], w_hh);  // (B,3H) @ (3H,H)
+      recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,3H) @ (3H,H)
       if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
       continue;
     }
@@ -218,6 +228,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         const T* gr = gt + b * G;
         const T* d = dhp + b * H;
         T* da = dgxt + b * G;
+        // Rows written never overlap rows read (see above).
+        #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T z = gr[H + j], n = gr[2 * H + j];
           da[2 * H + j] = d[j] * (T(1) - z) * (T(1) - n * n);
@@ -228,7 +240,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         }
       }
     });
-    mm_nn(drh, dgh[t % chunk].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
+    (*candidate)(dght + 2 * H, G, drh.data_ptr<T>(), /*accumulate=*/false);  // (B,H) @ (H,H)
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) continue;
@@ -237,6 +249,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         const T* dr = drh.data_ptr<T>() + b * H;
         T* d = dhp + b * H;
         T* da = dgxt + b * G;
+        // Rows written never overlap rows read (see above).
+        #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T r = gr[j], z = gr[H + j], n = gr[2 * H + j];
           da[j] = dr[j] * hp[j] * r * (T(1) - r);
@@ -247,7 +261,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
       }
     });
     sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
-    addmm_nn(dh, dgh[t % chunk].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
+    recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,2H) @ (2H,H)
     if (t % chunk == 0) {
       const int64_t n = std::min(chunk, T_ - t);
       Tensor dw_rz = dw_hh.narrow(0, 0, 2 * H);

@@ -48,10 +48,13 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   Tensor h_new = proj ? at::empty({B, P}, opts) : Tensor();           // (B, P)
   T* hs = h_state.data_ptr<T>();
   T* cst = c_state.data_ptr<T>();
+  T* ghp = gh.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
+  std::optional<StepProduct<T>> projection;                       // (o*tanh(c)) W_hr^T
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/true, B);
 
   for (int64_t t = 0; t < s.T; ++t) {
-    mm_nt(gh, h_state, w_hh);
-    T* ghp = gh.data_ptr<T>();
+    recurrent(hs, P, ghp, /*accumulate=*/false);
     const T* gxt = gx.data_ptr<T>() + t * B * G;
     T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     T* cst_save = save ? cs.data_ptr<T>() + t * B * H : nullptr;
@@ -122,7 +125,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
       }
     });
     if (proj) {
-      mm_nt(h_new, save ? hh_all[t] : hh_scratch, w_hr.value());
+      (*projection)(hht, H, h_new.data_ptr<T>(), /*accumulate=*/false);
       const T* hn = h_new.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) {
@@ -213,6 +216,9 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   Tensor th_buf = at::empty({B, H}, opts);  // (B, H): tanh(LN_c(c_t))
   T* dhp_ = dh.data_ptr<T>();
   T* dcp_ = dc.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
+  std::optional<StepProduct<T>> projection;                        // dh W_hr
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/false, B);
 
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * P;
@@ -226,7 +232,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) std::copy(dhp_ + b * P, dhp_ + (b + 1) * P, dhpt + b * P);
       }
-      mm_nn(dhh, dh, w_hr.value());  // (B,P) @ (P,H)
+      (*projection)(dhp_, P, dhh.data_ptr<T>(), /*accumulate=*/false);  // (B,P) @ (P,H)
     }
     const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
     const T* gt = gates.data_ptr<T>() + t * B * G;
@@ -272,30 +278,50 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
           layer_norm_row_backward(dn, xh, rstd, lncw, H, dcl);
           dch_row = dcl;
         }
-        for (int64_t j = 0; j < H; ++j) {
-          const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
-          const T f = s.coupled ? T(1) - i : gr[s.off_f + j];
-          const T thj = th[j];
-          T dcj = lncw ? dcr[j] + dch_row[j] : dcr[j] + dho[j] * o * (T(1) - thj * thj);
-          const T dao = dho[j] * thj * o * (T(1) - o);
-          if (pco) dcj += dao * pco[j];
-          const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
-          const T dag = dg * (T(1) - g * g);
-          T dai, daf = 0;
-          if (s.coupled) {
-            dai = (di - df) * i * (T(1) - i);  // f = 1 - i
-          } else {
-            dai = di * i * (T(1) - i);
-            daf = df * f * (T(1) - f);
-            da[s.off_f + j] = daf;
+        // The gate loop is compiled once per combination of variant flags: with the flags as constants (and `omp
+        // simd`, as the rows written never overlap the rows read, which the compiler cannot prove) it vectorises;
+        // with the flags tested inside, GCC keeps it scalar. Peepholes are p_i, p_o and (not coupled) p_f.
+        auto gates_backward = [&](auto coupled_flag, auto peephole_flag, auto ln_c_flag) {
+          constexpr bool coupled = decltype(coupled_flag)::value, peephole = decltype(peephole_flag)::value;
+          constexpr bool ln_c = decltype(ln_c_flag)::value;
+          #pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
+            const T f = coupled ? T(1) - i : gr[s.off_f + j];
+            const T thj = th[j];
+            T dcj = ln_c ? dcr[j] + dch_row[j] : dcr[j] + dho[j] * o * (T(1) - thj * thj);
+            const T dao = dho[j] * thj * o * (T(1) - o);
+            if constexpr (peephole) dcj += dao * pco[j];
+            const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
+            const T dag = dg * (T(1) - g * g);
+            T dai, daf = 0;
+            if constexpr (coupled) {
+              dai = (di - df) * i * (T(1) - i);  // f = 1 - i
+            } else {
+              dai = di * i * (T(1) - i);
+              daf = df * f * (T(1) - f);
+              da[s.off_f + j] = daf;
+            }
+            T dcprev = dcj * f;
+            if constexpr (peephole) dcprev += dai * pci[j];
+            if constexpr (peephole && !coupled) dcprev += daf * pcf[j];
+            da[j] = dai;
+            da[s.off_g + j] = dag;
+            da[s.off_o + j] = dao;
+            dcr[j] = dcprev;
           }
-          T dcprev = dcj * f;
-          if (pci) dcprev += dai * pci[j];
-          if (pcf) dcprev += daf * pcf[j];
-          da[j] = dai;
-          da[s.off_g + j] = dag;
-          da[s.off_o + j] = dao;
-          dcr[j] = dcprev;
+        };
+        auto with_coupling = [&](auto peephole_flag, auto ln_c_flag) {
+          if (s.coupled) {
+            gates_backward(std::true_type{}, peephole_flag, ln_c_flag);
+          } else {
+            gates_backward(std::false_type{}, peephole_flag, ln_c_flag);
+          }
+        };
+        if (pci) {
+          lncw ? with_coupling(std::true_type{}, std::true_type{}) : with_coupling(std::true_type{}, std::false_type{});
+        } else {
+          lncw ? with_coupling(std::false_type{}, std::true_type{}) : with_coupling(std::false_type{}, std::false_type{});
         }
         if (lnw) layer_norm_row_backward(da, xhat_t + b * G, rstd_hh.data_ptr<T>()[t * B + b], lnw, G, dght + b * G);
         // h_{t-1} gets only the recurrent GEMM's gradient (added below); the carried value is used up.
@@ -307,7 +333,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
     if (pci) sum_rows(dgxt, G, cprev, H, B, H, lengths, t, acc_ci, nullptr);
     if (pcf) sum_rows(dgxt + s.off_f, G, cprev, H, B, H, lengths, t, acc_cf, nullptr);
     if (pco) sum_rows(dgxt + s.off_o, G, ct, H, B, H, lengths, t, acc_co, nullptr);
-    addmm_nn(dh, dgh[t % chunk], w_hh);  // (B,G·H) @ (G·H,P)
+    recurrent(dght, G, dhp_, /*accumulate=*/true);  // (B,G·H) @ (G·H,P)
     if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, s.T - t), h0, out);
   }
 }

@@ -16,8 +16,9 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
   Tensor gh = at::empty({B, H}, gx.options());  // (B, H)
   T* hs = h_state.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
   for (int64_t t = 0; t < T_; ++t) {
-    mm_nt(gh, h_state, w_hh);
+    recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = gx.data_ptr<T>() + t * B * H;
     T* outt = out.data_ptr<T>() + t * B * H;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
@@ -76,6 +77,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
   const int64_t chunk = dgh.size(0);  // steps held by dgh: all T, or chunk_steps with layer norm
   const T* lnw = ptr_or_null<T>(ln_w);
   T* dhp = dh.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
     const T* outt = out.data_ptr<T>() + t * B * H;
@@ -102,7 +104,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
       }
     });
     sum_rows(dgxt, H, xh, H, B, H, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
-    addmm_nn(dh, dgh[t % chunk], w_hh);  // (B,H) @ (H,H)
+    recurrent(dght, H, dhp, /*accumulate=*/true);  // (B,H) @ (H,H)
     if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
   }
 }
