@@ -2,7 +2,7 @@
 
 Parity runs 200 seeded random configurations per cell family (every variant flag, layers, directions, batch_first,
 lengths, h0, float32 and float64) with norm-wise relative error <= 1e-10 in float64 and <= 1e-5 in float32 (layer
-norm in float32: see the test for the bound and why).
+norm in float32: see the test for the bound and why); wider layers check every path of the per-step products.
 """
 
 from __future__ import annotations
@@ -108,6 +108,43 @@ def test_parity_with_reference_on_random_configurations(kind: str) -> None:
             assert error <= bound, f"{label} {name}: relative error {error:.2e} > {bound:.2e}"
 
 
+# Widths that reach every kind of column block of the kernels' per-step products (full blocks of 8 vectors, the
+# 4/2/1-vector remainders and a zero-padded last vector, in float32 and float64), one sequence (the packed
+# matrix-vector path) and five (the batched GEMM path: MKL's packed GEMM in float32 where torch has MKL, ATen's mm
+# in float64).
+WIDE_CASES = [
+    ("LSTM", {}), ("LSTM", dict(peephole=True, forget_bias=1.0)), ("LSTM", dict(coupled=True)),
+    ("LSTM", dict(proj_size=13)), ("LSTM", dict(layer_norm=True, proj_size=13)), ("GRU", dict(reset="after")),
+    ("GRU", dict(reset="before")), ("GRU", dict(reset="before", layer_norm=True)), ("RNN", dict(nonlinearity="tanh")),
+    ("RNN", dict(nonlinearity="relu", layer_norm=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("B", [1, 5], ids=["B1", "B5"])
+@pytest.mark.parametrize("case", WIDE_CASES, ids=case_id)
+def test_wide_layers_match_reference(case: tuple[str, dict], B: int, dtype: torch.dtype) -> None:
+    """Outputs, final states and every gradient at H = 57, both directions, with sequences that end early."""
+    kind, options = case
+    rng = random.Random(f"cpu-wide-{case_id(case)}-{B}-{dtype}")
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    T, I, H = 9, 5, 57
+    module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    module.to(dtype)
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    lengths = torch.tensor([T - 3] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
+    hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
+    shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    names = ["output", *module.spec.state_names, "input", *["hx"] * len(hx), *(n for n, _ in module.named_parameters())]
+    want = run_with(module, "reference", x, hx, lengths, weights)
+    got = run_with(module, "cpu", x, hx, lengths, weights)
+    bound = 1e-5 if dtype == torch.float32 else 1e-10
+    for name, g, w in zip(names, got, want):
+        assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
+
+
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=case_id)
 def test_gradcheck(case: tuple[str, dict]) -> None:
     """Input, initial state and every parameter, bidirectional, uneven lengths, float64, through the cpu engine."""
@@ -147,9 +184,10 @@ def test_no_grad_saves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_results_do_not_depend_on_the_thread_count() -> None:
+@pytest.mark.parametrize("B", [1, 64])
+def test_results_do_not_depend_on_the_thread_count(B: int) -> None:
     lstm = gatedrnn.LSTM(8, 64, layer_norm=True)
-    x = torch.randn(5, 64, 8, dtype=torch.float32)
+    x = torch.randn(5, B, 8, dtype=torch.float32)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -220,3 +258,45 @@ def test_missing_compiler_in_a_fresh_process(tmp_path: os.PathLike) -> None:
     first, second = done.stdout.splitlines()[:2]
     assert first.startswith("1 gatedrnn: the cpu engine is not available, so the slower reference engine runs instead")
     assert second == "False"
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_bias_and_layer_norm_shift_gradients_do_not_alias(kind: str) -> None:
+    """b_hh and LN_hh's shift have the same gradient, computed once and returned for both (autograd copies a tensor
+    it receives twice); an in-place change of one ``.grad`` (gradient clipping) must not change the other."""
+    module = getattr(gatedrnn, kind)(3, 4, layer_norm=True, engine="cpu")
+    module(torch.randn(5, 2, 3))[0].sum().backward()
+    bias, shift = module.bias_hh_l0.grad, module.ln_hh_bias_l0.grad
+    torch.testing.assert_close(bias, shift, rtol=0, atol=0)
+    bias.mul_(2)
+    assert not torch.equal(bias, shift)
+
+
+CHUNKED = [("LSTM", dict(layer_norm=True)), ("LSTM", dict(layer_norm=True, proj_size=2, peephole=True)),
+           ("GRU", dict(layer_norm=True)), ("GRU", dict(layer_norm=True, reset="before")), ("GRU", dict()),
+           ("RNN", dict(layer_norm=True))]
+
+
+@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
+def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) -> None:
+    """Where the gradient before the recurrent product's layer norm exists only for W_hh's gradient (layer norm; GRU
+    reset-after), the cpu engine keeps it for a chunk of steps (as many as make 1024 rows of the GEMM: 16 at B=64)
+    and adds each chunk to dW_hh. 37 steps are two full chunks and a partial one; uneven lengths leave rows of the
+    reused buffer masked."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(7)
+    T, B, I, H = 37, 64, 3, 5
+    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    widths = module.spec.state_widths()
+    hx = tuple(torch.randn(1, B, w, generator=gen, dtype=torch.float64) for w in widths)
+    weights = [torch.randn(s, generator=gen, dtype=torch.float64)
+               for s in [(T, B, module.spec.state_size), *((1, B, w) for w in widths)]]
+    truth = run_with(module, "reference", x, hx, lengths, weights)
+    got = run_with(module, "cpu", x, hx, lengths, weights)
+    names = ["output", *module.spec.state_names, "input", *module.spec.state_names,
+             *(n for n, _ in module.named_parameters())]
+    for name, g, w in zip(names, got, truth, strict=True):
+        assert relative_error(g, w) <= 1e-10, f"{name}: {relative_error(g, w):.2e}"

@@ -1,7 +1,7 @@
 """gatedrnn.inspect: recorded gates equal gates computed by hand; gradient flow equals autograd on an unrolled loop.
 
 The hand computation runs one sequence at a time, one step at a time, on 1-D vectors, with the independent
-equations of ``test_variants.py`` written out gate by gate here.
+equations of ``test_variants.py`` (its ``STEPS`` return every gate and pre-activation beside the new state).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import gatedrnn
 from gatedrnn import engine as engine_registry
 from gatedrnn.engine.reference import ReferenceEngine
-from test_variants import Params, Spec, layer_params, ln, pre_activations, rows
+from test_variants import STEPS, Spec, layer_params
 
 CASES = [
     ("LSTM", {}),
@@ -34,69 +34,9 @@ def case_id(case: tuple[str, dict]) -> str:
     return kind + "".join(f"-{k}={v}" for k, v in options.items())
 
 
-def lstm_gates(x: Tensor, state: tuple[Tensor, Tensor], P: Params) -> tuple[tuple[Tensor, Tensor], dict, dict]:
-    h, c = state
-    o_ = P.options
-    coupled, peephole = o_.get("coupled", False), o_.get("peephole", False)
-    a = pre_activations(x, h, P, ["i", "g", "o"] if coupled else ["i", "f", "g", "o"])
-    pre = {"i": a["i"] + (P.p["weight_ci"] * c if peephole else 0.0), "g": a["g"]}
-    i = torch.sigmoid(pre["i"])
-    if coupled:
-        f = 1 - i
-    else:
-        pre["f"] = a["f"] + (P.p["weight_cf"] * c if peephole else 0.0) + o_.get("forget_bias", 0.0)
-        f = torch.sigmoid(pre["f"])
-    g = torch.tanh(a["g"])
-    c_new = f * c + i * g
-    pre["o"] = a["o"] + (P.p["weight_co"] * c_new if peephole else 0.0)
-    o = torch.sigmoid(pre["o"])
-    c_out = ln(c_new, P.p["ln_c_weight"], P.p["ln_c_bias"]) if o_.get("layer_norm") else c_new
-    h_new = o * torch.tanh(c_out)
-    if o_.get("proj_size"):
-        h_new = P.p["weight_hr"] @ h_new
-    return (h_new, c_new), {"i": i, "f": f, "g": g, "o": o}, pre
-
-
-def gru_gates(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[tuple[Tensor], dict, dict]:
-    (h,) = state
-    H, p, o_ = P.H, P.p, P.options
-    use_ln, use_bias = o_.get("layer_norm", False), o_.get("bias", True)
-    ax = p["weight_ih"] @ x
-    if use_ln:
-        ax = ln(ax, p["ln_ih_weight"], p["ln_ih_bias"])
-    if use_bias:
-        ax = ax + p["bias_ih"]
-
-    def recurrent(v: Tensor, lo: int, hi: int) -> Tensor:
-        out = p["weight_hh"][lo:hi] @ v
-        if use_ln:
-            out = ln(out, p["ln_hh_weight"][lo:hi], p["ln_hh_bias"][lo:hi])
-        return out + p["bias_hh"][lo:hi] if use_bias else out
-
-    hrz = recurrent(h, 0, 2 * H)
-    pre = {"r": rows(ax, 0, H) + hrz[:H], "z": rows(ax, 1, H) + hrz[H:]}
-    r, z = torch.sigmoid(pre["r"]), torch.sigmoid(pre["z"])
-    if o_.get("reset", "after") == "after":
-        pre["n"] = rows(ax, 2, H) + r * recurrent(h, 2 * H, 3 * H)
-    else:
-        pre["n"] = rows(ax, 2, H) + recurrent(r * h, 2 * H, 3 * H)
-    n = torch.tanh(pre["n"])
-    return ((1 - z) * n + z * h,), {"r": r, "z": z, "n": n}, pre
-
-
-def rnn_gates(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[tuple[Tensor], dict, dict]:
-    (h,) = state
-    a = pre_activations(x, h, P, ["h"])["h"]
-    h_new = torch.tanh(a) if P.options.get("nonlinearity", "tanh") == "tanh" else torch.relu(a)
-    return (h_new,), {"h": h_new}, {"h": a}
-
-
-GATES = {"LSTM": lstm_gates, "GRU": gru_gates, "RNN": rnn_gates}
-
-
 def hand_recording(module: nn.Module, spec: Spec, x: Tensor, lengths: list[int]) -> dict:
     """``{(layer, direction): [per sequence b: (gates (T_b, ·) dict, pre dict, states dict)]}`` by hand."""
-    step = GATES[spec.kind]
+    step = STEPS[spec.kind]
     result: dict = {}
     for b, length in enumerate(lengths):
         xs = x[:length, b]  # (T_b, I)

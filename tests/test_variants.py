@@ -87,31 +87,30 @@ def pre_activations(x: Tensor, h: Tensor, P: Params, gates: list[str]) -> dict[s
     return a
 
 
-def lstm_step(x: Tensor, state: tuple[Tensor, Tensor], P: Params) -> tuple[Tensor, Tensor]:
+def lstm_step(x: Tensor, state: tuple[Tensor, Tensor], P: Params) -> tuple[tuple[Tensor, Tensor], dict, dict]:
     h, c = state
     o_ = P.options
     coupled, peephole = o_.get("coupled", False), o_.get("peephole", False)
     a = pre_activations(x, h, P, ["i", "g", "o"] if coupled else ["i", "f", "g", "o"])
-    p_i = P.p["weight_ci"] if peephole else torch.zeros_like(c)
-    p_o = P.p["weight_co"] if peephole else torch.zeros_like(c)
-    i = torch.sigmoid(a["i"] + p_i * c)
+    pre = {"i": a["i"] + (P.p["weight_ci"] * c if peephole else 0.0), "g": a["g"]}
+    i = torch.sigmoid(pre["i"])
     if coupled:
         f = 1 - i
     else:
-        p_f = P.p["weight_cf"] if peephole else torch.zeros_like(c)
-        f = torch.sigmoid(a["f"] + p_f * c + o_.get("forget_bias", 0.0))
+        pre["f"] = a["f"] + (P.p["weight_cf"] * c if peephole else 0.0) + o_.get("forget_bias", 0.0)
+        f = torch.sigmoid(pre["f"])
     g = torch.tanh(a["g"])
     c_new = f * c + i * g
-    o = torch.sigmoid(a["o"] + p_o * c_new)
+    pre["o"] = a["o"] + (P.p["weight_co"] * c_new if peephole else 0.0)
+    o = torch.sigmoid(pre["o"])
     c_out = ln(c_new, P.p["ln_c_weight"], P.p["ln_c_bias"]) if o_.get("layer_norm") else c_new
     h_new = o * torch.tanh(c_out)
     if o_.get("proj_size"):
         h_new = P.p["weight_hr"] @ h_new
-    return h_new, c_new
+    return (h_new, c_new), {"i": i, "f": f, "g": g, "o": o}, pre
 
 
-def gru_step(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[Tensor]:
-    """GRU with the recurrent layer norm in two blocks (r|z rows, then n rows), as documented in GRUSpec."""
+def gru_step(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[tuple[Tensor], dict, dict]:
     (h,) = state
     H, p, o_ = P.H, P.p, P.options
     use_ln, use_bias = o_.get("layer_norm", False), o_.get("bias", True)
@@ -120,7 +119,6 @@ def gru_step(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[Tensor]:
         ax = ln(ax, p["ln_ih_weight"], p["ln_ih_bias"])
     if use_bias:
         ax = ax + p["bias_ih"]
-    a_r, a_z, a_n = rows(ax, 0, H), rows(ax, 1, H), rows(ax, 2, H)
 
     def recurrent(v: Tensor, lo: int, hi: int) -> Tensor:
         out = p["weight_hh"][lo:hi] @ v
@@ -129,22 +127,25 @@ def gru_step(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[Tensor]:
         return out + p["bias_hh"][lo:hi] if use_bias else out
 
     hrz = recurrent(h, 0, 2 * H)
-    r = torch.sigmoid(a_r + hrz[:H])
-    z = torch.sigmoid(a_z + hrz[H:])
+    pre = {"r": rows(ax, 0, H) + hrz[:H], "z": rows(ax, 1, H) + hrz[H:]}
+    r, z = torch.sigmoid(pre["r"]), torch.sigmoid(pre["z"])
     if o_.get("reset", "after") == "after":
-        n = torch.tanh(a_n + r * recurrent(h, 2 * H, 3 * H))
+        pre["n"] = rows(ax, 2, H) + r * recurrent(h, 2 * H, 3 * H)
     else:
-        n = torch.tanh(a_n + recurrent(r * h, 2 * H, 3 * H))
-    return ((1 - z) * n + z * h,)
+        pre["n"] = rows(ax, 2, H) + recurrent(r * h, 2 * H, 3 * H)
+    n = torch.tanh(pre["n"])
+    return ((1 - z) * n + z * h,), {"r": r, "z": z, "n": n}, pre
 
 
-def rnn_step(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[Tensor]:
+def rnn_step(x: Tensor, state: tuple[Tensor], P: Params) -> tuple[tuple[Tensor], dict, dict]:
     (h,) = state
     a = pre_activations(x, h, P, ["h"])["h"]
-    return (torch.tanh(a) if P.options.get("nonlinearity", "tanh") == "tanh" else torch.relu(a),)
+    h_new = torch.tanh(a) if P.options.get("nonlinearity", "tanh") == "tanh" else torch.relu(a)
+    return (h_new,), {"h": h_new}, {"h": a}
 
 
 STEPS = {"LSTM": lstm_step, "GRU": gru_step, "RNN": rnn_step}
+"""Each returns ``(new state, activated gates by name, gate pre-activations by name)`` of one step."""
 
 
 @dataclass
@@ -179,7 +180,7 @@ def run_sequence(module: torch.nn.Module, spec: Spec, xs: Tensor, state0: list[t
             seq = xs.flip(0) if direction else xs
             ys = []
             for t in range(seq.shape[0]):
-                state = step(seq[t], state, P)
+                state = step(seq[t], state, P)[0]
                 ys.append(state[0])
             y = torch.stack(ys)
             outs.append(y.flip(0) if direction else y)
@@ -283,7 +284,7 @@ def test_cell_matches_independent_equations(case: tuple[str, dict]) -> None:
     got = cell(x, state if kind == "LSTM" else state[0])
     got = got if isinstance(got, tuple) else (got,)
     for b in range(B):
-        want = STEPS[kind](x[b], tuple(s[b] for s in state), P)
+        want = STEPS[kind](x[b], tuple(s[b] for s in state), P)[0]
         for g, w in zip(got, want):
             assert relative_error(g[b], w) <= TOLERANCE
     # unbatched input gives the same as a batch of one

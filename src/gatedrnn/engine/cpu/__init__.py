@@ -1,8 +1,9 @@
-"""The cpu engine: the whole recurrence, forward and backward, in fused C++ kernels on ATen's BLAS.
+"""The cpu engine: the whole recurrence, forward and backward, in fused C++ kernels.
 
 Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused pass over the gates per step
-around one recurrent GEMM), ``build.py`` (compile once, cache, explain failures), ``functions.py`` (the
-``torch.autograd.Function`` of each family and the weight-gradient GEMMs batched over time), and the engine here.
+around one recurrent product), ``csrc/common.h`` (what they share; each weight is prepared once per call: packed
+for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above), ``build.py`` (compile once, cache,
+explain failures), ``functions.py`` (the ``torch.autograd.Function`` of each family), and the engine here.
 """
 
 from __future__ import annotations

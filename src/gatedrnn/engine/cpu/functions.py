@@ -1,9 +1,10 @@
 """The autograd layer of the cpu engine: one ``torch.autograd.Function`` per cell family around the C++ kernels.
 
-Each forward runs the whole recurrence of one layer and direction in C++; each backward runs backpropagation
-through time in C++ and then forms the weight gradients here, batched over all time steps (one GEMM per weight
-matrix, one reduction per vector). Without autograd (``torch.no_grad()`` or nothing requiring a gradient) the
-kernels are called directly and save nothing.
+Each forward runs the whole recurrence of one layer and direction in C++. Each backward runs backpropagation
+through time in C++, which also returns the parameters' gradients: W_hh's as GEMMs batched over chunks of time steps,
+and the vector parameters' (biases, layer-norm gains and shifts, peepholes), sums over time and batch accumulated
+step by step while each step's rows are in cache; W_hr's (proj_size) is one GEMM over all steps here. Without
+autograd (``torch.no_grad()`` or nothing requiring a gradient) the kernels are called directly and save nothing.
 
 The backward passes are not themselves differentiable: a backward with ``create_graph=True`` (second derivatives,
 e.g. a gradient penalty) raises an error that names ``engine="reference"``, which supports them.
@@ -24,24 +25,12 @@ def _ops():  # noqa: ANN202 - torch.ops namespaces have no static type
     return torch.ops.gatedrnn_cpu
 
 
-def _weight_grad(d: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
-    """``sum_t d_t^T h_{t-1}``: ``d`` ``(T, B, R)``; ``h_{t-1}`` is ``h0`` at t=0 and ``hs[t-1]`` after."""
-    grad = d[0].t() @ h0  # (R, W)
-    if d.shape[0] > 1:
-        grad = torch.addmm(grad, d[1:].reshape(-1, d.shape[2]).t(), hs[:-1].reshape(-1, hs.shape[2]))
-    return grad
-
-
 def _refuse_second_derivatives() -> None:
     """Inside backward, grad mode is on exactly when the caller asked for ``create_graph=True``; the gradients
     computed here would then silently be treated as constants, so refuse instead."""
     if torch.is_grad_enabled():
         raise RuntimeError('engine: the cpu engine has no second derivatives (backward with create_graph=True); '
                            'use engine="reference" for this module')
-
-
-def _sum_tb(x: Tensor) -> Tensor:
-    return x.sum((0, 1))
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -66,26 +55,19 @@ class LSTMFunction(torch.autograd.Function):
         _refuse_second_derivatives()
         (h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, lengths, out, gates, cs, hh, xhat_hh,
          rstd_hh, mean_c, rstd_c) = ctx.saved_tensors
-        dgx, dgh, dhp, dcn, dh0, dc0 = _ops().lstm_backward(
+        dgx, d_w_hh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co = _ops().lstm_backward(
             dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w,
-            ln_c_w, ln_c_b, ctx.coupled, lengths, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c)
+            ln_c_w, ln_c_b, ctx.coupled, lengths, out, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c)
         H = c0.shape[1]
-        i, o = dgx[..., :H], dgx[..., -H:]  # blocks i|f|g|o or i|g|o: i first, o last
-        c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])  # (T, B, H)
         need = ctx.needs_input_grad
-        d_w_hh = _weight_grad(dgh, h0, out) if need[3] else None
-        d_b_hh = _sum_tb(dgx) if ctx.has_bias and need[4] else None
-        d_w_hr = dhp.reshape(-1, dhp.shape[2]).t() @ hh.reshape(-1, H) if w_hr is not None and need[5] else None
-        d_ci = _sum_tb(i * c_prev) if w_ci is not None and need[6] else None
-        d_cf = _sum_tb(dgx[..., H : 2 * H] * c_prev) if w_cf is not None and need[7] else None
-        d_co = _sum_tb(o * cs) if w_co is not None and need[8] else None
-        d_ln_hh_w = d_ln_hh_b = d_ln_c_w = d_ln_c_b = None
-        if ln_hh_w is not None:
-            d_ln_hh_w, d_ln_hh_b = _sum_tb(dgx * xhat_hh), _sum_tb(dgx)
-            xhat_c = (cs - mean_c.unsqueeze(2)) * rstd_c.unsqueeze(2)  # (T, B, H)
-            d_ln_c_w, d_ln_c_b = _sum_tb(dcn * xhat_c), _sum_tb(dcn)
-        return (dgx, dh0, dc0, d_w_hh, d_b_hh, d_w_hr, d_ci, d_cf, d_co, d_ln_hh_w, d_ln_hh_b, d_ln_c_w, d_ln_c_b,
-                None, None, None)
+        ln = ln_hh_w is not None
+        return (dgx, dh0, dc0, d_w_hh,
+                db if ctx.has_bias else None,
+                dhp.reshape(-1, dhp.shape[2]).t() @ hh.reshape(-1, H) if w_hr is not None and need[5] else None,
+                d_ci if w_ci is not None else None, d_cf if w_cf is not None else None,
+                d_co if w_co is not None else None,
+                d_ln_hh_w if ln else None, db if ln else None, d_ln_c_w if ln else None,
+                d_ln_c_b if ln else None, None, None, None)
 
 
 class GRUFunction(torch.autograd.Function):
@@ -103,21 +85,11 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
         h0, w_hh, ln_w, lengths, out, gates, aux, xhat, rstd = ctx.saved_tensors
-        dgx, dgp, dgh, dh0 = _ops().gru_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w, ctx.before,
-                                                 lengths, out, gates, aux, xhat, rstd)
-        H = h0.shape[1]
-        d_w_hh = None
-        if ctx.needs_input_grad[2]:
-            if ctx.before:  # the n rows multiply r*h_{t-1} (saved as aux), the r|z rows h_{t-1}
-                d_w_hh = torch.cat([_weight_grad(dgh[..., : 2 * H], h0, out),
-                                    dgh[..., 2 * H :].reshape(-1, H).t() @ aux.reshape(-1, H)])
-            else:
-                d_w_hh = _weight_grad(dgh, h0, out)
-        d_b_hh = _sum_tb(dgp) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        d_ln_w = d_ln_b = None
-        if ln_w is not None:
-            d_ln_w, d_ln_b = _sum_tb(dgp * xhat), _sum_tb(dgp)
-        return dgx, dh0, d_w_hh, d_b_hh, d_ln_w, d_ln_b, None, None
+        dgx, d_w_hh, dh0, db, d_ln_w = _ops().gru_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w,
+                                                           ctx.before, lengths, out, gates, aux, xhat, rstd)
+        ln = ln_w is not None
+        return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
+                None, None)
 
 
 class RNNFunction(torch.autograd.Function):
@@ -134,14 +106,11 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
         h0, w_hh, ln_w, lengths, out, xhat, rstd = ctx.saved_tensors
-        dgx, dgh, dh0 = _ops().rnn_backward(dout.contiguous(), dh_n.contiguous(), w_hh, ln_w, ctx.relu, lengths, out,
-                                            xhat, rstd)
-        d_w_hh = _weight_grad(dgh, h0, out) if ctx.needs_input_grad[2] else None
-        d_b_hh = _sum_tb(dgx) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        d_ln_w = d_ln_b = None
-        if ln_w is not None:
-            d_ln_w, d_ln_b = _sum_tb(dgx * xhat), _sum_tb(dgx)
-        return dgx, dh0, d_w_hh, d_b_hh, d_ln_w, d_ln_b, None, None
+        dgx, d_w_hh, dh0, db, d_ln_w = _ops().rnn_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w,
+                                                           ctx.relu, lengths, out, xhat, rstd)
+        ln = ln_w is not None
+        return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
+                None, None)
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:

@@ -1,4 +1,4 @@
-// Shared pieces of the fused CPU kernels: activations, row-wise layer norm, the time mask, GEMM helpers.
+// Shared pieces of the fused CPU kernels: activations, row-wise layer norm, the time mask, the per-step products.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -6,8 +6,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
+
+// GCC vectorises loops with 256-bit vectors by default even where 512-bit ones exist; the gate loops here are long
+// and regular (and glibc has 16-wide exp and tanh), so they run faster with the full width.
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("prefer-vector-width=512")
+#endif
 
 namespace gatedrnn {
 
@@ -55,72 +63,284 @@ inline bool active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// Layer norm of one row, in place: x <- (x - mean) * rstd * w + b. Stores xhat = (x - mean) * rstd where asked
-// (backward needs it) and returns mean and rstd.
+// Layer norm's row sums run in the row's own type over blocks of kRowBlock elements, which the compiler turns into
+// vector loops, and the block sums are added in double: the rounding error of a float32 sum then grows with the
+// block, not with the row (G·H = 2048 and more), at the speed of float vector arithmetic.
+constexpr int64_t kRowBlock = 128;
+
+// Mean and 1/sqrt(var + eps) of one row, in two passes (the variance as the mean of squared deviations, which
+// does not cancel when the mean is large against the spread).
 template <typename T>
-inline void layer_norm_row(T* x, int64_t n, const T* w, const T* b, T* xhat, T* mean_out, T* rstd_out) {
-  // Row statistics in double: in float32 the rounding of long sums would dominate the kernels' error.
-  double mean = 0;
-  for (int64_t k = 0; k < n; ++k) mean += x[k];
-  mean /= double(n);
-  double var = 0;
-  for (int64_t k = 0; k < n; ++k) var += (x[k] - mean) * (x[k] - mean);
-  var /= double(n);
-  const T m = T(mean), rstd = T(1.0 / std::sqrt(var + kLayerNormEps));
-  for (int64_t k = 0; k < n; ++k) {
-    const T xh = (x[k] - m) * rstd;
-    if (xhat) xhat[k] = xh;
-    x[k] = xh * w[k] + b[k];
+inline void row_moments(const T* x, int64_t n, T& mean, T& rstd) {
+  double sum = 0;
+  for (int64_t k0 = 0; k0 < n; k0 += kRowBlock) {
+    const int64_t k1 = std::min(n, k0 + kRowBlock);
+    T s = 0;
+    for (int64_t k = k0; k < k1; ++k) s += x[k];
+    sum += double(s);
   }
-  if (mean_out) *mean_out = m;
+  mean = T(sum / double(n));
+  double squares = 0;
+  for (int64_t k0 = 0; k0 < n; k0 += kRowBlock) {
+    const int64_t k1 = std::min(n, k0 + kRowBlock);
+    T s = 0;
+    for (int64_t k = k0; k < k1; ++k) s += (x[k] - mean) * (x[k] - mean);
+    squares += double(s);
+  }
+  rstd = T(1.0 / std::sqrt(squares / double(n) + kLayerNormEps));
+}
+
+// Layer norm of one row, in place: x <- (x - mean) * rstd * w + b. Stores xhat = (x - mean) * rstd where asked
+// (backward needs it) and returns rstd where asked.
+template <typename T>
+inline void layer_norm_row(T* x, int64_t n, const T* w, const T* b, T* xhat, T* rstd_out) {
+  T mean, rstd;
+  row_moments(x, n, mean, rstd);
+  if (xhat) {
+    for (int64_t k = 0; k < n; ++k) {
+      xhat[k] = (x[k] - mean) * rstd;
+      x[k] = xhat[k] * w[k] + b[k];
+    }
+  } else {
+    for (int64_t k = 0; k < n; ++k) x[k] = (x[k] - mean) * rstd * w[k] + b[k];
+  }
   if (rstd_out) *rstd_out = rstd;
 }
 
 // Gradient of y = xhat * w + b with respect to x, one row:
-// dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)).  dx may alias dy.
+// dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)).  dx may alias dy or xhat.
 template <typename T>
 inline void layer_norm_row_backward(const T* dy, const T* xhat, T rstd, const T* w, int64_t n, T* dx) {
   double s1 = 0, s2 = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    const double g = dy[k] * w[k];
-    s1 += g;
-    s2 += g * xhat[k];
+  for (int64_t k0 = 0; k0 < n; k0 += kRowBlock) {
+    const int64_t k1 = std::min(n, k0 + kRowBlock);
+    T a1 = 0, a2 = 0;
+    for (int64_t k = k0; k < k1; ++k) {
+      const T g = dy[k] * w[k];
+      a1 += g;
+      a2 += g * xhat[k];
+    }
+    s1 += double(a1);
+    s2 += double(a2);
   }
   const T m1 = T(s1 / double(n)), m2 = T(s2 / double(n));
   for (int64_t k = 0; k < n; ++k) dx[k] = rstd * (dy[k] * w[k] - m1 - xhat[k] * m2);
 }
 
-// The per-step products. With one sequence (B = 1) they are matrix-vector products: BLAS gemv reads the weights
-// once, where gemm would first pack (copy) the whole weight matrix on every step.
+// Per-column sums of one step's rows, added to double accumulators, skipping ended sequences:
+//   acc_yx[j] += sum_b y[b,j] * x[b,j]   (when acc_yx is given)
+//   acc_y[j]  += sum_b y[b,j]            (when acc_y is given)
+// The vector parameters' gradients (b_hh, layer-norm gains and shifts, peepholes) are such sums over time and
+// batch. Taken each step, they read rows that the step has just written and that are still in cache; summed after
+// the loop they would be extra passes over (T,B,·) tensors and their temporaries. Every column is summed in the
+// same order (t descending, then b), whatever the thread count.
+template <typename T>
+inline void sum_rows(const T* y, int64_t y_stride, const T* x, int64_t x_stride, int64_t B, int64_t n,
+                     const int64_t* lengths, int64_t t, double* acc_yx, double* acc_y) {
+  at::parallel_for(0, n, row_grain(B), [&](int64_t j0, int64_t j1) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (!active(lengths, b, t)) continue;
+      const T* yr = y + b * y_stride;
+      if (acc_yx) {
+        const T* xr = x + b * x_stride;
+        for (int64_t j = j0; j < j1; ++j) acc_yx[j] += double(yr[j]) * double(xr[j]);
+      }
+      if (acc_y) {
+        for (int64_t j = j0; j < j1; ++j) acc_y[j] += double(yr[j]);
+      }
+    }
+  });
+}
 
-// out = a @ w^T, overwriting out; a (B, K), w (N, K), out (B, N).
-inline void mm_nt(Tensor& out, const Tensor& a, const Tensor& w) {
-  if (a.size(0) == 1) {
-    Tensor o = out.select(0, 0);
-    at::mv_out(o, w, a.select(0, 0));
-  } else {
-    at::mm_out(out, a, w.t());
+// A zeroed double accumulator of length n for sum_rows, or an empty tensor when that sum is not needed.
+inline Tensor accumulator(int64_t n, bool used, const at::TensorOptions& opts) {
+  return at::zeros({used ? n : 0}, opts.dtype(at::kDouble));
+}
+
+inline double* acc_or_null(Tensor& acc) {
+  return acc.numel() ? acc.data_ptr<double>() : nullptr;
+}
+
+// dW_hh += sum over the steps t0..t0+n-1 of dgh_t^T h_{t-1}, as GEMMs: dgh holds those n steps (n, B, R); the
+// rows h_{t-1} are h0 (B, W) for t = 0 and out[t-1] of out (T, B, W) after.
+inline void add_weight_grad(Tensor& dw, const Tensor& dgh, int64_t t0, int64_t n, const Tensor& h0,
+                            const Tensor& out) {
+  Tensor d = dgh.narrow(0, 0, n);
+  if (t0 == 0) {
+    dw.addmm_(d[0].t(), h0);  // (R, B) @ (B, W)
+    d = d.narrow(0, 1, n - 1);
+    t0 = 1;
+    --n;
+  }
+  if (n > 0) {
+    const int64_t B = dgh.size(1);
+    dw.addmm_(d.reshape({n * B, dgh.size(2)}).t(), out.narrow(0, t0 - 1, n).reshape({n * B, out.size(2)}));
   }
 }
 
-// out = a @ w, overwriting out; a (B, N), w (N, K), out (B, K).
-inline void mm_nn(Tensor& out, const Tensor& a, const Tensor& w) {
-  if (a.size(0) == 1) {
-    Tensor o = out.select(0, 0);
-    at::mv_out(o, w.t(), a.select(0, 0));
-  } else {
-    at::mm_out(out, a, w);
+// Steps per GEMM of the weight gradient when its left factor (dgh) is kept only for that GEMM: enough rows
+// (steps * B >= kChunkRows) for the GEMM to run as fast as one over all steps, in a buffer far smaller than (T, B, ·).
+constexpr int64_t kChunkRows = 1024;
+
+inline int64_t chunk_steps(int64_t T, int64_t B) {
+  return std::min(T, std::max<int64_t>(1, (kChunkRows + B - 1) / B));
+}
+
+
+// The per-step products y = x @ A, where A (a weight or its transpose) is the same at every step of a call.
+// StepProduct prepares A once per call (the constructor) so that the time loop only does arithmetic on raw pointers:
+// no Tensor is made and no ATen op is dispatched inside it, which at B = 1 would cost more than the product itself.
+//   B = 1: a matrix-vector product over A packed in column blocks (gemv_block below): each block's rows are
+//          stored one after the other, so the weights stream from cache in one sequential pass.
+//   B > 1, float32, torch built with MKL: MKL's packed GEMM (cblas_sgemm_pack once per call, cblas_sgemm_compute
+//          per step): a plain GEMM would re-pack the whole weight matrix on every step.
+//   otherwise: ATen's mm on tensors wrapping the raw pointers.
+
+// Native SIMD width: the packed kernels are written with GCC/Clang vector types of this size, which the compiler
+// lowers to whatever instructions the target has (-march=native), so there is one portable code path.
+#if defined(__AVX512F__)
+constexpr int64_t kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int64_t kVecBytes = 32;
+#else
+constexpr int64_t kVecBytes = 16;
+#endif
+
+template <typename T>
+struct Simd {
+  typedef T Vec __attribute__((vector_size(kVecBytes)));
+  static constexpr int64_t kLanes = kVecBytes / int64_t(sizeof(T));
+};
+
+// Vectors per column block: 8 accumulators keep both FMA pipes busy and leave registers for the loads.
+constexpr int64_t kBlockVecs = 8;
+
+// Column blocks of a packed A of width `cols`: full blocks of kBlockVecs vectors, then a remainder split into
+// 4, 2 and 1 vectors (the last one padded with zeros); f(col0, vecs) for each, left to right.
+template <typename T, typename F>
+inline void for_each_block(int64_t cols, F&& f) {
+  constexpr int64_t L = Simd<T>::kLanes;
+  int64_t col0 = 0, vecs = (cols + L - 1) / L;
+  for (int64_t nv : {kBlockVecs, int64_t(4), int64_t(2), int64_t(1)}) {
+    for (; vecs >= nv; vecs -= nv, col0 += nv * L) f(col0, nv);
   }
 }
 
-// out += a @ w; a (B, N), w (N, K), out (B, K).
-inline void addmm_nn(Tensor& out, const Tensor& a, const Tensor& w) {
-  if (a.size(0) == 1) {
-    out.select(0, 0).addmv_(w.t(), a.select(0, 0));
-  } else {
-    out.addmm_(a, w);
+// One column block of y = x @ A: y[0 : NV*L] = sum_r x[r] * A[r, block], reading the block's rows from p in turn.
+template <typename T, int64_t NV>
+inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t rows, T* __restrict y) {
+  using V = typename Simd<T>::Vec;
+  constexpr int64_t L = Simd<T>::kLanes;
+  V acc[NV] = {};
+  for (int64_t r = 0; r < rows; ++r, p += NV * L) {
+    const T xr = x[r];
+    for (int64_t j = 0; j < NV; ++j) {
+      V a;
+      std::memcpy(&a, p + j * L, sizeof(V));
+      acc[j] += xr * a;
+    }
   }
+  std::memcpy(y, acc, sizeof(acc));
 }
+
+// The MKL packed-GEMM entry points, weak so that the library loads (and falls back to ATen) with a torch built
+// without MKL; torch with MKL exports them from libtorch_cpu. CBLAS constants: RowMajor 101, NoTrans 111, Trans 112,
+// Packed 151, CblasBMatrix 162.
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+}
+
+inline bool mkl_packed_gemm_available() {
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
+}
+
+template <typename T>
+class StepProduct {
+ public:
+  // A = w^T (transposed) or w, for w (N, K) with unit column stride (a weight or a block of its rows); batch rows
+  // of x per call.
+  StepProduct(const Tensor& w, bool transposed, int64_t batch)
+      : rows_(transposed ? w.size(1) : w.size(0)), cols_(transposed ? w.size(0) : w.size(1)), batch_(batch) {
+    TORCH_CHECK(w.stride(1) == 1, "StepProduct: the weight's rows must be contiguous");
+    const T* src = w.data_ptr<T>();
+    const int64_t ld = w.stride(0);
+    if (batch == 1) {
+      constexpr int64_t L = Simd<T>::kLanes;
+      const int64_t padded = (cols_ + L - 1) / L * L;
+      packed_ = at::empty({rows_ * padded}, w.options());
+      out_ = at::empty({padded}, w.options());
+      T* p = packed_.data_ptr<T>();
+      std::fill(p, p + rows_ * padded, T(0));  // the padding columns of the last vector
+      for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
+        T* block = p + col0 * rows_;
+        const int64_t width = std::min(nv * L, cols_ - col0);
+        // Row by row of the block: its writes stay sequential (a column-wise walk of w would scatter them).
+        if (transposed) {
+          for (int64_t r = 0; r < rows_; ++r) {
+            for (int64_t j = 0; j < width; ++j) block[r * nv * L + j] = src[r + (col0 + j) * ld];
+          }
+        } else {
+          for (int64_t r = 0; r < rows_; ++r) {
+            std::copy(src + r * ld + col0, src + r * ld + col0 + width, block + r * nv * L);
+          }
+        }
+      });
+    } else if (std::is_same_v<T, float> && mkl_packed_gemm_available()) {
+      const size_t bytes = cblas_sgemm_pack_get_size(162, int(batch), int(cols_), int(rows_));
+      packed_ = at::empty({int64_t((bytes + sizeof(T) - 1) / sizeof(T))}, w.options());
+      // B of C = X @ B is A: w itself (NoTrans, rows_ x cols_ with leading dimension ld) or w^T (Trans).
+      cblas_sgemm_pack(101, 162, transposed ? 112 : 111, int(batch), int(cols_), int(rows_), 1.0f,
+                       reinterpret_cast<const float*>(src), int(ld), reinterpret_cast<float*>(packed_.data_ptr<T>()));
+      mkl_ = true;
+    } else {
+      a_ = transposed ? w.t() : w;
+    }
+  }
+
+  // y (batch, cols) = x @ A, or y += x @ A when accumulate; x (batch, rows) with row stride ldx, y contiguous.
+  void operator()(const T* x, int64_t ldx, T* y, bool accumulate) const {
+    if (batch_ == 1) {
+      const T* p = packed_.data_ptr<T>();
+      T* out = out_.data_ptr<T>();
+      for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
+        const T* block = p + col0 * rows_;
+        switch (nv) {
+          case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, rows_, out + col0); break;
+          case 4: gemv_block<T, 4>(block, x, rows_, out + col0); break;
+          case 2: gemv_block<T, 2>(block, x, rows_, out + col0); break;
+          default: gemv_block<T, 1>(block, x, rows_, out + col0); break;
+        }
+      });
+      if (accumulate) {
+        for (int64_t c = 0; c < cols_; ++c) y[c] += out[c];
+      } else {
+        std::copy(out, out + cols_, y);
+      }
+    } else if (mkl_) {
+      cblas_sgemm_compute(101, 111, 151, int(batch_), int(cols_), int(rows_), reinterpret_cast<const float*>(x),
+                          int(ldx), reinterpret_cast<const float*>(packed_.data_ptr<T>()), int(cols_),
+                          accumulate ? 1.0f : 0.0f, reinterpret_cast<float*>(y), int(cols_));
+    } else {
+      const auto opts = a_.options();
+      Tensor xt = at::from_blob(const_cast<T*>(x), {batch_, rows_}, {ldx, 1}, opts);
+      Tensor yt = at::from_blob(y, {batch_, cols_}, opts);
+      if (accumulate) {
+        yt.addmm_(xt, a_);
+      } else {
+        at::mm_out(yt, xt, a_);
+      }
+    }
+  }
+
+ private:
+  int64_t rows_, cols_, batch_;
+  bool mkl_ = false;
+  Tensor packed_, out_, a_;
+};
 
 // A saved buffer: zero-filled where masked rows are never written (so sums over time see zeros there).
 inline Tensor buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {

@@ -25,9 +25,12 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   Tensor aux_scratch = save ? Tensor() : at::empty({B, H}, opts);
   T* hs = h_state.data_ptr<T>();
   const int64_t ghw = gh.size(1);
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/true, B);  // h W_hh^T (r|z rows if before)
+  std::optional<StepProduct<T>> candidate;                                         // reset-before: (r*h) W_hn^T
+  if (before) candidate.emplace(w_n, /*transposed=*/true, B);
 
   for (int64_t t = 0; t < T_; ++t) {
-    mm_nt(gh, h_state, before ? w_rz : w_hh);
+    recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = gx.data_ptr<T>() + t * B * G;
     T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     // aux: reset-after keeps LN_n(W_hn h) + b_hn (dr needs it); reset-before keeps r*h (the factor of dW_hn).
@@ -41,9 +44,9 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
         if (!active(lengths, b, t)) continue;
         T* a = gh.data_ptr<T>() + b * ghw;
         if (lnw) {
-          layer_norm_row(a, 2 * H, lnw, lnb, xh ? xh + b * G : nullptr, (T*)nullptr, rs ? rs + 2 * b : nullptr);
+          layer_norm_row(a, 2 * H, lnw, lnb, xh ? xh + b * G : nullptr, rs ? rs + 2 * b : nullptr);
           if (!before) {
-            layer_norm_row(a + 2 * H, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr, (T*)nullptr,
+            layer_norm_row(a + 2 * H, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr,
                            rs ? rs + 2 * b + 1 : nullptr);
           }
         }
@@ -73,13 +76,13 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
       }
     });
     if (before) {
-      mm_nt(ghn, save ? aux[t] : aux_scratch, w_n);
+      (*candidate)(auxt, H, ghn.data_ptr<T>(), /*accumulate=*/false);
       at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(lengths, b, t)) continue;
           T* a = ghn.data_ptr<T>() + b * H;
           if (lnw) {
-            layer_norm_row(a, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr, (T*)nullptr,
+            layer_norm_row(a, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr,
                            rs ? rs + 2 * b + 1 : nullptr);
           }
           const T* x = x_t + b * G;
@@ -131,22 +134,37 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   return {out, h_state, gates, aux, xhat, rstd};
 }
 
-// Backward through time. Returns, batched over time for the caller's weight GEMMs and sums:
+// Backward through time. Returns, batched over time for the caller's weight GEMMs:
 //   dgx (T,B,3H)  gradient of gx
-//   dgp (T,B,3H)  gradient of the recurrent part after LN and bias (b_hh's and LN's gradient); for reset-after
-//                 its n block is r * dgx_n, for reset-before it equals dgx
-//   dgh (T,B,3H)  gradient of W_hh h (r|z rows) and W_hn (r*h) or W_hn h (n rows) before LN
 //   dh0
+// the gradient of W_hh, as GEMMs over chunks of steps (add_weight_grad):
+//   dw_hh (3H,H)  sum_t dgh_t^T h_{t-1} (r|z rows; n rows too for reset-after) and sum_t dgh_n,t^T (r*h_{t-1})
+//                 (n rows, reset-before), dgh the gradient of the recurrent products before LN. For reset-before
+//                 without layer norm dgh is dgx, kept whole, and the chunk is all T steps; otherwise dgh exists
+//                 only for this and the step's recurrent products, and lives in a buffer of chunk_steps steps
+// and the vector parameters' gradients, summed here step by step (sum_rows) over dgp, the gradient of the
+// recurrent part after LN and bias (for reset-after its n block is r * dgx_n, for reset-before it equals dgx):
+//   db (3H)       sum of dgp: the gradient of b_hh and of LN's shift
+//   dln_w (3H)    sum of dgp * xhat: LN's gain (layer_norm only)
 template <typename T>
 void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tensor& w_hh, const OptTensor& ln_w,
                    bool before, const int64_t* lengths, const Tensor& out, const Tensor& gates, const Tensor& aux,
-                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgp, Tensor& dgh) {
+                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgh, Tensor& dw_hh,
+                   Tensor& acc_b, Tensor& acc_lnw) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
+  const int64_t chunk = dgh.size(0);        // steps held by dgh
+  const bool own_dgh = !dgh.is_same(dgx);  // a reused buffer: rows of ended sequences are cleared each step
   const T* lnw = ptr_or_null<T>(ln_w);
   auto opts = dout.options();
   Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
   Tensor drh = at::empty({B, H}, opts);  // reset-before: gradient of r*h_{t-1}
+  // reset-after with layer norm: this step's dgp (B, 3H); without layer norm dgp is dgh, and for reset-before dgx
+  Tensor dgp_step = !before && lnw ? at::empty({B, G}, opts) : Tensor();
   T* dhp = dh.data_ptr<T>();
+  // dgh W_hh (all rows for reset-after, the r|z rows for reset-before) and, reset-before only, dgh_n W_hn.
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/false, B);
+  std::optional<StepProduct<T>> candidate;
+  if (before) candidate.emplace(w_n, /*transposed=*/false, B);
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
@@ -154,8 +172,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
     const T* auxt = aux.data_ptr<T>() + t * B * H;
     const T* hprev = t > 0 ? out.data_ptr<T>() + (t - 1) * B * H : h0.data_ptr<T>();
     T* dgxt = dgx.data_ptr<T>() + t * B * G;
-    T* dgpt = dgp.data_ptr<T>() + t * B * G;
-    T* dght = dgh.data_ptr<T>() + t * B * G;
+    T* dght = dgh.data_ptr<T>() + (t % chunk) * B * G;
+    T* dgpt = before ? dgxt : (lnw ? dgp_step.data_ptr<T>() : dght);
     const T* xh = lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
     const T* rs = lnw ? rstd.data_ptr<T>() + t * B * 2 : nullptr;
     for (int64_t b = 0; b < B; ++b) {
@@ -165,12 +183,18 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
     if (!before) {
       at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          if (!active(lengths, b, t)) continue;
+          if (!active(lengths, b, t)) {
+            if (own_dgh) std::fill(dght + b * G, dght + (b + 1) * G, T(0));
+            continue;
+          }
           const T* gr = gt + b * G;
           const T* hp = hprev + b * H;
           T* d = dhp + b * H;
           T* da = dgxt + b * G;
           T* dp = dgpt + b * G;
+          // The rows written never overlap the rows read, which the compiler cannot prove from the pointers;
+          // without `omp simd` it keeps this loop scalar.
+          #pragma omp simd
           for (int64_t j = 0; j < H; ++j) {
             const T r = gr[j], z = gr[H + j], n = gr[2 * H + j];
             const T dan = d[j] * (T(1) - z) * (T(1) - n * n);
@@ -189,16 +213,23 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
           }
         }
       });
-      addmm_nn(dh, dgh[t], w_hh);  // (B,3H) @ (3H,H)
+      sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+      recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,3H) @ (3H,H)
+      if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
       continue;
     }
     // reset-before: the n block first, because d(r*h) = dgh_n W_hn is needed for dr.
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        if (!active(lengths, b, t)) continue;
+        if (!active(lengths, b, t)) {
+          if (own_dgh) std::fill(dght + b * G, dght + (b + 1) * G, T(0));
+          continue;
+        }
         const T* gr = gt + b * G;
         const T* d = dhp + b * H;
         T* da = dgxt + b * G;
+        // Rows written never overlap rows read (see above).
+        #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T z = gr[H + j], n = gr[2 * H + j];
           da[2 * H + j] = d[j] * (T(1) - z) * (T(1) - n * n);
@@ -209,7 +240,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         }
       }
     });
-    mm_nn(drh, dgh[t].narrow(1, 2 * H, H), w_n);  // (B,H) @ (H,H)
+    (*candidate)(dght + 2 * H, G, drh.data_ptr<T>(), /*accumulate=*/false);  // (B,H) @ (H,H)
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) continue;
@@ -218,6 +249,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         const T* dr = drh.data_ptr<T>() + b * H;
         T* d = dhp + b * H;
         T* da = dgxt + b * G;
+        // Rows written never overlap rows read (see above).
+        #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T r = gr[j], z = gr[H + j], n = gr[2 * H + j];
           da[j] = dr[j] * hp[j] * r * (T(1) - r);
@@ -227,24 +260,38 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         if (lnw) layer_norm_row_backward(da, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
       }
     });
-    addmm_nn(dh, dgh[t].narrow(1, 0, 2 * H), w_rz);  // (B,2H) @ (2H,H)
+    sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+    recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,2H) @ (2H,H)
+    if (t % chunk == 0) {
+      const int64_t n = std::min(chunk, T_ - t);
+      Tensor dw_rz = dw_hh.narrow(0, 0, 2 * H);
+      add_weight_grad(dw_rz, dgh.narrow(2, 0, 2 * H), t, n, h0, out);
+      dw_hh.narrow(0, 2 * H, H)
+          .addmm_(dgh.narrow(0, 0, n).narrow(2, 2 * H, H).reshape({n * B, H}).t(),
+                  aux.narrow(0, t, n).reshape({n * B, H}));  // (H, n·B) @ (n·B, H)
+    }
   }
 }
 
 std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
                                  const OptTensor& ln_w, bool before, const OptTensor& lengths, const Tensor& out,
                                  const Tensor& gates, const Tensor& aux, const Tensor& xhat, const Tensor& rstd) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   const int64_t* len = ptr_or_null<int64_t>(lengths);
+  const bool zero = len != nullptr;  // rows of ended sequences are never written
   const bool ln = ln_w.has_value() && ln_w->defined();
+  auto opts = dout.options();
   Tensor dh = dh_n.clone();
-  Tensor dgx = at::zeros(gates.sizes(), dout.options());
-  // Without layer norm the gradient before LN is the one after it; reset-before's post-LN gradient is dgx.
-  Tensor dgp = before ? dgx : at::zeros(gates.sizes(), dout.options());
-  Tensor dgh = ln ? at::zeros(gates.sizes(), dout.options()) : dgp;
+  Tensor dgx = buffer(gates.sizes(), opts, zero);
+  // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself.
+  Tensor dgh = ln || !before ? at::empty({chunk_steps(T_, B), B, G}, opts) : dgx;
+  Tensor dw_hh = at::zeros({G, H}, opts);
+  Tensor acc_b = accumulator(G, true, opts), acc_lnw = accumulator(G, ln, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgp, dgh);
+    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgh, dw_hh,
+                            acc_b, acc_lnw);
   });
-  return {dgx, dgp, dgh, dh};
+  return {dgx, dw_hh, dh, acc_b.to(dout.scalar_type()), acc_lnw.to(dout.scalar_type())};
 }
 
 }  // namespace

@@ -48,10 +48,13 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   Tensor h_new = proj ? at::empty({B, P}, opts) : Tensor();           // (B, P)
   T* hs = h_state.data_ptr<T>();
   T* cst = c_state.data_ptr<T>();
+  T* ghp = gh.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
+  std::optional<StepProduct<T>> projection;                       // (o*tanh(c)) W_hr^T
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/true, B);
 
   for (int64_t t = 0; t < s.T; ++t) {
-    mm_nt(gh, h_state, w_hh);
-    T* ghp = gh.data_ptr<T>();
+    recurrent(hs, P, ghp, /*accumulate=*/false);
     const T* gxt = gx.data_ptr<T>() + t * B * G;
     T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     T* cst_save = save ? cs.data_ptr<T>() + t * B * H : nullptr;
@@ -68,7 +71,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
         }
         T* a = ghp + b * G;
         if (ln) {
-          layer_norm_row(a, G, lnw, lnb, save ? xhat_hh.data_ptr<T>() + (t * B + b) * G : nullptr, (T*)nullptr,
+          layer_norm_row(a, G, lnw, lnb, save ? xhat_hh.data_ptr<T>() + (t * B + b) * G : nullptr,
                          save ? rstd_hh.data_ptr<T>() + t * B + b : nullptr);
         }
         const T* x = gxt + b * G;
@@ -104,13 +107,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
         // h = o * tanh(LN_c(c)); LN_c needs the whole row of c first, so it is a second pass over the row.
         T mean = 0, rstd = 1;
         if (lncw) {
-          double m = 0;
-          for (int64_t j = 0; j < H; ++j) m += c[j];
-          m /= double(H);
-          double v = 0;
-          for (int64_t j = 0; j < H; ++j) v += (c[j] - m) * (c[j] - m);
-          mean = T(m);
-          rstd = T(1.0 / std::sqrt(v / double(H) + kLayerNormEps));
+          row_moments(c, H, mean, rstd);
           if (save) {
             mean_c.data_ptr<T>()[t * B + b] = mean;
             rstd_c.data_ptr<T>()[t * B + b] = rstd;
@@ -128,7 +125,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
       }
     });
     if (proj) {
-      mm_nt(h_new, save ? hh_all[t] : hh_scratch, w_hr.value());
+      (*projection)(hht, H, h_new.data_ptr<T>(), /*accumulate=*/false);
       const T* hn = h_new.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) {
@@ -178,30 +175,50 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c};
 }
 
-// Backward through time. Returns the gradients the weight GEMMs and sums need, batched over time by the caller:
-//   dgx (T,B,G·H)   d loss / d (gate pre-activation) = gradient of gx, of b_hh and of LN_hh's output
-//   dgh (T,B,G·H)   gradient of W_hh h_{t-1} before LN_hh (the same tensor as dgx without layer norm)
+// Backward through time. Returns the gradients of gx, of the initial state and of every recurrent parameter but
+// W_hr (whose GEMM over all steps the caller forms from dhp); the vector parameters' are summed step by step
+// (sum_rows):
+//   dgx (T,B,G·H)   d loss / d (gate pre-activation) = gradient of gx and of LN_hh's output
+//   dw_hh (G·H,P)   sum_t dgh_t^T h_{t-1}, dgh the gradient of W_hh h_{t-1} before LN_hh. Without layer norm dgh
+//                   is dgx, kept whole, and this is one GEMM at the end; with layer norm dgh exists only for this
+//                   and for the step's recurrent product, so it lives in a buffer of chunk_steps steps, added to
+//                   dw_hh whenever full: a (T,B,G·H) tensor less at the peak of backward
 //   dhp (T,B,P)     gradient of the projected h_t (proj_size > 0 only; zero at masked steps)
-//   dcn (T,B,H)     gradient of LN_c(c_t) (layer_norm only)
 //   dh0, dc0        gradients of the initial state
+//   db (G·H)        sum of dgx: the gradient of b_hh and of LN_hh's shift
+//   dln_hh_w (G·H)  sum of dgx * xhat_hh: LN_hh's gain (layer_norm only)
+//   dln_c_w, dln_c_b (H)   sums of dcn * xhat_c and of dcn, dcn the gradient of LN_c(c_t) (layer_norm only)
+//   dci, dcf (H)    sums of da_i * c_{t-1} and da_f * c_{t-1} (peephole only)
+//   dco (H)         sum of da_o * c_t (peephole only)
 template <typename T>
 void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& dc, const Tensor& w_hh,
                    const OptTensor& w_hr, const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
                    const OptTensor& ln_hh_w, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
                    const int64_t* lengths, const Tensor& c0, const Tensor& gates, const Tensor& cs,
                    const Tensor& xhat_hh, const Tensor& rstd_hh, const Tensor& mean_c, const Tensor& rstd_c,
-                   Tensor& dgx, Tensor& dgh, Tensor& dhp, Tensor& dcn_all) {
+                   const Tensor& h0, const Tensor& out, Tensor& dgx, Tensor& dgh, Tensor& dw_hh, Tensor& dhp,
+                   std::vector<Tensor>& acc) {
   const int64_t B = s.B, H = s.H, P = s.P, G = s.G;
+  const int64_t chunk = dgh.size(0);  // steps held by dgh: all T, or chunk_steps with layer norm
   const bool proj = w_hr.has_value() && w_hr->defined();
   const T *pci = ptr_or_null<T>(w_ci), *pcf = ptr_or_null<T>(w_cf), *pco = ptr_or_null<T>(w_co);
   const T* lnw = ptr_or_null<T>(ln_hh_w);
   const T *lncw = ptr_or_null<T>(ln_c_w), *lncb = ptr_or_null<T>(ln_c_b);
+  double *acc_b = acc_or_null(acc[0]), *acc_lnw = acc_or_null(acc[1]), *acc_lncw = acc_or_null(acc[2]),
+         *acc_lncb = acc_or_null(acc[3]), *acc_ci = acc_or_null(acc[4]), *acc_cf = acc_or_null(acc[5]),
+         *acc_co = acc_or_null(acc[6]);
   auto opts = dout.options();
-  Tensor dhh = proj ? at::empty({B, H}, opts) : Tensor();   // (B, H): gradient of o*tanh(c)
-  Tensor dch = lncw ? at::empty({B, H}, opts) : Tensor();  // (B, H): gradient of c_t through h_t
-  Tensor th_buf = at::empty({B, H}, opts);                    // (B, H): tanh(LN_c(c_t))
+  Tensor dhh = proj ? at::empty({B, H}, opts) : Tensor();  // (B, H): gradient of o*tanh(c)
+  // layer_norm: this step's xhat_c, dcn and the gradient of c_t through h_t, each (B, H)
+  Tensor xhc = lncw ? at::empty({B, H}, opts) : Tensor();
+  Tensor dcn = lncw ? at::empty({B, H}, opts) : Tensor();
+  Tensor dch = lncw ? at::empty({B, H}, opts) : Tensor();
+  Tensor th_buf = at::empty({B, H}, opts);  // (B, H): tanh(LN_c(c_t))
   T* dhp_ = dh.data_ptr<T>();
   T* dcp_ = dc.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
+  std::optional<StepProduct<T>> projection;                        // dh W_hr
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/false, B);
 
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * P;
@@ -215,17 +232,22 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) std::copy(dhp_ + b * P, dhp_ + (b + 1) * P, dhpt + b * P);
       }
-      mm_nn(dhh, dh, w_hr.value());  // (B,P) @ (P,H)
+      (*projection)(dhp_, P, dhh.data_ptr<T>(), /*accumulate=*/false);  // (B,P) @ (P,H)
     }
     const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
     const T* gt = gates.data_ptr<T>() + t * B * G;
     const T* ct = cs.data_ptr<T>() + t * B * H;
     const T* cprev = t > 0 ? cs.data_ptr<T>() + (t - 1) * B * H : c0.data_ptr<T>();
+    const T* xhat_t = lnw ? xhat_hh.data_ptr<T>() + t * B * G : nullptr;
     T* dgxt = dgx.data_ptr<T>() + t * B * G;
-    T* dght = dgh.data_ptr<T>() + t * B * G;
+    T* dght = dgh.data_ptr<T>() + (t % chunk) * B * G;
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        if (!active(lengths, b, t)) continue;  // gradients pass through unchanged; dgx/dgh rows stay zero
+        if (!active(lengths, b, t)) {
+          // Gradients pass through unchanged; the dgx row stays zero, the reused dgh row is cleared.
+          if (lnw) std::fill(dght + b * G, dght + (b + 1) * G, T(0));
+          continue;
+        }
         const T* gr = gt + b * G;
         const T* c = ct + b * H;
         const T* cp = cprev + b * H;
@@ -235,60 +257,84 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         // th = tanh(LN_c(c_t)), recomputed from the saved c_t (and its statistics) in one vectorisable pass.
         T* th = th_buf.data_ptr<T>() + b * H;
         T mean = 0, rstd = 1;
+        T* xh = lncw ? xhc.data_ptr<T>() + b * H : nullptr;
         if (lncw) {
           mean = mean_c.data_ptr<T>()[t * B + b];
           rstd = rstd_c.data_ptr<T>()[t * B + b];
-          for (int64_t j = 0; j < H; ++j) th[j] = (c[j] - mean) * rstd * lncw[j] + lncb[j];
+          for (int64_t j = 0; j < H; ++j) {
+            xh[j] = (c[j] - mean) * rstd;
+            th[j] = xh[j] * lncw[j] + lncb[j];
+          }
         } else {
           std::copy(c, c + H, th);
         }
         tanh_(th, H);
         const T* dch_row = nullptr;
         if (lncw) {
-          // dcn = dh * o * (1 - th^2), then back through LN_c, whose xhat is rebuilt from the statistics of c.
-          T* dcn = dcn_all.data_ptr<T>() + (t * B + b) * H;
-          T* xh = dch.data_ptr<T>() + b * H;  // holds xhat, then is overwritten by the LN gradient
+          // dcn = dh * o * (1 - th^2), then back through LN_c, whose xhat was rebuilt from the statistics of c.
+          T* dn = dcn.data_ptr<T>() + b * H;
+          for (int64_t j = 0; j < H; ++j) dn[j] = dho[j] * gr[s.off_o + j] * (T(1) - th[j] * th[j]);
+          T* dcl = dch.data_ptr<T>() + b * H;
+          layer_norm_row_backward(dn, xh, rstd, lncw, H, dcl);
+          dch_row = dcl;
+        }
+        // The gate loop is compiled once per combination of variant flags: with the flags as constants (and `omp
+        // simd`, as the rows written never overlap the rows read, which the compiler cannot prove) it vectorises;
+        // with the flags tested inside, GCC keeps it scalar. Peepholes are p_i, p_o and (not coupled) p_f.
+        auto gates_backward = [&](auto coupled_flag, auto peephole_flag, auto ln_c_flag) {
+          constexpr bool coupled = decltype(coupled_flag)::value, peephole = decltype(peephole_flag)::value;
+          constexpr bool ln_c = decltype(ln_c_flag)::value;
+          #pragma omp simd
           for (int64_t j = 0; j < H; ++j) {
-            xh[j] = (c[j] - mean) * rstd;
-            dcn[j] = dho[j] * gr[s.off_o + j] * (T(1) - th[j] * th[j]);
+            const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
+            const T f = coupled ? T(1) - i : gr[s.off_f + j];
+            const T thj = th[j];
+            T dcj = ln_c ? dcr[j] + dch_row[j] : dcr[j] + dho[j] * o * (T(1) - thj * thj);
+            const T dao = dho[j] * thj * o * (T(1) - o);
+            if constexpr (peephole) dcj += dao * pco[j];
+            const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
+            const T dag = dg * (T(1) - g * g);
+            T dai, daf = 0;
+            if constexpr (coupled) {
+              dai = (di - df) * i * (T(1) - i);  // f = 1 - i
+            } else {
+              dai = di * i * (T(1) - i);
+              daf = df * f * (T(1) - f);
+              da[s.off_f + j] = daf;
+            }
+            T dcprev = dcj * f;
+            if constexpr (peephole) dcprev += dai * pci[j];
+            if constexpr (peephole && !coupled) dcprev += daf * pcf[j];
+            da[j] = dai;
+            da[s.off_g + j] = dag;
+            da[s.off_o + j] = dao;
+            dcr[j] = dcprev;
           }
-          layer_norm_row_backward(dcn, xh, rstd, lncw, H, xh);
-          dch_row = xh;
-        }
-        for (int64_t j = 0; j < H; ++j) {
-          const T i = gr[j], g = gr[s.off_g + j], o = gr[s.off_o + j];
-          const T f = s.coupled ? T(1) - i : gr[s.off_f + j];
-          const T thj = th[j];
-          T dcj = lncw ? dcr[j] + dch_row[j] : dcr[j] + dho[j] * o * (T(1) - thj * thj);
-          const T dao = dho[j] * thj * o * (T(1) - o);
-          if (pco) dcj += dao * pco[j];
-          const T di = dcj * g, dg = dcj * i, df = dcj * cp[j];
-          const T dag = dg * (T(1) - g * g);
-          T dai, daf = 0;
+        };
+        auto with_coupling = [&](auto peephole_flag, auto ln_c_flag) {
           if (s.coupled) {
-            dai = (di - df) * i * (T(1) - i);  // f = 1 - i
+            gates_backward(std::true_type{}, peephole_flag, ln_c_flag);
           } else {
-            dai = di * i * (T(1) - i);
-            daf = df * f * (T(1) - f);
-            da[s.off_f + j] = daf;
+            gates_backward(std::false_type{}, peephole_flag, ln_c_flag);
           }
-          T dcprev = dcj * f;
-          if (pci) dcprev += dai * pci[j];
-          if (pcf) dcprev += daf * pcf[j];
-          da[j] = dai;
-          da[s.off_g + j] = dag;
-          da[s.off_o + j] = dao;
-          dcr[j] = dcprev;
+        };
+        if (pci) {
+          lncw ? with_coupling(std::true_type{}, std::true_type{}) : with_coupling(std::true_type{}, std::false_type{});
+        } else {
+          lncw ? with_coupling(std::false_type{}, std::true_type{}) : with_coupling(std::false_type{}, std::false_type{});
         }
-        if (lnw) {
-          layer_norm_row_backward(da, xhat_hh.data_ptr<T>() + (t * B + b) * G, rstd_hh.data_ptr<T>()[t * B + b],
-                                  lnw, G, dght + b * G);
-        }
+        if (lnw) layer_norm_row_backward(da, xhat_t + b * G, rstd_hh.data_ptr<T>()[t * B + b], lnw, G, dght + b * G);
         // h_{t-1} gets only the recurrent GEMM's gradient (added below); the carried value is used up.
         std::fill(dhp_ + b * P, dhp_ + (b + 1) * P, T(0));
       }
     });
-    addmm_nn(dh, dgh[t], w_hh);  // (B,G·H) @ (G·H,P)
+    sum_rows(dgxt, G, xhat_t, G, B, G, lengths, t, acc_lnw, acc_b);
+    if (lncw) sum_rows(dcn.data_ptr<T>(), H, xhc.data_ptr<T>(), H, B, H, lengths, t, acc_lncw, acc_lncb);
+    if (pci) sum_rows(dgxt, G, cprev, H, B, H, lengths, t, acc_ci, nullptr);
+    if (pcf) sum_rows(dgxt + s.off_f, G, cprev, H, B, H, lengths, t, acc_cf, nullptr);
+    if (pco) sum_rows(dgxt + s.off_o, G, ct, H, B, H, lengths, t, acc_co, nullptr);
+    recurrent(dght, G, dhp_, /*accumulate=*/true);  // (B,G·H) @ (G·H,P)
+    if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, s.T - t), h0, out);
   }
 }
 
@@ -296,24 +342,32 @@ std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const 
                                   const Tensor& c0, const Tensor& w_hh, const OptTensor& w_hr,
                                   const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
                                   const OptTensor& ln_hh_w, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-                                  bool coupled, const OptTensor& lengths, const Tensor& gates, const Tensor& cs,
-                                  const Tensor& xhat_hh, const Tensor& rstd_hh, const Tensor& mean_c,
-                                  const Tensor& rstd_c) {
+                                  bool coupled, const OptTensor& lengths, const Tensor& out, const Tensor& gates,
+                                  const Tensor& cs, const Tensor& xhat_hh, const Tensor& rstd_hh,
+                                  const Tensor& mean_c, const Tensor& rstd_c) {
   const LSTMShape s = lstm_shape(gates, c0, h0, coupled);
   const int64_t* len = ptr_or_null<int64_t>(lengths);
-  const bool proj = w_hr.has_value() && w_hr->defined();
-  const bool ln = ln_hh_w.has_value() && ln_hh_w->defined();
+  const bool zero = len != nullptr;  // rows of ended sequences are never written
+  auto given = [](const OptTensor& w) { return w.has_value() && w->defined(); };
   auto opts = dout.options();
   Tensor dh = dh_n.clone(), dc = dc_n.clone();
-  Tensor dgx = at::zeros({s.T, s.B, s.G}, opts);
-  Tensor dgh = ln ? at::zeros({s.T, s.B, s.G}, opts) : dgx;
-  Tensor dhp = proj ? at::zeros({s.T, s.B, s.P}, opts) : none_like(dout);
-  Tensor dcn = ln ? at::zeros({s.T, s.B, s.H}, opts) : none_like(dout);
+  Tensor dgx = buffer({s.T, s.B, s.G}, opts, zero);
+  const bool proj = given(w_hr), ln = given(ln_hh_w);
+  Tensor dgh = ln ? at::empty({chunk_steps(s.T, s.B), s.B, s.G}, opts) : dgx;
+  Tensor dw_hh = at::zeros({s.G, s.P}, opts);
+  Tensor dhp = proj ? buffer({s.T, s.B, s.P}, opts, zero) : none_like(dout);
+  // db, dln_hh_w, dln_c_w, dln_c_b, dci, dcf, dco (see above)
+  std::vector<Tensor> acc = {accumulator(s.G, true, opts),        accumulator(s.G, ln, opts),
+                             accumulator(s.H, ln, opts),          accumulator(s.H, ln, opts),
+                             accumulator(s.H, given(w_ci), opts), accumulator(s.H, given(w_cf), opts),
+                             accumulator(s.H, given(w_co), opts)};
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_backward", [&] {
     backward_impl<scalar_t>(s, dout, dh, dc, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, len, c0,
-                            gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, dgx, dgh, dhp, dcn);
+                            gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, h0, out, dgx, dgh, dw_hh, dhp, acc);
   });
-  return {dgx, dgh, dhp, dcn, dh, dc};
+  std::vector<Tensor> result = {dgx, dw_hh, dhp, dh, dc};
+  for (const Tensor& a : acc) result.push_back(a.to(dout.scalar_type()));
+  return result;
 }
 
 }  // namespace

@@ -16,8 +16,9 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
   Tensor gh = at::empty({B, H}, gx.options());  // (B, H)
   T* hs = h_state.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
   for (int64_t t = 0; t < T_; ++t) {
-    mm_nt(gh, h_state, w_hh);
+    recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = gx.data_ptr<T>() + t * B * H;
     T* outt = out.data_ptr<T>() + t * B * H;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
@@ -29,7 +30,7 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
         }
         T* a = gh.data_ptr<T>() + b * H;
         if (lnw) {
-          layer_norm_row(a, H, lnw, lnb, save ? xhat.data_ptr<T>() + (t * B + b) * H : nullptr, (T*)nullptr,
+          layer_norm_row(a, H, lnw, lnb, save ? xhat.data_ptr<T>() + (t * B + b) * H : nullptr,
                          save ? rstd.data_ptr<T>() + t * B + b : nullptr);
         }
         add_(o, x_t + b * H, a, bias, H);
@@ -63,23 +64,32 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
   return {out, h_state, xhat, rstd};
 }
 
-// Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dgh
-// (T,B,H) = gradient of W_hh h_{t-1} before LN (dgx itself without layer norm), and dh0.
+// Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dh0,
+// dw_hh (H,H) = sum_t dgh_t^T h_{t-1} as GEMMs over chunks of steps (add_weight_grad; dgh, the gradient of W_hh h_{t-1}
+// before LN, is dgx itself kept whole without layer norm, and with it a buffer of chunk_steps steps), and summed here
+// step by step (sum_rows): db (H) = sum of dgx (b_hh and LN's shift), dln_w (H) = sum of dgx * xhat (LN's gain,
+// layer_norm only).
 template <typename T>
 void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const OptTensor& ln_w, bool relu,
-                   const int64_t* lengths, const Tensor& out, const Tensor& xhat, const Tensor& rstd, Tensor& dgx,
-                   Tensor& dgh) {
+                   const int64_t* lengths, const Tensor& h0, const Tensor& out, const Tensor& xhat,
+                   const Tensor& rstd, Tensor& dgx, Tensor& dgh, Tensor& dw_hh, Tensor& acc_b, Tensor& acc_lnw) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
+  const int64_t chunk = dgh.size(0);  // steps held by dgh: all T, or chunk_steps with layer norm
   const T* lnw = ptr_or_null<T>(ln_w);
   T* dhp = dh.data_ptr<T>();
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
     const T* outt = out.data_ptr<T>() + t * B * H;
     T* dgxt = dgx.data_ptr<T>() + t * B * H;
-    T* dght = dgh.data_ptr<T>() + t * B * H;
+    T* dght = dgh.data_ptr<T>() + (t % chunk) * B * H;
+    const T* xh = lnw ? xhat.data_ptr<T>() + t * B * H : nullptr;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        if (!active(lengths, b, t)) continue;  // the gradient passes through unchanged
+        if (!active(lengths, b, t)) {  // the gradient passes through unchanged; the reused dgh row is cleared
+          if (lnw) std::fill(dght + b * H, dght + (b + 1) * H, T(0));
+          continue;
+        }
         T* d = dhp + b * H;
         const T* h = outt + b * H;
         T* da = dgxt + b * H;
@@ -89,27 +99,33 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
           d[j] = 0;  // h_{t-1} gets only the recurrent GEMM's gradient, added below
         }
         if (lnw) {
-          layer_norm_row_backward(da, xhat.data_ptr<T>() + (t * B + b) * H, rstd.data_ptr<T>()[t * B + b], lnw, H,
-                                  dght + b * H);
+          layer_norm_row_backward(da, xh + b * H, rstd.data_ptr<T>()[t * B + b], lnw, H, dght + b * H);
         }
       }
     });
-    addmm_nn(dh, dgh[t], w_hh);  // (B,H) @ (H,H)
+    sum_rows(dgxt, H, xh, H, B, H, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+    recurrent(dght, H, dhp, /*accumulate=*/true);  // (B,H) @ (H,H)
+    if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
   }
 }
 
-std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& w_hh, const OptTensor& ln_w,
-                                 bool relu, const OptTensor& lengths, const Tensor& out, const Tensor& xhat,
-                                 const Tensor& rstd) {
+std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
+                                 const OptTensor& ln_w, bool relu, const OptTensor& lengths, const Tensor& out,
+                                 const Tensor& xhat, const Tensor& rstd) {
+  const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool ln = ln_w.has_value() && ln_w->defined();
+  const bool zero = len != nullptr;  // rows of ended sequences are never written
+  auto opts = dout.options();
   Tensor dh = dh_n.clone();
-  Tensor dgx = at::zeros(out.sizes(), dout.options());
-  Tensor dgh = ln ? at::zeros(out.sizes(), dout.options()) : dgx;
+  Tensor dgx = buffer(out.sizes(), opts, zero);
+  Tensor dgh = ln ? at::empty({chunk_steps(T_, B), B, H}, opts) : dgx;
+  Tensor dw_hh = at::zeros({H, H}, opts);
+  Tensor acc_b = accumulator(H, true, opts), acc_lnw = accumulator(H, ln, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, relu, len, out, xhat, rstd, dgx, dgh);
+    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, relu, len, h0, out, xhat, rstd, dgx, dgh, dw_hh, acc_b, acc_lnw);
   });
-  return {dgx, dgh, dh};
+  return {dgx, dw_hh, dh, acc_b.to(dout.scalar_type()), acc_lnw.to(dout.scalar_type())};
 }
 
 }  // namespace
