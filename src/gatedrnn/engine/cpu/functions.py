@@ -44,9 +44,12 @@ class LSTMFunction(torch.autograd.Function):
             gx, h0, c0, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w, ln_ih_s,
             forget_bias, coupled, lengths, True)
         # What backward needs (see lstm.cpp for why each): gates, cs, out, hh (proj), LN statistics (layer_norm),
-        # the initial state and the weights the gradient flows back through; with LN_ih fused, gx (W_ih x) too.
-        ctx.save_for_backward(h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, lengths, out,
-                              gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c, _fused_input(gx, ln_ih_w), stats_ih)
+        # the initial state and the weights the gradient flows back through. With LN_ih fused, gx (W_ih x) instead
+        # of the gates, which backward recomputes from it (with the biases and shifts).
+        ctx.save_for_backward(h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b,
+                              ln_ih_w, lengths, out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c,
+                              _fused_input(gx, ln_ih_w), stats_ih)
+        ctx.forget_bias = forget_bias
         ctx.coupled = coupled
         ctx.has_bias = b_hh is not None
         return out, h_n, c_n
@@ -54,13 +57,13 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
-        (h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, lengths, out, gates, cs, hh,
-         xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih) = ctx.saved_tensors
+        (h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, lengths,
+         out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih) = ctx.saved_tensors
         (dgx, d_w_hh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co,
          d_ln_ih_w) = _ops().lstm_backward(
-            dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w,
-            ln_c_w, ln_c_b, ln_ih_w, ctx.coupled, lengths, out, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih,
-            stats_ih)
+            dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s,
+            ctx.forget_bias, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, ctx.coupled, lengths, out,
+            gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih)
         H = c0.shape[1]
         need = ctx.needs_input_grad
         ln, ln_ih = ln_hh_w is not None, ln_ih_w is not None
