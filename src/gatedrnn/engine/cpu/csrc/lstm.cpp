@@ -432,9 +432,9 @@ std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const 
                              accumulator(s.H, given(w_ci), opts), accumulator(s.H, given(w_cf), opts),
                              accumulator(s.H, given(w_co), opts), accumulator(s.G, given(ln_ih_w), opts)};
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_backward", [&] {
-    backward_impl<scalar_t>(s, dout, dh, dc, w_hh, b_hh, ln_hh_b, ln_ih_s, forget_bias, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, len,
-                            c0, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih, h0, out, dgx, dgh,
-                            dw_hh, dhp, acc);
+    backward_impl<scalar_t>(s, dout, dh, dc, w_hh, b_hh, ln_hh_b, ln_ih_s, forget_bias, w_hr, w_ci, w_cf, w_co,
+                            ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, len, c0, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c,
+                            a_ih, stats_ih, h0, out, dgx, dgh, dw_hh, dhp, acc);
   });
   std::vector<Tensor> result = {dgx, dw_hh, dhp, dh, dc};
   for (const Tensor& a : acc) result.push_back(a.to(dout.scalar_type()));
