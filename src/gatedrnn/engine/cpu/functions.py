@@ -44,8 +44,8 @@ class LSTMFunction(torch.autograd.Function):
             gx, h0, c0, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w, ln_ih_s,
             forget_bias, coupled, lengths, True)
         # What backward needs (see lstm.cpp for why each): gates, cs, out, hh (proj), LN statistics (layer_norm),
-        # the initial state and the weights the gradient flows back through. With LN_ih fused, gx (W_ih x) instead
-        # of the gates, which backward recomputes from it (with the biases and shifts).
+        # the initial state and the weights the gradient flows back through. With LN_ih fused, gx (W_ih x) too, from
+        # which (with the biases and shifts) backward recomputes the gates where they were not saved (B > 1).
         ctx.save_for_backward(h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b,
                               ln_ih_w, lengths, out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c,
                               _fused_input(gx, ln_ih_w), stats_ih)

@@ -26,6 +26,14 @@ LSTMShape lstm_shape(const Tensor& gx, const Tensor& c0, const Tensor& h0, bool 
   return s;
 }
 
+// Whether backward recomputes the gates (activate_ifg, activate_o) instead of reading them saved. With LN_ih fused
+// it keeps W_ih x anyway, and the gates follow from it, its statistics and xhat_hh: a (T,B,G·H) tensor less at the
+// peak of backward. At B = 1 the gates of a sequence are few (T·G·H values) and their activations cost more to
+// recompute than to store, so they are saved there.
+inline bool recompute_gates(bool fused_ln_ih, int64_t B) {
+  return fused_ln_ih && B > 1;
+}
+
 // i, f and g of one row, in place over their pre-activations: the peepholes p_i, p_f on c_{t-1} and the forget
 // bias, then sigma and tanh. Forward runs it, and backward again where it recomputes the gates (fused LN_ih).
 template <typename T>
@@ -76,8 +84,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   auto opts = gx.options();
   Tensor gh = at::empty({B, G}, opts);                                // (B, G·H)
   Tensor gx_norm = lniw ? at::empty({B, G}, opts) : Tensor();         // (B, G·H): this step's LN_ih(W_ih x)
-  // The gates are saved unless LN_ih is fused: backward then recomputes them from W_ih x, which it keeps anyway.
-  const bool keep_gates = save && !lniw;
+  const bool keep_gates = save && !recompute_gates(lniw != nullptr, B);
   Tensor gate_scratch = keep_gates ? Tensor() : at::empty({B, G}, opts);  // (B, G·H)
   Tensor hh_scratch = (proj && !save) ? at::empty({B, H}, opts) : Tensor();
   Tensor h_new = proj ? at::empty({B, P}, opts) : Tensor();           // (B, P)
@@ -164,9 +171,9 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
 }
 
 // Saved tensors (what backward needs, and why):
-//   gates (T,B,G·H)  activated i,f,g,o: every local derivative of the cell is a function of them. Not with LN_ih
-//                    fused: backward recomputes them from W_ih x, stats_ih and xhat_hh, which it needs anyway, so
-//                    a (T,B,G·H) tensor less is alive at its peak (W_ih x, xhat_hh and the gradient of W_ih x)
+//   gates (T,B,G·H)  activated i,f,g,o: every local derivative of the cell is a function of them. Not where
+//                    backward recomputes them (recompute_gates: fused LN_ih, B > 1), which leaves three (T,B,G·H)
+//                    tensors alive at its peak: W_ih x, xhat_hh and the gradient of W_ih x
 //   cs    (T,B,H)    c_t: c_{t-1} feeds df and the peepholes p_i,p_f; c_t feeds p_o and tanh(LN_c(c_t))
 //   out   (T,B,P)    h_t (the layer's output, kept anyway): h_{t-1} is the right factor of dW_hh
 //   hh    (T,B,H)    o*tanh(c) before the projection, the right factor of dW_hr (proj_size > 0 only)
@@ -191,7 +198,7 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   Tensor out = at::empty({s.T, s.B, s.P}, opts);
   Tensor none = none_like(gx);
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
-  Tensor gates = save && !ln_ih ? buffer({s.T, s.B, s.G}, opts, zero) : none;
+  Tensor gates = save && !recompute_gates(ln_ih, s.B) ? buffer({s.T, s.B, s.G}, opts, zero) : none;
   Tensor cs = save ? at::empty({s.T, s.B, s.H}, opts) : none;
   Tensor hh_all = save && proj ? buffer({s.T, s.B, s.H}, opts, zero) : none;
   Tensor xhat_hh = save && ln ? buffer({s.T, s.B, s.G}, opts, zero) : none;
@@ -224,9 +231,10 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
 //   dco (H)         sum of da_o * c_t (peephole only)
 //   dln_ih_w (G·H)  sum of dgx * xhat_ih: LN_ih's gain (fused LN_ih only). Then dgx is the gradient of the
 //                   step's LN_ih(W_ih x) and lives in a (B,G·H) buffer; the (T,B,G·H) result is instead the
-//                   gradient of W_ih x. LN_ih's shift (and b_ih) get db, as gx adds straight into every gate. The
-//                   gates, not saved then, are recomputed row by row (the forward's pre-activation sum and
-//                   activate_ifg, activate_o), from W_ih x, stats_ih, xhat_hh, c_{t-1} and c_t.
+//                   gradient of W_ih x. LN_ih's shift (and b_ih) get db, as gx adds straight into every gate.
+//                   Where the gates were not saved (recompute_gates), they are recomputed row by row (the
+//                   forward's pre-activation sum and activate_ifg, activate_o), from W_ih x, stats_ih, xhat_hh,
+//                   c_{t-1} and c_t.
 template <typename T>
 void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& dc, const Tensor& w_hh,
                    const OptTensor& b_hh, const OptTensor& ln_hh_b, const OptTensor& ln_ih_s, double forget_bias,
@@ -255,10 +263,11 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   Tensor dcn = lncw ? at::empty({B, H}, opts) : Tensor();
   Tensor dch = lncw ? at::empty({B, H}, opts) : Tensor();
   Tensor th_buf = at::empty({B, H}, opts);  // (B, H): tanh(LN_c(c_t))
+  const bool recompute = recompute_gates(lniw != nullptr, B);
   // fused LN_ih: this step's dgx (the gradient of LN_ih(W_ih x)), xhat_ih and recomputed gates, each (B, G·H)
   Tensor dgx_step = lniw ? at::empty({B, G}, opts) : Tensor();
   Tensor xhat_ih = lniw ? at::empty({B, G}, opts) : Tensor();
-  Tensor gate_step = lniw ? at::empty({B, G}, opts) : Tensor();
+  Tensor gate_step = recompute ? at::empty({B, G}, opts) : Tensor();
   T* dhp_ = dh.data_ptr<T>();
   T* dcp_ = dc.data_ptr<T>();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
@@ -280,7 +289,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
       (*projection)(dhp_, P, dhh.data_ptr<T>(), /*accumulate=*/false);  // (B,P) @ (P,H)
     }
     const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
-    const T* gt = lniw ? gate_step.data_ptr<T>() : gates.data_ptr<T>() + t * B * G;
+    const T* gt = recompute ? gate_step.data_ptr<T>() : gates.data_ptr<T>() + t * B * G;
     const T* ct = cs.data_ptr<T>() + t * B * H;
     const T* cprev = t > 0 ? cs.data_ptr<T>() + (t - 1) * B * H : c0.data_ptr<T>();
     const T* xhat_t = lnw ? xhat_hh.data_ptr<T>() + t * B * G : nullptr;
@@ -298,18 +307,20 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         const T* cp = cprev + b * H;
         T* xi = lniw ? xhat_ih.data_ptr<T>() + b * G : nullptr;
         if (lniw) {
-          // The forward's pre-activations LN_ih(W_ih x) + LN_hh(W_hh h) + b_hh, in its order of operations, then
-          // its activations; xhat_ih on the way, for LN_ih's backward below.
+          // LN_ih's xhat, for its backward below, and where the gates were not saved the forward's
+          // pre-activations LN_ih(W_ih x) + LN_hh(W_hh h) + b_hh, in its order of operations, then its activations.
           const T* ar = ptr_or_null<T>(a_ih) + (t * B + b) * G;
           const T* st = stats_ih.data_ptr<T>() + (t * B + b) * 2;
-          const T* xr = xhat_t + b * G;
-          T* g = gate_step.data_ptr<T>() + b * G;
-          for (int64_t k = 0; k < G; ++k) {
-            xi[k] = (ar[k] - st[0]) * st[1];
-            g[k] = (xi[k] * lniw[k] + lnis[k]) + (xr[k] * lnw[k] + lnb[k]) + (bias ? bias[k] : T(0));
+          for (int64_t k = 0; k < G; ++k) xi[k] = (ar[k] - st[0]) * st[1];
+          if (recompute) {
+            const T* xr = xhat_t + b * G;
+            T* g = gate_step.data_ptr<T>() + b * G;
+            for (int64_t k = 0; k < G; ++k) {
+              g[k] = (xi[k] * lniw[k] + lnis[k]) + (xr[k] * lnw[k] + lnb[k]) + (bias ? bias[k] : T(0));
+            }
+            activate_ifg(s, g, cp, pci, pcf, fb);
+            activate_o(s, g, c, pco);
           }
-          activate_ifg(s, g, cp, pci, pcf, fb);
-          activate_o(s, g, c, pco);
         }
         const T* dho = dhh_ + b * H;
         T* dcr = dcp_ + b * H;
