@@ -267,10 +267,11 @@ class _Recurrent(_TorchConversion, nn.Module):
             for direction in range(self.num_directions):
                 p = self.layer_params(layer, direction)
                 layer_x = reverse_padded(x, mask) if direction else x
-                gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
                 if self._tap is None:
-                    out, final = engine.run(self.spec, gx, p, states[len(finals)], mask)
-                else:
+                    a = self.spec.input_product(layer_x, p)  # (T, B, G·H)
+                    out, final = engine.run_product(self.spec, a, p, states[len(finals)], mask)
+                else:  # the tap replays the cells from the normalised gx
+                    gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
                     out, final = self._tap(engine, layer, direction, gx, p, states[len(finals)], mask)
                 outs.append(reverse_padded(out, mask) if direction else out)
                 finals.append(final)

@@ -48,3 +48,9 @@ class CPUEngine(Engine):
         from .functions import run
 
         return run(spec, gx, params, state, lengths)
+
+    def run_product(self, spec: CellSpec, a: Tensor, params: Mapping[str, Tensor], state: State,
+                    lengths: Tensor | None) -> tuple[Tensor, State]:
+        from .functions import run
+
+        return run(spec, a, params, state, lengths, product=True)  # LN_ih in the kernels' pass over each step

@@ -127,6 +127,33 @@ inline void layer_norm_row_backward(const T* dy, const T* xhat, T rstd, const T*
   for (int64_t k = 0; k < n; ++k) dx[k] = rstd * (dy[k] * w[k] - m1 - xhat[k] * m2);
 }
 
+// LN_ih, fused into the step's pass over its rows: the kernels receive a = W_ih x (T,B,G·H) and normalise each row
+// as the step reaches it, while the row is in L1, instead of the layer making a normalised (T,B,G·H) copy of a
+// before the loop (one more pass over memory and as many freshly allocated pages). One row, into gx:
+//   gx = (a - mean) * rstd * w + shift      (shift = LN_ih's shift + b_ih)
+// Returns gx; stores (mean, rstd) in stats[0..1] where asked (backward rebuilds xhat from a and them).
+template <typename T>
+inline const T* input_norm_row(const T* a, int64_t n, const T* w, const T* shift, T* gx, T* stats) {
+  T mean, rstd;
+  row_moments(a, n, mean, rstd);
+  for (int64_t k = 0; k < n; ++k) gx[k] = (a[k] - mean) * rstd * w[k] + shift[k];
+  if (stats) {
+    stats[0] = mean;
+    stats[1] = rstd;
+  }
+  return gx;
+}
+
+// Backward of input_norm_row: xhat = (a - mean) * rstd rebuilt into xhat (kept for the sum of LN_ih's gain
+// gradient), then da from dgx, the gradient of gx (layer_norm_row_backward; da may alias dgx).
+template <typename T>
+inline void input_norm_row_backward(const T* dgx, const T* a, const T* stats, const T* w, int64_t n, T* xhat,
+                                    T* da) {
+  const T mean = stats[0], rstd = stats[1];
+  for (int64_t k = 0; k < n; ++k) xhat[k] = (a[k] - mean) * rstd;
+  layer_norm_row_backward(dgx, xhat, rstd, w, n, da);
+}
+
 // Per-column sums of one step's rows, added to double accumulators, skipping ended sequences:
 //   acc_yx[j] += sum_b y[b,j] * x[b,j]   (when acc_yx is given)
 //   acc_y[j]  += sum_b y[b,j]            (when acc_y is given)
