@@ -285,7 +285,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const T
   Tensor dgx = buffer(gates.sizes(), opts, zero);
   // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself.
   Tensor dgh = ln || !before ? buffer({chunk_steps(T_, B), B, G}, opts, false) : dgx;
-  Tensor dw_hh = at::zeros({G, H}, opts);
+  Tensor dw_hh = buffer({G, H}, opts, true);
   Tensor acc_b = accumulator(G, true, opts), acc_lnw = accumulator(G, ln, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
     backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgh, dw_hh,

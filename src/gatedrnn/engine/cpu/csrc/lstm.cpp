@@ -354,7 +354,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const 
   Tensor dgx = buffer({s.T, s.B, s.G}, opts, zero);
   const bool proj = given(w_hr), ln = given(ln_hh_w);
   Tensor dgh = ln ? buffer({chunk_steps(s.T, s.B), s.B, s.G}, opts, false) : dgx;
-  Tensor dw_hh = at::zeros({s.G, s.P}, opts);
+  Tensor dw_hh = buffer({s.G, s.P}, opts, true);
   Tensor dhp = proj ? buffer({s.T, s.B, s.P}, opts, zero) : none_like(dout);
   // db, dln_hh_w, dln_c_w, dln_c_b, dci, dcf, dco (see above)
   std::vector<Tensor> acc = {accumulator(s.G, true, opts),        accumulator(s.G, ln, opts),

@@ -120,7 +120,7 @@ std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const T
   Tensor dh = dh_n.clone();
   Tensor dgx = buffer(out.sizes(), opts, zero);
   Tensor dgh = ln ? buffer({chunk_steps(T_, B), B, H}, opts, false) : dgx;
-  Tensor dw_hh = at::zeros({H, H}, opts);
+  Tensor dw_hh = buffer({H, H}, opts, true);
   Tensor acc_b = accumulator(H, true, opts), acc_lnw = accumulator(H, ln, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
     backward_impl<scalar_t>(dout, dh, w_hh, ln_w, relu, len, h0, out, xhat, rstd, dgx, dgh, dw_hh, acc_b, acc_lnw);
