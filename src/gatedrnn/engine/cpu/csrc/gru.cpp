@@ -132,7 +132,7 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   const bool ln = ln_w.has_value() && ln_w->defined();
   auto opts = gx.options();
   Tensor h_state = h0.clone();
-  Tensor out = at::empty({T_, B, H}, opts);
+  Tensor out = buffer({T_, B, H}, opts, false);
   Tensor none = none_like(gx);
   Tensor gates = save ? buffer({T_, B, G}, opts, zero) : none;
   Tensor aux = save ? buffer({T_, B, H}, opts, zero) : none;
@@ -322,8 +322,8 @@ std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const T
   Tensor dh = dh_n.clone();
   Tensor dgx = buffer(gates.sizes(), opts, zero);
   // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself.
-  Tensor dgh = ln || !before ? at::empty({chunk_steps(T_, B), B, G}, opts) : dgx;
-  Tensor dw_hh = at::zeros({G, H}, opts);
+  Tensor dgh = ln || !before ? buffer({chunk_steps(T_, B), B, G}, opts, false) : dgx;
+  Tensor dw_hh = buffer({G, H}, opts, true);
   Tensor acc_b = accumulator(G, true, opts), acc_lnw = accumulator(G, ln, opts);
   Tensor acc_lniw = accumulator(G, ln_ih, opts), acc_lnis = accumulator(G, ln_ih, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {

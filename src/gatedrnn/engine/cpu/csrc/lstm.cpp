@@ -195,11 +195,11 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   const bool ln = ln_hh_w.has_value() && ln_hh_w->defined();
   auto opts = gx.options();
   Tensor h_state = h0.clone(), c_state = c0.clone();
-  Tensor out = at::empty({s.T, s.B, s.P}, opts);
+  Tensor out = buffer({s.T, s.B, s.P}, opts, false);
   Tensor none = none_like(gx);
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
   Tensor gates = save && !recompute_gates(ln_ih, s.B) ? buffer({s.T, s.B, s.G}, opts, zero) : none;
-  Tensor cs = save ? at::empty({s.T, s.B, s.H}, opts) : none;
+  Tensor cs = save ? buffer({s.T, s.B, s.H}, opts, false) : none;
   Tensor hh_all = save && proj ? buffer({s.T, s.B, s.H}, opts, zero) : none;
   Tensor xhat_hh = save && ln ? buffer({s.T, s.B, s.G}, opts, zero) : none;
   Tensor rstd_hh = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
@@ -434,8 +434,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const 
   Tensor dgx = buffer({s.T, s.B, s.G}, opts, zero);
   const bool proj = given(w_hr), ln = given(ln_hh_w);
   TORCH_CHECK(ln || !given(ln_ih_w), "lstm_backward: a fused LN_ih comes with LN_hh (layer_norm)");
-  Tensor dgh = ln ? at::empty({chunk_steps(s.T, s.B), s.B, s.G}, opts) : dgx;
-  Tensor dw_hh = at::zeros({s.G, s.P}, opts);
+  Tensor dgh = ln ? buffer({chunk_steps(s.T, s.B), s.B, s.G}, opts, false) : dgx;
+  Tensor dw_hh = buffer({s.G, s.P}, opts, true);
   Tensor dhp = proj ? buffer({s.T, s.B, s.P}, opts, zero) : none_like(dout);
   // db, dln_hh_w, dln_c_w, dln_c_b, dci, dcf, dco, dln_ih_w (see above)
   std::vector<Tensor> acc = {accumulator(s.G, true, opts),        accumulator(s.G, ln, opts),

@@ -66,7 +66,7 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
   const bool ln = ln_w.has_value() && ln_w->defined();
   auto opts = gx.options();
   Tensor h_state = h0.clone();
-  Tensor out = at::empty({T_, B, H}, opts);
+  Tensor out = buffer({T_, B, H}, opts, false);
   Tensor xhat = save && ln ? buffer({T_, B, H}, opts, len != nullptr) : none_like(gx);
   Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
@@ -148,8 +148,8 @@ std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const T
   auto opts = dout.options();
   Tensor dh = dh_n.clone();
   Tensor dgx = buffer(out.sizes(), opts, zero);
-  Tensor dgh = ln ? at::empty({chunk_steps(T_, B), B, H}, opts) : dgx;
-  Tensor dw_hh = at::zeros({H, H}, opts);
+  Tensor dgh = ln ? buffer({chunk_steps(T_, B), B, H}, opts, false) : dgx;
+  Tensor dw_hh = buffer({H, H}, opts, true);
   Tensor acc_b = accumulator(H, true, opts), acc_lnw = accumulator(H, ln, opts);
   Tensor acc_lniw = accumulator(H, ln_ih, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
