@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "team.h"
 
 namespace gatedrnn {
 namespace {
@@ -45,6 +46,53 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   }
 }
 
+// The small-batch recurrence (team.h), without layer norm (its statistics are over whole rows): member k computes
+// h' = act(x + W_hh h + b) for its units [j0, j1) from its own rows of W_hh. Outputs are those of forward_impl.
+template <typename T>
+void forward_team(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool relu, const int64_t* lengths,
+                  Tensor& h_state, Tensor& out) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({H}, gx.options());
+  const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  Tensor h_other = at::empty({B, H}, gx.options());  // (B, H): h_t at odd t; h_state holds h_t at even t
+  T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
+  const T* gxp = gx.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+
+  run_team(H, line_units<T>(), [&](TeamMember& m) {
+    const int64_t j0 = m.j0, nk = m.units();
+    const SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, {0}, j0, m.j1, /*slot=*/0);
+    const T* bj = bias + j0;
+    for (int64_t t = 0; t < T_; ++t) {
+      const T* hp = hbuf[t % 2];
+      T* hn = hbuf[(t + 1) % 2];
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        T* h_new = hn + b * H + j0;
+        T* o_out = outp + (t * B + b) * H + j0;
+        if (!active(lengths, b, t)) {
+          std::copy(hp + b * H + j0, hp + b * H + j0 + nk, h_new);
+          std::fill(o_out, o_out + nk, T(0));
+          continue;
+        }
+        const T* y = recurrent(hp + b * H);
+        const T* x = gxp + (t * B + b) * H + j0;
+        if (relu) {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T a = x[j] + y[j] + bj[j];
+            h_new[j] = o_out[j] = a > T(0) ? a : T(0);
+          }
+        } else {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) h_new[j] = o_out[j] = std::tanh(x[j] + y[j] + bj[j]);
+        }
+      }
+      m.sync();  // h_t complete: the next step reads all of it, and overwrites h_{t-1}
+    }
+  });
+  if (T_ % 2) h_state.copy_(h_other);
+}
+
 // Saved tensors: out (T,B,H), the output itself (kept anyway): the activation's derivative is a function of
 // h_t, and h_{t-1} is the right factor of dW_hh; with layer_norm also xhat (T,B,H) and rstd (T,B) for LN backward.
 std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, const OptTensor& b_hh,
@@ -58,7 +106,12 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor out = at::empty({T_, B, H}, opts);
   Tensor xhat = save && ln ? buffer({T_, B, H}, opts, len != nullptr) : none_like(gx);
   Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
+  const bool team = !ln && use_team(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
+    if (team) {
+      forward_team<scalar_t>(gx, w_hh, b_hh, relu, len, h_state, out);
+      return;
+    }
     forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, relu, len, h_state, out, xhat, rstd, save);
   });
   return {out, h_state, xhat, rstd};

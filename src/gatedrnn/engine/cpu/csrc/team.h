@@ -1,0 +1,194 @@
+// Small batches: the recurrence of one layer run by a team of threads that split the hidden units.
+//
+// At batch 1 a step is a matrix-vector product W_hh h_{t-1} (G·H x H) and a pass over G·H gates. On one thread the
+// product streams all of W_hh from L2 every step, which bounds the step (a 512x128 float W_hh is 256 KiB: 1.39 µs at
+// the 188 GB/s measured on this machine's L2). A team of n threads splits the hidden units: thread k owns units
+// [j0, j1) and computes every gate of them, so it needs only its own rows of W_hh (1/n of it), packs them once per
+// call into its own workspace (first touched by that thread, so they sit in its core's L2), and writes its slice
+// of h_t. Threads meet once per step (h_t is double-buffered: everyone reads all of h_{t-1}, writes its slice of
+// h_t), at a spin barrier.
+//
+// The team is an OpenMP parallel region of at::get_num_threads() threads (torch.set_num_threads), partitioned by
+// the team it actually gets (omp_get_num_threads()): inside another parallel region that is one thread, and the
+// same code then runs alone.
+#pragma once
+
+#include <omp.h>
+
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "common.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace gatedrnn {
+
+// When the team runs instead of the single-thread loops: batch <= max_batch and hidden size >= min_hidden (and
+// more than one thread, and a variant without row-wide statistics: layer norm and proj_size keep the single-thread
+// loops, whose per-row passes need the whole row). The defaults are measured: see team.cpp.
+struct TeamRule {
+  std::atomic<int64_t> max_batch, min_hidden;
+};
+TeamRule& team_rule();
+
+inline bool use_team(int64_t batch, int64_t hidden) {
+  const TeamRule& rule = team_rule();
+  return batch <= rule.max_batch.load() && hidden >= rule.min_hidden.load() && at::get_num_threads() > 1 &&
+         !at::in_parallel_region();
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// A barrier that counts arrivals: phase p (1, 2, ...) is complete once p·n threads have arrived, so the counter
+// never needs resetting. Waiters spin on the completed phase for a bounded time (a step is a few µs, and a futex
+// sleep and wake-up would cost as much), then yield the core: on an oversubscribed machine the thread being waited
+// for may need it. `abort` releases every waiter (a member failed), and wait then returns false.
+class SpinBarrier {
+ public:
+  bool wait(int n, int64_t& phase) {
+    const int64_t p = ++phase;
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == p * n) {
+      done_.store(p, std::memory_order_release);
+      return true;
+    }
+    for (int64_t spins = 0; done_.load(std::memory_order_acquire) < p; ++spins) {
+      if (aborted_.load(std::memory_order_relaxed)) return false;
+      if (spins < kSpins) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+    return true;
+  }
+
+  void abort() { aborted_.store(true, std::memory_order_relaxed); }
+
+ private:
+  // About 20-40 µs of pause instructions (~100 cycles each on recent x86) before yielding.
+  static constexpr int64_t kSpins = 256;
+  alignas(64) std::atomic<int64_t> arrived_{0};
+  alignas(64) std::atomic<int64_t> done_{0};
+  std::atomic<bool> aborted_{false};
+};
+
+// One member's view of the team: its index k of n, its units [j0, j1), and the barrier.
+struct TeamMember {
+  int k, n;
+  int64_t j0, j1;
+  SpinBarrier* barrier;
+  int64_t phase = 0;
+
+  int64_t units() const { return j1 - j0; }
+
+  // Waits until every member has reached the same sync; unwinds the member if another one failed.
+  void sync() {
+    if (!barrier->wait(n, phase)) throw Aborted{};
+  }
+
+  struct Aborted {};
+};
+
+// Runs body(member) on every member of a team of up to at::get_num_threads() threads that split `units` hidden units
+// in slices of a multiple of `align` units (a cache line of them, so that two members never write the same line of
+// h_t). A slice may be empty (fewer units than members); its member still takes part in every sync. An exception in
+// one member aborts the others' syncs and is rethrown here.
+template <typename F>
+void run_team(int64_t units, int64_t align, F&& body) {
+  SpinBarrier barrier;
+  std::exception_ptr error;
+  std::mutex error_lock;
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    const int n = omp_get_num_threads(), k = omp_get_thread_num();
+    const int64_t per = ((units + n - 1) / n + align - 1) / align * align;
+    TeamMember member{k, n, std::min(units, k * per), std::min(units, (k + 1) * per), &barrier};
+    try {
+      body(member);
+    } catch (const TeamMember::Aborted&) {
+      // another member failed; its error is the one reported
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> guard(error_lock);
+        if (!error) error = std::current_exception();
+      }
+      barrier.abort();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// A member's rows of W (N x K, row-major): the blocks of rows [first + j0, first + j1) for each first in
+// `firsts` (one per gate), packed as the columns of A = rows^T for gemv_block, in a per-thread workspace that lives
+// across calls (the pages are this thread's, already touched, and stay in its core's caches between calls).
+// y (nb·units) = rows @ x: y[q·units + j] is row firsts[q] + j0 + j of W times x.
+template <typename T>
+class SliceProduct {
+ public:
+  SliceProduct(const T* w, int64_t ld, int64_t K, const std::vector<int64_t>& firsts, int64_t j0, int64_t j1,
+               int slot)
+      : rows_(K), cols_(int64_t(firsts.size()) * (j1 - j0)) {
+    constexpr int64_t L = Simd<T>::kLanes;
+    const int64_t padded = (cols_ + L - 1) / L * L;
+    std::vector<T>& ws = workspace(slot);
+    if (int64_t(ws.size()) < rows_ * padded + padded) ws.resize(rows_ * padded + padded);
+    packed_ = ws.data();
+    out_ = packed_ + rows_ * padded;
+    std::vector<const T*> src;  // row pointers of W, column c of A
+    for (int64_t first : firsts) {
+      for (int64_t j = j0; j < j1; ++j) src.push_back(w + (first + j) * ld);
+    }
+    for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
+      T* block = packed_ + col0 * rows_;
+      const int64_t width = std::min(nv * L, cols_ - col0);
+      for (int64_t r = 0; r < rows_; ++r) {
+        T* dst = block + r * nv * L;
+        for (int64_t c = 0; c < width; ++c) dst[c] = src[col0 + c][r];
+        std::fill(dst + width, dst + nv * L, T(0));
+      }
+    });
+  }
+
+  // The product for one row x (K values); returns the (nb·units) results, valid until the next call.
+  const T* operator()(const T* x) const {
+    for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
+      const T* block = packed_ + col0 * rows_;
+      switch (nv) {
+        case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, rows_, out_ + col0); break;
+        case 4: gemv_block<T, 4>(block, x, rows_, out_ + col0); break;
+        case 2: gemv_block<T, 2>(block, x, rows_, out_ + col0); break;
+        default: gemv_block<T, 1>(block, x, rows_, out_ + col0); break;
+      }
+    });
+    return out_;
+  }
+
+ private:
+  static std::vector<T>& workspace(int slot) {
+    thread_local std::vector<T> ws[2];
+    return ws[slot];
+  }
+
+  int64_t rows_, cols_;
+  T* packed_;
+  T* out_;
+};
+
+// Units per cache line of T: the alignment of the members' slices.
+template <typename T>
+constexpr int64_t line_units() {
+  return 64 / int64_t(sizeof(T));
+}
+
+}  // namespace gatedrnn
