@@ -7,12 +7,15 @@ norm in float32: see the test for the bound and why); wider layers check every p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -302,9 +305,9 @@ def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) ->
         assert relative_error(g, w) <= 1e-10, f"{name}: {relative_error(g, w):.2e}"
 
 
-# The small-batch team (csrc/team.h): threads that split the hidden units and meet once per step. The rule that
-# chooses it (batch and hidden size) is set here so that it runs on every shape, small ones included; it runs only
-# with more than one thread. Cases: every variant it covers, bias or not.
+# The small-batch loop (csrc/team.h): a team of threads that split the hidden units and meet once per step, or one
+# thread alone. The rule that chooses it (batch and hidden size) is set here so that it runs on every shape, small
+# ones included, with the team of every thread. Cases: every variant it covers, bias or not.
 TEAM_CASES = [
     ("LSTM", {}), ("LSTM", dict(bias=False)), ("LSTM", dict(peephole=True)), ("LSTM", dict(coupled=True)),
     ("LSTM", dict(coupled=True, peephole=True)), ("LSTM", dict(forget_bias=1.0)), ("GRU", dict(reset="after")),
@@ -313,15 +316,23 @@ TEAM_CASES = [
 ]
 
 
-@pytest.fixture
-def team_everywhere():
-    """The team for every batch and hidden size, on two threads; the rule and thread count restored after."""
+@contextlib.contextmanager
+def team_rule(max_batch: int, min_hidden: int, threads: int) -> Iterator[None]:
+    """The small-batch loop up to batch max_batch, as a team from hidden size min_hidden, on `threads` threads."""
     assert build.status()[0]
-    previous, threads = torch.ops.gatedrnn_cpu.set_team_rule(2**40, 1), torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.ops.gatedrnn_cpu.set_team_rule(*previous)
+    previous, before = torch.ops.gatedrnn_cpu.set_team_rule(max_batch, min_hidden), torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.ops.gatedrnn_cpu.set_team_rule(*previous)
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def team_everywhere(request: pytest.FixtureRequest) -> Iterator[None]:
+    with team_rule(2**40, 1, request.param):
+        yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -358,51 +369,46 @@ def test_team_matches_reference(team_everywhere, case: tuple[str, dict], B: int,
 
 @pytest.mark.parametrize("case", [("LSTM", {}), ("GRU", dict(reset="before")), ("RNN", {})], ids=case_id)
 def test_team_equals_the_single_thread_loop(case: tuple[str, dict]) -> None:
-    """At the default rule's shapes (batch 1, a wide layer, a long sequence) two threads (the team) give what one
-    thread (the single-thread loop) gives, to rounding: the members' slices and their sync at every step are right
-    over many steps."""
+    """At the default rule's shape (batch 1, a wide layer, a long sequence), the team of two threads gives what the
+    single-thread loops give, to rounding: the members' slices and their sync at every step are right over many
+    steps."""
     kind, options = case
     gen = torch.Generator().manual_seed(7)
     module = getattr(gatedrnn, kind)(16, 256, **options)
     randomize_(module, gen)
     x = torch.randn(200, 1, 16, generator=gen)
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            one = module(x)[0]
-            torch.set_num_threads(2)
-            two = module(x)[0]
-    finally:
-        torch.set_num_threads(threads)
-    assert relative_error(two, one) <= 1e-5
+    with torch.no_grad():
+        with team_rule(0, 2**40, 1):
+            single = module(x)[0]
+        with team_rule(1, 64, 2):
+            team = module(x)[0]
+    assert relative_error(team, single) <= 1e-5
 
 
-def test_team_called_from_two_python_threads_at_once(team_everywhere) -> None:
-    """Two callers each form their own team (four threads on this machine's two cores): both finish, and right."""
-    import threading
-
+def test_team_called_from_two_python_threads_at_once() -> None:
+    """Two callers each form their own team of two (four threads on this machine's two cores): both finish, and
+    right."""
     gen = torch.Generator().manual_seed(3)
-    module = gatedrnn.LSTM(8, 96)
+    module = gatedrnn.LSTM(8, 96, engine="reference")
     randomize_(module, gen)
     x = torch.randn(30, 1, 8, generator=gen)
-    module.engine = "reference"
     with torch.no_grad():
         want = module(x)[0]
     module.engine = "cpu"
     results: list[Tensor] = []
 
     def call() -> None:
-        torch.set_num_threads(2)
+        torch.set_num_threads(2)  # each Python thread has its own OpenMP thread count
         with torch.no_grad():
             for _ in range(20):
                 results.append(module(x)[0])
 
-    callers = [threading.Thread(target=call) for _ in range(2)]
-    for c in callers:
-        c.start()
-    for c in callers:
-        c.join(timeout=60)
+    with team_rule(1, 64, 2):
+        callers = [threading.Thread(target=call) for _ in range(2)]
+        for c in callers:
+            c.start()
+        for c in callers:
+            c.join(timeout=60)
     assert not any(c.is_alive() for c in callers), "a caller hung"
     assert len(results) == 40
     for r in results:

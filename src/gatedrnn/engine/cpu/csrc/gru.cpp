@@ -117,8 +117,8 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
 //   h' = (1 - z) ⊙ n + z ⊙ h
 // Outputs and saved tensors are those of forward_impl.
 template <typename T>
-void forward_team(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool before, const int64_t* lengths,
-                  Tensor& h_state, Tensor& out, Tensor& gates, Tensor& aux, bool save) {
+void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool before,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out, Tensor& gates, Tensor& aux, bool save) {
   const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
   auto opts = gx.options();
   const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({G}, opts);
@@ -134,7 +134,7 @@ void forward_team(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, b
   const T* w = w_hh.data_ptr<T>();
   const int64_t ld = w_hh.stride(0);
 
-  run_team(H, line_units<T>(), [&](TeamMember& m) {
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
     const int64_t j0 = m.j0, nk = m.units();
     // r|z|n rows (r|z when reset-before: its n rows multiply r ⊙ h, a second product)
     const SliceProduct<T> recurrent(w, ld, H, before ? std::vector<int64_t>{0, H} : std::vector<int64_t>{0, H, 2 * H},
@@ -233,10 +233,10 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor aux = save ? buffer({T_, B, H}, opts, zero) : none;
   Tensor xhat = save && ln ? buffer({T_, B, G}, opts, zero) : none;
   Tensor rstd = save && ln ? buffer({T_, B, 2}, opts, zero) : none;
-  const bool team = !ln && use_team(B, H);
+  const int team = ln ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
     if (team) {
-      forward_team<scalar_t>(gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);
+      forward_team<scalar_t>(team, gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);
       return;
     }
     forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, before, len, h_state, out, gates, aux, xhat, rstd, save);

@@ -148,7 +148,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
 // c is private to its member; h' goes to the buffer that every member reads at the next step, after the step's
 // sync. Outputs and saved tensors are those of forward_impl.
 template <typename T>
-void forward_team(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
                   const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co, double forget_bias,
                   const int64_t* lengths, Tensor& h_state, Tensor& c_state, Tensor& out, Tensor& gates, Tensor& cs,
                   bool save) {
@@ -168,7 +168,7 @@ void forward_team(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   const std::vector<int64_t> firsts =
       s.coupled ? std::vector<int64_t>{0, s.off_g, s.off_o} : std::vector<int64_t>{0, s.off_f, s.off_g, s.off_o};
 
-  run_team(H, line_units<T>(), [&](TeamMember& m) {
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
     const int64_t j0 = m.j0, nk = m.units();
     const SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, firsts, j0, m.j1, /*slot=*/0);
     const int64_t yf = nk, yg = s.coupled ? nk : 2 * nk, yo = s.coupled ? 2 * nk : 3 * nk;  // blocks of y
@@ -272,11 +272,11 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   Tensor rstd_hh = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor mean_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor rstd_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
-  const bool team = !proj && !ln && use_team(s.B, s.H);
+  const int team = proj || ln ? 0 : team_size(s.B, s.H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
     if (team) {
-      forward_team<scalar_t>(s, gx, w_hh, b_hh, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state, out, gates,
-                             cs, save);
+      forward_team<scalar_t>(team, s, gx, w_hh, b_hh, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state, out,
+                             gates, cs, save);
       return;
     }
     forward_impl<scalar_t>(s, gx, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b,

@@ -49,8 +49,8 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
 // The small-batch recurrence (team.h), without layer norm (its statistics are over whole rows): member k computes
 // h' = act(x + W_hh h + b) for its units [j0, j1) from its own rows of W_hh. Outputs are those of forward_impl.
 template <typename T>
-void forward_team(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool relu, const int64_t* lengths,
-                  Tensor& h_state, Tensor& out) {
+void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool relu,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out) {
   const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
   const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({H}, gx.options());
   const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
@@ -59,7 +59,7 @@ void forward_team(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, b
   const T* gxp = gx.data_ptr<T>();
   T* outp = out.data_ptr<T>();
 
-  run_team(H, line_units<T>(), [&](TeamMember& m) {
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
     const int64_t j0 = m.j0, nk = m.units();
     const SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, {0}, j0, m.j1, /*slot=*/0);
     const T* bj = bias + j0;
@@ -106,10 +106,10 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor out = at::empty({T_, B, H}, opts);
   Tensor xhat = save && ln ? buffer({T_, B, H}, opts, len != nullptr) : none_like(gx);
   Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
-  const bool team = !ln && use_team(B, H);
+  const int team = ln ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
     if (team) {
-      forward_team<scalar_t>(gx, w_hh, b_hh, relu, len, h_state, out);
+      forward_team<scalar_t>(team, gx, w_hh, b_hh, relu, len, h_state, out);
       return;
     }
     forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, relu, len, h_state, out, xhat, rstd, save);

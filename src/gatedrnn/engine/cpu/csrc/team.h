@@ -8,9 +8,11 @@
 // of h_t. Threads meet once per step (h_t is double-buffered: everyone reads all of h_{t-1}, writes its slice of
 // h_t), at a spin barrier.
 //
-// The team is an OpenMP parallel region of at::get_num_threads() threads (torch.set_num_threads), partitioned by
-// the team it actually gets (omp_get_num_threads()): inside another parallel region that is one thread, and the
-// same code then runs alone.
+// The team is an OpenMP parallel region of at::get_num_threads() threads (torch.set_num_threads), or of one thread
+// where a step is too small to share (team_size), partitioned by the team it actually gets (omp_get_num_threads()):
+// inside another parallel region that is one thread, and the same code then runs alone. Alone, it still beats the
+// single-thread loops at batch 1: one fused pass over the gates, and the packed weights in memory reused across
+// calls.
 #pragma once
 
 #include <omp.h>
@@ -28,18 +30,21 @@
 
 namespace gatedrnn {
 
-// When the team runs instead of the single-thread loops: batch <= max_batch and hidden size >= min_hidden (and
-// more than one thread, and a variant without row-wide statistics: layer norm and proj_size keep the single-thread
-// loops, whose per-row passes need the whole row). The defaults are measured: see team.cpp.
+// When the small-batch loop runs instead of the single-thread loops, and with how many threads: batch <= max_batch,
+// for variants without row-wide statistics (layer norm and proj_size keep the single-thread loops, whose per-row
+// passes need the whole row); a team of at::get_num_threads() threads when hidden >= min_hidden, else one thread.
+// The defaults are measured: see team.cpp.
 struct TeamRule {
   std::atomic<int64_t> max_batch, min_hidden;
 };
 TeamRule& team_rule();
 
-inline bool use_team(int64_t batch, int64_t hidden) {
+// Threads for the small-batch loop, or 0 for the single-thread loops. Inside another parallel region the team would
+// have one thread anyway.
+inline int team_size(int64_t batch, int64_t hidden) {
   const TeamRule& rule = team_rule();
-  return batch <= rule.max_batch.load() && hidden >= rule.min_hidden.load() && at::get_num_threads() > 1 &&
-         !at::in_parallel_region();
+  if (batch > rule.max_batch.load()) return 0;
+  return hidden >= rule.min_hidden.load() && !at::in_parallel_region() ? at::get_num_threads() : 1;
 }
 
 inline void cpu_relax() {
@@ -50,24 +55,27 @@ inline void cpu_relax() {
 #endif
 }
 
-// A barrier that counts arrivals: phase p (1, 2, ...) is complete once p·n threads have arrived, so the counter
-// never needs resetting. Waiters spin on the completed phase for a bounded time (a step is a few µs, and a futex
-// sleep and wake-up would cost as much), then yield the core: on an oversubscribed machine the thread being waited
-// for may need it. `abort` releases every waiter (a member failed), and wait then returns false.
+// A barrier of announcements: each member writes the phase it has reached (1, 2, ...) into its own cache line and
+// waits until every other member has announced the same phase. With two members that is one line sent each way,
+// both at once (a shared counter would be a read-modify-write of one line by each member in turn, and then one more
+// line for the release). Waiters spin for a bounded time (a step is a few µs, and a futex sleep and wake-up would
+// cost as much), then yield the core: on an oversubscribed machine the member being waited for may need it.
+// `abort` releases every waiter (a member failed), and wait then returns false.
 class SpinBarrier {
  public:
-  bool wait(int n, int64_t& phase) {
+  explicit SpinBarrier(int members) : phase_(members) {}
+
+  bool wait(int k, int n, int64_t& phase) {
     const int64_t p = ++phase;
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == p * n) {
-      done_.store(p, std::memory_order_release);
-      return true;
-    }
-    for (int64_t spins = 0; done_.load(std::memory_order_acquire) < p; ++spins) {
-      if (aborted_.load(std::memory_order_relaxed)) return false;
-      if (spins < kSpins) {
-        cpu_relax();
-      } else {
-        std::this_thread::yield();
+    phase_[k].value.store(p, std::memory_order_release);
+    for (int j = 0; j < n; ++j) {
+      for (int64_t spins = 0; phase_[j].value.load(std::memory_order_acquire) < p; ++spins) {
+        if (aborted_.load(std::memory_order_relaxed)) return false;
+        if (spins < kSpins) {
+          cpu_relax();
+        } else {
+          std::this_thread::yield();
+        }
       }
     }
     return true;
@@ -78,8 +86,10 @@ class SpinBarrier {
  private:
   // About 20-40 µs of pause instructions (~100 cycles each on recent x86) before yielding.
   static constexpr int64_t kSpins = 256;
-  alignas(64) std::atomic<int64_t> arrived_{0};
-  alignas(64) std::atomic<int64_t> done_{0};
+  struct alignas(64) Phase {
+    std::atomic<int64_t> value{0};
+  };
+  std::vector<Phase> phase_;  // one line per member
   std::atomic<bool> aborted_{false};
 };
 
@@ -94,22 +104,22 @@ struct TeamMember {
 
   // Waits until every member has reached the same sync; unwinds the member if another one failed.
   void sync() {
-    if (!barrier->wait(n, phase)) throw Aborted{};
+    if (!barrier->wait(k, n, phase)) throw Aborted{};
   }
 
   struct Aborted {};
 };
 
-// Runs body(member) on every member of a team of up to at::get_num_threads() threads that split `units` hidden units
+// Runs body(member) on every member of a team of up to `requested` threads that split `units` hidden units
 // in slices of a multiple of `align` units (a cache line of them, so that two members never write the same line of
 // h_t). A slice may be empty (fewer units than members); its member still takes part in every sync. An exception in
 // one member aborts the others' syncs and is rethrown here.
 template <typename F>
-void run_team(int64_t units, int64_t align, F&& body) {
-  SpinBarrier barrier;
+void run_team(int requested, int64_t units, int64_t align, F&& body) {
+  SpinBarrier barrier(requested);
   std::exception_ptr error;
   std::mutex error_lock;
-#pragma omp parallel num_threads(at::get_num_threads())
+#pragma omp parallel num_threads(requested)
   {
     const int n = omp_get_num_threads(), k = omp_get_thread_num();
     const int64_t per = ((units + n - 1) / n + align - 1) / align * align;
@@ -141,9 +151,12 @@ class SliceProduct {
       : rows_(K), cols_(int64_t(firsts.size()) * (j1 - j0)) {
     constexpr int64_t L = Simd<T>::kLanes;
     const int64_t padded = (cols_ + L - 1) / L * L;
+    // Vector loads that straddle two cache lines would read twice the lines: the packed rows start on a line.
+    constexpr int64_t line = 64 / int64_t(sizeof(T));
     std::vector<T>& ws = workspace(slot);
-    if (int64_t(ws.size()) < rows_ * padded + padded) ws.resize(rows_ * padded + padded);
-    packed_ = ws.data();
+    if (int64_t(ws.size()) < rows_ * padded + padded + line) ws.resize(rows_ * padded + padded + line);
+    const int64_t skip = (line - int64_t(reinterpret_cast<uintptr_t>(ws.data()) / sizeof(T)) % line) % line;
+    packed_ = ws.data() + skip;
     out_ = packed_ + rows_ * padded;
     std::vector<const T*> src;  // row pointers of W, column c of A
     for (int64_t first : firsts) {
