@@ -371,11 +371,13 @@ def test_team_matches_reference(team_everywhere, case: tuple[str, dict], B: int,
 def test_team_equals_the_single_thread_loop(case: tuple[str, dict]) -> None:
     """At the default rule's shape (batch 1, a wide layer, a long sequence), the team of two threads gives what the
     single-thread loops give, to rounding: the members' slices and their sync at every step are right over many
-    steps."""
+    steps. The default initialisation keeps the recurrence contractive (weights as randomize_ makes them would make
+    it chaotic over 200 steps, where rounding differences grow to O(1))."""
     kind, options = case
     gen = torch.Generator().manual_seed(7)
-    module = getattr(gatedrnn, kind)(16, 256, **options)
-    randomize_(module, gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        module = getattr(gatedrnn, kind)(16, 256, **options)
     x = torch.randn(200, 1, 16, generator=gen)
     with torch.no_grad():
         with team_rule(0, 2**40, 1):

@@ -137,10 +137,10 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
   run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
     const int64_t j0 = m.j0, nk = m.units();
     // r|z|n rows (r|z when reset-before: its n rows multiply r ⊙ h, a second product)
-    const SliceProduct<T> recurrent(w, ld, H, before ? std::vector<int64_t>{0, H} : std::vector<int64_t>{0, H, 2 * H},
-                                    j0, m.j1, /*slot=*/0);
+    SliceProduct<T> recurrent(w, ld, H, before ? std::vector<int64_t>{0, H} : std::vector<int64_t>{0, H, 2 * H}, j0,
+                              m.j1, B, /*slot=*/0);
     std::optional<SliceProduct<T>> candidate;
-    if (before) candidate.emplace(w, ld, H, std::vector<int64_t>{2 * H}, j0, m.j1, /*slot=*/1);
+    if (before) candidate.emplace(w, ld, H, std::vector<int64_t>{2 * H}, j0, m.j1, B, /*slot=*/1);
     const T *br = bias + j0, *bz = bias + H + j0, *bn = bias + 2 * H + j0;
     for (int64_t t = 0; t < T_; ++t) {
       const T* hp = hbuf[t % 2];
@@ -155,7 +155,7 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
           std::fill(o_out, o_out + nk, T(0));
           continue;
         }
-        const T* y = recurrent(hp + b * H);
+        const T* y = recurrent(hp + b * H, b);
         const T* x = gxp + (t * B + b) * G + j0;
         T* gr = gt + b * G + j0;
         T* au = auxt + b * H + j0;
@@ -189,7 +189,7 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
         m.sync();  // all of r ⊙ h_{t-1} is written
         for (int64_t b = 0; b < B && nk > 0; ++b) {
           if (!active(lengths, b, t)) continue;
-          const T* y = (*candidate)(auxt + b * H);
+          const T* y = (*candidate)(auxt + b * H, b);
           const T* x = gxp + (t * B + b) * G + j0;
           const T* h = hp + b * H + j0;
           T* gr = gt + b * G + j0;

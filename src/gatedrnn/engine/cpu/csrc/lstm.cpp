@@ -170,13 +170,19 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
 
   run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
     const int64_t j0 = m.j0, nk = m.units();
-    const SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, firsts, j0, m.j1, /*slot=*/0);
+    SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, firsts, j0, m.j1, B, /*slot=*/0);
     const int64_t yf = nk, yg = s.coupled ? nk : 2 * nk, yo = s.coupled ? 2 * nk : 3 * nk;  // blocks of y
     const T *bi = bias + j0, *bf = bias + s.off_f + j0, *bg = bias + s.off_g + j0, *bo = bias + s.off_o + j0;
     const T *qi = pci ? pci + j0 : nullptr, *qf = pcf ? pcf + j0 : nullptr, *qo = pco ? pco + j0 : nullptr;
     for (int64_t t = 0; t < s.T; ++t) {
       const T* hp = hbuf[t % 2];
       T* hn = hbuf[(t + 1) % 2];
+      // The part of W_hh h_{t-1} over this member's own units of h_{t-1}, which it wrote itself, while the others
+      // finish theirs; then the rest.
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        if (active(lengths, b, t)) recurrent.part(hp + b * H, j0, m.j1, b, /*accumulate=*/false);
+      }
+      m.await_all();  // all of h_{t-1} is written
       for (int64_t b = 0; b < B && nk > 0; ++b) {
         const int64_t row = t * B + b;
         T* c = cst + b * H + j0;
@@ -190,7 +196,9 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
           if (save) std::copy(c, c + nk, c_save);
           continue;
         }
-        const T* y = recurrent(hp + b * H);
+        recurrent.part(hp + b * H, 0, j0, b, /*accumulate=*/true);
+        recurrent.part(hp + b * H, m.j1, H, b, /*accumulate=*/true);
+        const T* y = recurrent.result(b);
         const T* x = gxp + row * G + j0;
         T* gr = save ? gp + row * G + j0 : nullptr;
         // Compiled once per combination of flags, so that the loop vectorises (as gates_backward below).
@@ -238,7 +246,7 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
         };
         s.coupled ? with_peephole(std::true_type{}) : with_peephole(std::false_type{});
       }
-      m.sync();  // h_t complete: the next step reads all of it, and overwrites h_{t-1}
+      m.arrive();  // this member's units of h_t are written
     }
   });
   if (s.T % 2) h_state.copy_(h_other);

@@ -61,11 +61,17 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
 
   run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
     const int64_t j0 = m.j0, nk = m.units();
-    const SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, {0}, j0, m.j1, /*slot=*/0);
+    SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, {0}, j0, m.j1, B, /*slot=*/0);
     const T* bj = bias + j0;
     for (int64_t t = 0; t < T_; ++t) {
       const T* hp = hbuf[t % 2];
       T* hn = hbuf[(t + 1) % 2];
+      // The part of W_hh h_{t-1} over this member's own units of h_{t-1}, which it wrote itself, while the others
+      // finish theirs; then the rest.
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        if (active(lengths, b, t)) recurrent.part(hp + b * H, j0, m.j1, b, /*accumulate=*/false);
+      }
+      m.await_all();  // all of h_{t-1} is written
       for (int64_t b = 0; b < B && nk > 0; ++b) {
         T* h_new = hn + b * H + j0;
         T* o_out = outp + (t * B + b) * H + j0;
@@ -74,7 +80,9 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
           std::fill(o_out, o_out + nk, T(0));
           continue;
         }
-        const T* y = recurrent(hp + b * H);
+        recurrent.part(hp + b * H, 0, j0, b, /*accumulate=*/true);
+        recurrent.part(hp + b * H, m.j1, H, b, /*accumulate=*/true);
+        const T* y = recurrent.result(b);
         const T* x = gxp + (t * B + b) * H + j0;
         if (relu) {
           #pragma omp simd
@@ -87,7 +95,7 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
           for (int64_t j = 0; j < nk; ++j) h_new[j] = o_out[j] = std::tanh(x[j] + y[j] + bj[j]);
         }
       }
-      m.sync();  // h_t complete: the next step reads all of it, and overwrites h_{t-1}
+      m.arrive();  // this member's units of h_t are written
     }
   });
   if (T_ % 2) h_state.copy_(h_other);

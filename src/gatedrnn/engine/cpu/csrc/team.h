@@ -65,9 +65,11 @@ class SpinBarrier {
  public:
   explicit SpinBarrier(int members) : phase_(members) {}
 
-  bool wait(int k, int n, int64_t& phase) {
-    const int64_t p = ++phase;
-    phase_[k].value.store(p, std::memory_order_release);
+  // Member k has reached phase p.
+  void arrive(int k, int64_t p) { phase_[k].value.store(p, std::memory_order_release); }
+
+  // Waits until all n members have reached phase p; false if the team was aborted.
+  bool await(int n, int64_t p) {
     for (int j = 0; j < n; ++j) {
       for (int64_t spins = 0; phase_[j].value.load(std::memory_order_acquire) < p; ++spins) {
         if (aborted_.load(std::memory_order_relaxed)) return false;
@@ -102,9 +104,18 @@ struct TeamMember {
 
   int64_t units() const { return j1 - j0; }
 
-  // Waits until every member has reached the same sync; unwinds the member if another one failed.
+  // A sync in two halves, so that a member can work between them on what needs nothing from the others:
+  // arrive() announces that this member has done its part of the next phase; await_all() waits until every member
+  // has (unwinding the member if another one failed).
+  void arrive() { barrier->arrive(k, ++phase); }
+
+  void await_all() {
+    if (!barrier->await(n, phase)) throw Aborted{};
+  }
+
   void sync() {
-    if (!barrier->wait(k, n, phase)) throw Aborted{};
+    arrive();
+    await_all();
   }
 
   struct Aborted {};
@@ -139,25 +150,28 @@ void run_team(int requested, int64_t units, int64_t align, F&& body) {
   if (error) std::rethrow_exception(error);
 }
 
-// A member's rows of W (N x K, row-major): the blocks of rows [first + j0, first + j1) for each first in
-// `firsts` (one per gate), packed as the columns of A = rows^T for gemv_block, in a per-thread workspace that lives
-// across calls (the pages are this thread's, already touched, and stay in its core's caches between calls).
-// y (nb·units) = rows @ x: y[q·units + j] is row firsts[q] + j0 + j of W times x.
+// The rows of W (N x K, row-major) that one member needs: the blocks of rows [first + j0, first + j1) for each first
+// in `firsts` (one per gate), packed as the columns of A = rows^T for the column-block kernel, in a per-thread
+// workspace that lives across calls (the pages are this thread's, already touched, and stay in its core's caches
+// between calls). For each of `batch` rows x: y (nb·units) = rows @ x, y[q·units + j] being row firsts[q] + j0 + j of
+// W times x. The product can be formed in parts, over ranges of x's entries (of A's rows), so that a member can
+// start with the entries it wrote itself before the others' are there.
 template <typename T>
 class SliceProduct {
  public:
   SliceProduct(const T* w, int64_t ld, int64_t K, const std::vector<int64_t>& firsts, int64_t j0, int64_t j1,
-               int slot)
+               int64_t batch, int slot)
       : rows_(K), cols_(int64_t(firsts.size()) * (j1 - j0)) {
     constexpr int64_t L = Simd<T>::kLanes;
-    const int64_t padded = (cols_ + L - 1) / L * L;
+    padded_ = (cols_ + L - 1) / L * L;
     // Vector loads that straddle two cache lines would read twice the lines: the packed rows start on a line.
     constexpr int64_t line = 64 / int64_t(sizeof(T));
+    const int64_t size = rows_ * padded_ + batch * padded_ + line;
     std::vector<T>& ws = workspace(slot);
-    if (int64_t(ws.size()) < rows_ * padded + padded + line) ws.resize(rows_ * padded + padded + line);
+    if (int64_t(ws.size()) < size) ws.resize(size);
     const int64_t skip = (line - int64_t(reinterpret_cast<uintptr_t>(ws.data()) / sizeof(T)) % line) % line;
     packed_ = ws.data() + skip;
-    out_ = packed_ + rows_ * padded;
+    out_ = packed_ + rows_ * padded_;
     std::vector<const T*> src;  // row pointers of W, column c of A
     for (int64_t first : firsts) {
       for (int64_t j = j0; j < j1; ++j) src.push_back(w + (first + j) * ld);
@@ -173,27 +187,56 @@ class SliceProduct {
     });
   }
 
-  // The product for one row x (K values); returns the (nb·units) results, valid until the next call.
-  const T* operator()(const T* x) const {
+  // y_b = the product over x's entries [r0, r1) (A's rows), or y_b += it when accumulate.
+  void part(const T* x, int64_t r0, int64_t r1, int64_t b, bool accumulate) {
+    T* y = out_ + b * padded_;
     for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
       const T* block = packed_ + col0 * rows_;
       switch (nv) {
-        case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, rows_, out_ + col0); break;
-        case 4: gemv_block<T, 4>(block, x, rows_, out_ + col0); break;
-        case 2: gemv_block<T, 2>(block, x, rows_, out_ + col0); break;
-        default: gemv_block<T, 1>(block, x, rows_, out_ + col0); break;
+        case kBlockVecs: gemv_rows<kBlockVecs>(block, x, r0, r1, y + col0, accumulate); break;
+        case 4: gemv_rows<4>(block, x, r0, r1, y + col0, accumulate); break;
+        case 2: gemv_rows<2>(block, x, r0, r1, y + col0, accumulate); break;
+        default: gemv_rows<1>(block, x, r0, r1, y + col0, accumulate); break;
       }
     });
-    return out_;
   }
 
+  // The whole product for row b: y_b, valid until the next product for that row.
+  const T* operator()(const T* x, int64_t b) {
+    part(x, 0, rows_, b, /*accumulate=*/false);
+    return out_ + b * padded_;
+  }
+
+  const T* result(int64_t b) const { return out_ + b * padded_; }
+
  private:
+  // One column block (NV vectors) of y (+)= sum_{r0 <= r < r1} x[r] * A[r, block]; the block's rows lie one after
+  // the other from p.
+  template <int64_t NV>
+  static void gemv_rows(const T* __restrict p, const T* __restrict x, int64_t r0, int64_t r1, T* __restrict y,
+                        bool accumulate) {
+    using V = typename Simd<T>::Vec;
+    constexpr int64_t L = Simd<T>::kLanes;
+    V acc[NV] = {};
+    if (accumulate) std::memcpy(acc, y, sizeof(acc));
+    p += r0 * NV * L;
+    for (int64_t r = r0; r < r1; ++r, p += NV * L) {
+      const T xr = x[r];
+      for (int64_t j = 0; j < NV; ++j) {
+        V a;
+        std::memcpy(&a, p + j * L, sizeof(V));
+        acc[j] += xr * a;
+      }
+    }
+    std::memcpy(y, acc, sizeof(acc));
+  }
+
   static std::vector<T>& workspace(int slot) {
     thread_local std::vector<T> ws[2];
     return ws[slot];
   }
 
-  int64_t rows_, cols_;
+  int64_t rows_, cols_, padded_;
   T* packed_;
   T* out_;
 };
