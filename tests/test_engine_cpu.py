@@ -329,9 +329,9 @@ def team_rule(max_batch: int, min_hidden: int, threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def team_everywhere(request: pytest.FixtureRequest) -> Iterator[None]:
-    with team_rule(2**40, 1, request.param):
+@pytest.fixture
+def team_everywhere() -> Iterator[None]:
+    with team_rule(2**40, 1, 2):
         yield
 
 
@@ -365,6 +365,29 @@ def test_team_matches_reference(team_everywhere, case: tuple[str, dict], B: int,
         out, state = module(x, hx if len(hx) > 1 else hx[0], lengths=lengths)
     for name, g, w in zip(names, (out, *(state if isinstance(state, tuple) else (state,))), want):
         assert relative_error(g, w) <= bound, f"no_grad {name}: relative error {relative_error(g, w):.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", TEAM_CASES, ids=case_id)
+def test_one_thread_small_batch_loop_matches_reference(case: tuple[str, dict], dtype: torch.dtype) -> None:
+    """The same loop on one thread (torch.set_num_threads(1)): a team of one member that owns every unit."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(random.Random(f"cpu-team1-{case_id(case)}-{dtype}").randrange(2**31))
+    T, B, I, H = 11, 2, 6, 37
+    module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    module.to(dtype)
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    lengths = torch.tensor([T, T - 5])
+    hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
+    shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    want = run_with(module, "reference", x, hx, lengths, weights)
+    with team_rule(2**40, 1, 1):
+        got = run_with(module, "cpu", x, hx, lengths, weights)
+    bound = 1e-5 if dtype == torch.float32 else 1e-10
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert relative_error(g, w) <= bound, f"result {k}: relative error {relative_error(g, w):.2e}"
 
 
 @pytest.mark.parametrize("case", [("LSTM", {}), ("GRU", dict(reset="before")), ("RNN", {})], ids=case_id)
