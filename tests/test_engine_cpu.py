@@ -7,12 +7,15 @@ norm in float32: see the test for the bound and why); wider layers check every p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -328,3 +331,138 @@ def test_buffers_of_several_huge_pages_match_reference(case: tuple[str, dict]) -
              *(n for n, _ in module.named_parameters())]
     for name, g, w in zip(names, got, truth, strict=True):
         assert relative_error(g, w) <= 1e-10, f"{name}: {relative_error(g, w):.2e}"
+
+
+# The small-batch loop (csrc/team.h): a team of threads that split the hidden units and meet once per step, or one
+# thread alone. The rule that chooses it (batch and hidden size) is set here so that it runs on every shape, small
+# ones included, with the team of every thread. Cases: every variant it covers, bias or not.
+TEAM_CASES = [
+    ("LSTM", {}), ("LSTM", dict(bias=False)), ("LSTM", dict(peephole=True)), ("LSTM", dict(coupled=True)),
+    ("LSTM", dict(coupled=True, peephole=True)), ("LSTM", dict(forget_bias=1.0)), ("GRU", dict(reset="after")),
+    ("GRU", dict(reset="before")), ("GRU", dict(reset="before", bias=False)), ("RNN", dict(nonlinearity="tanh")),
+    ("RNN", dict(nonlinearity="relu")),
+]
+
+
+@contextlib.contextmanager
+def team_rule(max_batch: int, min_hidden: int, threads: int) -> Iterator[None]:
+    """The small-batch loop up to batch max_batch, as a team from hidden size min_hidden, on `threads` threads."""
+    assert build.status()[0]
+    previous, before = torch.ops.gatedrnn_cpu.set_team_rule(max_batch, min_hidden), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.ops.gatedrnn_cpu.set_team_rule(*previous)
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def team_everywhere() -> Iterator[None]:
+    with team_rule(2**40, 1, 2):
+        yield
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("H", [37, 5], ids=["H37", "H5"])
+@pytest.mark.parametrize("B", [1, 2, 4], ids=["B1", "B2", "B4"])
+@pytest.mark.parametrize("case", TEAM_CASES, ids=case_id)
+def test_team_matches_reference(team_everywhere, case: tuple[str, dict], B: int, H: int, dtype: torch.dtype) -> None:
+    """Outputs, final states and every gradient, and the forward without autograd, both directions, random initial
+    states, sequences that end early. H = 37: members' slices of unequal size (a cache line of units each, 16 or 8,
+    then the rest); H = 5: fewer units than a slice, so one member has none."""
+    kind, options = case
+    rng = random.Random(f"cpu-team-{case_id(case)}-{B}-{H}-{dtype}")
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    T, I = 11, 6
+    module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    module.to(dtype)
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    lengths = torch.tensor([T - 4] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
+    hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
+    shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    names = ["output", *module.spec.state_names, "input", *["hx"] * len(hx), *(n for n, _ in module.named_parameters())]
+    want = run_with(module, "reference", x, hx, lengths, weights)
+    got = run_with(module, "cpu", x, hx, lengths, weights)
+    bound = 1e-5 if dtype == torch.float32 else 1e-10
+    for name, g, w in zip(names, got, want):
+        assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
+    with torch.no_grad():
+        out, state = module(x, hx if len(hx) > 1 else hx[0], lengths=lengths)
+    for name, g, w in zip(names, (out, *(state if isinstance(state, tuple) else (state,))), want):
+        assert relative_error(g, w) <= bound, f"no_grad {name}: relative error {relative_error(g, w):.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", TEAM_CASES, ids=case_id)
+def test_one_thread_small_batch_loop_matches_reference(case: tuple[str, dict], dtype: torch.dtype) -> None:
+    """The same loop on one thread (torch.set_num_threads(1)): a team of one member that owns every unit."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(random.Random(f"cpu-team1-{case_id(case)}-{dtype}").randrange(2**31))
+    T, B, I, H = 11, 2, 6, 37
+    module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    module.to(dtype)
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    lengths = torch.tensor([T, T - 5])
+    hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
+    shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    want = run_with(module, "reference", x, hx, lengths, weights)
+    with team_rule(2**40, 1, 1):
+        got = run_with(module, "cpu", x, hx, lengths, weights)
+    bound = 1e-5 if dtype == torch.float32 else 1e-10
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert relative_error(g, w) <= bound, f"result {k}: relative error {relative_error(g, w):.2e}"
+
+
+@pytest.mark.parametrize("case", [("LSTM", {}), ("GRU", dict(reset="before")), ("RNN", {})], ids=case_id)
+def test_team_equals_the_single_thread_loop(case: tuple[str, dict]) -> None:
+    """At the default rule's shape (batch 1, a wide layer, a long sequence), the team of two threads gives what the
+    single-thread loops give, to rounding: the members' slices and their sync at every step are right over many
+    steps. The default initialisation keeps the recurrence contractive (weights as randomize_ makes them would make
+    it chaotic over 200 steps, where rounding differences grow to O(1))."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(7)
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        module = getattr(gatedrnn, kind)(16, 256, **options)
+    x = torch.randn(200, 1, 16, generator=gen)
+    with torch.no_grad():
+        with team_rule(0, 2**40, 1):
+            single = module(x)[0]
+        with team_rule(1, 64, 2):
+            team = module(x)[0]
+    assert relative_error(team, single) <= 1e-5
+
+
+def test_team_called_from_two_python_threads_at_once() -> None:
+    """Two callers each form their own team of two (four threads on this machine's two cores): both finish, and
+    right."""
+    gen = torch.Generator().manual_seed(3)
+    module = gatedrnn.LSTM(8, 96, engine="reference")
+    randomize_(module, gen)
+    x = torch.randn(30, 1, 8, generator=gen)
+    with torch.no_grad():
+        want = module(x)[0]
+    module.engine = "cpu"
+    results: list[Tensor] = []
+
+    def call() -> None:
+        torch.set_num_threads(2)  # each Python thread has its own OpenMP thread count
+        with torch.no_grad():
+            for _ in range(20):
+                results.append(module(x)[0])
+
+    with team_rule(1, 64, 2):
+        callers = [threading.Thread(target=call) for _ in range(2)]
+        for c in callers:
+            c.start()
+        for c in callers:
+            c.join(timeout=60)
+    assert not any(c.is_alive() for c in callers), "a caller hung"
+    assert len(results) == 40
+    for r in results:
+        assert relative_error(r, want) <= 1e-5

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "team.h"
 
 namespace gatedrnn {
 namespace {
@@ -114,6 +115,110 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   }
 }
 
+// The small-batch recurrence (team.h), without layer norm (its statistics are over whole rows). Member k computes
+// the gates of its units [j0, j1) from its own rows of W_hh:
+//   r = σ(x_r + W_hr h + b_hr)        z = σ(x_z + W_hz h + b_hz)
+//   after:  a = W_hn h + b_hn,  n = tanh(x_n + r ⊙ a)
+//   before: n = tanh(x_n + W_hn (r ⊙ h) + b_hn), where W_hn needs all of r ⊙ h: the members exchange it at a
+//           second sync in the step
+//   h' = (1 - z) ⊙ n + z ⊙ h
+// Outputs and saved tensors are those of forward_impl.
+template <typename T>
+void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool before,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out, Tensor& gates, Tensor& aux, bool save) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
+  auto opts = gx.options();
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({G}, opts);
+  const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  Tensor h_other = at::empty({B, H}, opts);  // (B, H): h_t at odd t; h_state holds h_t at even t
+  T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
+  // Without saving, one step's gates (B, 3H) and aux (B, H): each member writes its own columns; reset-before reads
+  // all of aux (r ⊙ h) after the sync.
+  Tensor gate_scratch = save ? Tensor() : at::empty({B, G}, opts);
+  Tensor aux_scratch = save ? Tensor() : at::empty({B, H}, opts);
+  const T* gxp = gx.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+  const T* w = w_hh.data_ptr<T>();
+  const int64_t ld = w_hh.stride(0);
+
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
+    const int64_t j0 = m.j0, nk = m.units();
+    // r|z|n rows (r|z when reset-before: its n rows multiply r ⊙ h, a second product)
+    SliceProduct<T> recurrent(w, ld, H, before ? std::vector<int64_t>{0, H} : std::vector<int64_t>{0, H, 2 * H}, j0,
+                              m.j1, B, /*slot=*/0);
+    std::optional<SliceProduct<T>> candidate;
+    if (before) candidate.emplace(w, ld, H, std::vector<int64_t>{2 * H}, j0, m.j1, B, /*slot=*/1);
+    const T *br = bias + j0, *bz = bias + H + j0, *bn = bias + 2 * H + j0;
+    for (int64_t t = 0; t < T_; ++t) {
+      const T* hp = hbuf[t % 2];
+      T* hn = hbuf[(t + 1) % 2];
+      T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
+      T* auxt = save ? aux.data_ptr<T>() + t * B * H : aux_scratch.data_ptr<T>();
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        const T* h = hp + b * H + j0;
+        T* o_out = outp + (t * B + b) * H + j0;
+        if (!active(lengths, b, t)) {
+          std::copy(h, h + nk, hn + b * H + j0);
+          std::fill(o_out, o_out + nk, T(0));
+          continue;
+        }
+        const T* y = recurrent(hp + b * H, b);
+        const T* x = gxp + (t * B + b) * G + j0;
+        T* gr = gt + b * G + j0;
+        T* au = auxt + b * H + j0;
+        T* h_new = hn + b * H + j0;
+        if (before) {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T r = T(1) / (T(1) + std::exp(-(x[j] + y[j] + br[j])));
+            gr[j] = r;
+            gr[H + j] = T(1) / (T(1) + std::exp(-(x[H + j] + y[nk + j] + bz[j])));
+            au[j] = r * h[j];
+          }
+        } else {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T r = T(1) / (T(1) + std::exp(-(x[j] + y[j] + br[j])));
+            const T z = T(1) / (T(1) + std::exp(-(x[H + j] + y[nk + j] + bz[j])));
+            const T a = y[2 * nk + j] + bn[j];
+            const T n = std::tanh(x[2 * H + j] + r * a);
+            const T hj = (T(1) - z) * n + z * h[j];
+            gr[j] = r;
+            gr[H + j] = z;
+            gr[2 * H + j] = n;
+            au[j] = a;
+            h_new[j] = hj;
+            o_out[j] = hj;
+          }
+        }
+      }
+      if (before) {
+        m.sync();  // all of r ⊙ h_{t-1} is written
+        for (int64_t b = 0; b < B && nk > 0; ++b) {
+          if (!active(lengths, b, t)) continue;
+          const T* y = (*candidate)(auxt + b * H, b);
+          const T* x = gxp + (t * B + b) * G + j0;
+          const T* h = hp + b * H + j0;
+          T* gr = gt + b * G + j0;
+          T* h_new = hn + b * H + j0;
+          T* o_out = outp + (t * B + b) * H + j0;
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T n = std::tanh(x[2 * H + j] + y[j] + bn[j]);
+            const T z = gr[H + j];
+            const T hj = (T(1) - z) * n + z * h[j];
+            gr[2 * H + j] = n;
+            h_new[j] = hj;
+            o_out[j] = hj;
+          }
+        }
+      }
+      m.sync();  // h_t complete: the next step reads all of it, and overwrites h_{t-1}
+    }
+  });
+  if (T_ % 2) h_state.copy_(h_other);
+}
+
 // Saved tensors (what backward needs, and why):
 //   gates (T,B,3H)   activated r, z, n: the local derivatives of the cell
 //   aux   (T,B,H)    reset-after: LN_n(W_hn h_{t-1}) + b_hn, the factor of dr; reset-before: r*h_{t-1}, the
@@ -140,7 +245,12 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor rstd = save && ln ? buffer({T_, B, 2}, opts, zero) : none;
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
   Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, zero) : none;
+  const int team = ln || ln_ih ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
+    if (team) {
+      forward_team<scalar_t>(team, gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);
+      return;
+    }
     forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, len, h_state, out, gates, aux,
                            xhat, rstd, stats_ih, save);
   });

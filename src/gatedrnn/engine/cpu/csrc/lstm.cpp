@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "team.h"
 
 namespace gatedrnn {
 namespace {
@@ -170,6 +171,118 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   }
 }
 
+// The small-batch recurrence (team.h) of the variants without row-wide statistics (no layer norm, no proj_size).
+// Member k computes every gate of its units [j0, j1) from its own rows of W_hh, in one fused pass per row:
+//   i = σ(x_i + W_hi h + b_i + p_i ⊙ c)      f = σ(x_f + W_hf h + b_f + p_f ⊙ c + forget_bias)   (coupled: f = 1 - i)
+//   g = tanh(x_g + W_hg h + b_g)              c' = f ⊙ c + i ⊙ g
+//   o = σ(x_o + W_ho h + b_o + p_o ⊙ c')     h' = o ⊙ tanh(c')
+// c is private to its member; h' goes to the buffer that every member reads at the next step, after the step's
+// sync. Outputs and saved tensors are those of forward_impl.
+template <typename T>
+void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+                  const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co, double forget_bias,
+                  const int64_t* lengths, Tensor& h_state, Tensor& c_state, Tensor& out, Tensor& gates, Tensor& cs,
+                  bool save) {
+  const int64_t B = s.B, H = s.H, G = s.G;
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({G}, gx.options());
+  const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  const T *pci = ptr_or_null<T>(w_ci), *pcf = ptr_or_null<T>(w_cf), *pco = ptr_or_null<T>(w_co);
+  const T fb = T(forget_bias);
+  Tensor h_other = at::empty({B, H}, gx.options());  // (B, H): h_t at odd t; h_state holds h_t at even t
+  T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
+  T* cst = c_state.data_ptr<T>();
+  const T* gxp = gx.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+  T* gp = save ? gates.data_ptr<T>() : nullptr;
+  T* csp = save ? cs.data_ptr<T>() : nullptr;
+  // Column blocks of the member's product, gate by gate: i|f|g|o (i|g|o when coupled).
+  const std::vector<int64_t> firsts =
+      s.coupled ? std::vector<int64_t>{0, s.off_g, s.off_o} : std::vector<int64_t>{0, s.off_f, s.off_g, s.off_o};
+
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
+    const int64_t j0 = m.j0, nk = m.units();
+    SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, firsts, j0, m.j1, B, /*slot=*/0);
+    const int64_t yf = nk, yg = s.coupled ? nk : 2 * nk, yo = s.coupled ? 2 * nk : 3 * nk;  // blocks of y
+    const T *bi = bias + j0, *bf = bias + s.off_f + j0, *bg = bias + s.off_g + j0, *bo = bias + s.off_o + j0;
+    const T *qi = pci ? pci + j0 : nullptr, *qf = pcf ? pcf + j0 : nullptr, *qo = pco ? pco + j0 : nullptr;
+    for (int64_t t = 0; t < s.T; ++t) {
+      const T* hp = hbuf[t % 2];
+      T* hn = hbuf[(t + 1) % 2];
+      // The part of W_hh h_{t-1} over this member's own units of h_{t-1}, which it wrote itself, while the others
+      // finish theirs; then the rest.
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        if (active(lengths, b, t)) recurrent.part(hp + b * H, j0, m.j1, b, /*accumulate=*/false);
+      }
+      m.await_all();  // all of h_{t-1} is written
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        const int64_t row = t * B + b;
+        T* c = cst + b * H + j0;
+        T* h = hn + b * H + j0;
+        T* o_out = outp + row * H + j0;
+        T* c_save = save ? csp + row * H + j0 : nullptr;
+        if (!active(lengths, b, t)) {
+          // Ended sequences keep their state; the saved c must still be the state (backward reads c_{t-1}).
+          std::copy(hp + b * H + j0, hp + b * H + j0 + nk, h);
+          std::fill(o_out, o_out + nk, T(0));
+          if (save) std::copy(c, c + nk, c_save);
+          continue;
+        }
+        recurrent.part(hp + b * H, 0, j0, b, /*accumulate=*/true);
+        recurrent.part(hp + b * H, m.j1, H, b, /*accumulate=*/true);
+        const T* y = recurrent.result(b);
+        const T* x = gxp + row * G + j0;
+        T* gr = save ? gp + row * G + j0 : nullptr;
+        // Compiled once per combination of flags, so that the loop vectorises (as gates_backward below).
+        auto cell = [&](auto coupled_flag, auto peephole_flag, auto save_flag) {
+          constexpr bool coupled = decltype(coupled_flag)::value, peephole = decltype(peephole_flag)::value;
+          constexpr bool saving = decltype(save_flag)::value;
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T cp = c[j];
+            T ai = x[j] + y[j] + bi[j];
+            if constexpr (peephole) ai += qi[j] * cp;
+            const T i = T(1) / (T(1) + std::exp(-ai));
+            T f;
+            if constexpr (coupled) {
+              f = T(1) - i;
+            } else {
+              T af = x[s.off_f + j] + y[yf + j] + bf[j] + fb;
+              if constexpr (peephole) af += qf[j] * cp;
+              f = T(1) / (T(1) + std::exp(-af));
+            }
+            const T g = std::tanh(x[s.off_g + j] + y[yg + j] + bg[j]);
+            const T cn = f * cp + i * g;
+            T ao = x[s.off_o + j] + y[yo + j] + bo[j];
+            if constexpr (peephole) ao += qo[j] * cn;
+            const T o = T(1) / (T(1) + std::exp(-ao));
+            const T hj = o * std::tanh(cn);
+            c[j] = cn;
+            h[j] = hj;
+            o_out[j] = hj;
+            if constexpr (saving) {
+              gr[j] = i;
+              if constexpr (!coupled) gr[s.off_f + j] = f;
+              gr[s.off_g + j] = g;
+              gr[s.off_o + j] = o;
+              c_save[j] = cn;
+            }
+          }
+        };
+        auto with_save = [&](auto coupled_flag, auto peephole_flag) {
+          save ? cell(coupled_flag, peephole_flag, std::true_type{})
+               : cell(coupled_flag, peephole_flag, std::false_type{});
+        };
+        auto with_peephole = [&](auto coupled_flag) {
+          pci ? with_save(coupled_flag, std::true_type{}) : with_save(coupled_flag, std::false_type{});
+        };
+        s.coupled ? with_peephole(std::true_type{}) : with_peephole(std::false_type{});
+      }
+      m.arrive();  // this member's units of h_t are written
+    }
+  });
+  if (s.T % 2) h_state.copy_(h_other);
+}
+
 // Saved tensors (what backward needs, and why):
 //   gates (T,B,G·H)  activated i,f,g,o: every local derivative of the cell is a function of them. Not where
 //                    backward recomputes them (recompute_gates: fused LN_ih, B > 1), which leaves three (T,B,G·H)
@@ -206,7 +319,13 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   Tensor mean_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor rstd_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor stats_ih = save && ln_ih ? buffer({s.T, s.B, 2}, opts, zero) : none;
+  const int team = proj || ln || ln_ih ? 0 : team_size(s.B, s.H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
+    if (team) {
+      forward_team<scalar_t>(team, s, gx, w_hh, b_hh, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state, out,
+                             gates, cs, save);
+      return;
+    }
     forward_impl<scalar_t>(s, gx, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w,
                            ln_ih_s, forget_bias, len, h_state, c_state, out, gates, cs, hh_all, xhat_hh, rstd_hh,
                            mean_c, rstd_c, stats_ih, save);

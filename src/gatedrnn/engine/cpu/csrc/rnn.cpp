@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "team.h"
 
 namespace gatedrnn {
 namespace {
@@ -53,6 +54,61 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   }
 }
 
+// The small-batch recurrence (team.h), without layer norm (its statistics are over whole rows): member k computes
+// h' = act(x + W_hh h + b) for its units [j0, j1) from its own rows of W_hh. Outputs are those of forward_impl.
+template <typename T>
+void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool relu,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({H}, gx.options());
+  const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  Tensor h_other = at::empty({B, H}, gx.options());  // (B, H): h_t at odd t; h_state holds h_t at even t
+  T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
+  const T* gxp = gx.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
+    const int64_t j0 = m.j0, nk = m.units();
+    SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, {0}, j0, m.j1, B, /*slot=*/0);
+    const T* bj = bias + j0;
+    for (int64_t t = 0; t < T_; ++t) {
+      const T* hp = hbuf[t % 2];
+      T* hn = hbuf[(t + 1) % 2];
+      // The part of W_hh h_{t-1} over this member's own units of h_{t-1}, which it wrote itself, while the others
+      // finish theirs; then the rest.
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        if (active(lengths, b, t)) recurrent.part(hp + b * H, j0, m.j1, b, /*accumulate=*/false);
+      }
+      m.await_all();  // all of h_{t-1} is written
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        T* h_new = hn + b * H + j0;
+        T* o_out = outp + (t * B + b) * H + j0;
+        if (!active(lengths, b, t)) {
+          std::copy(hp + b * H + j0, hp + b * H + j0 + nk, h_new);
+          std::fill(o_out, o_out + nk, T(0));
+          continue;
+        }
+        recurrent.part(hp + b * H, 0, j0, b, /*accumulate=*/true);
+        recurrent.part(hp + b * H, m.j1, H, b, /*accumulate=*/true);
+        const T* y = recurrent.result(b);
+        const T* x = gxp + (t * B + b) * H + j0;
+        if (relu) {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T a = x[j] + y[j] + bj[j];
+            h_new[j] = o_out[j] = a > T(0) ? a : T(0);
+          }
+        } else {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) h_new[j] = o_out[j] = std::tanh(x[j] + y[j] + bj[j]);
+        }
+      }
+      m.arrive();  // this member's units of h_t are written
+    }
+  });
+  if (T_ % 2) h_state.copy_(h_other);
+}
+
 // Saved tensors: out (T,B,H), the output itself (kept anyway): the activation's derivative is a function of
 // h_t, and h_{t-1} is the right factor of dW_hh; with layer_norm also xhat (T,B,H) and rstd (T,B) for LN backward.
 // With ln_ih_w and ln_ih_s (LN_ih's gain, and its shift + b_ih) given, gx is W_ih x and LN_ih runs in the kernel;
@@ -71,7 +127,12 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
   Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, len != nullptr) : none_like(gx);
+  const int team = ln || ln_ih ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
+    if (team) {
+      forward_team<scalar_t>(team, gx, w_hh, b_hh, relu, len, h_state, out);
+      return;
+    }
     forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, len, h_state, out, xhat, rstd,
                            stats_ih, save);
   });
