@@ -285,6 +285,23 @@ inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t row
   std::memcpy(y, acc, sizeof(acc));
 }
 
+// Fills one column block of a packed A = W^T from W's rows: block[r * stride + c] = row(c)[r] for c < width and
+// r < rows (the padding columns are left alone). The transpose goes through tiles of one cache line of each of the
+// block's rows of W, so every line of W is read once, whole; a walk down the columns reads one element per line and,
+// with W's rows a power of two bytes apart, keeps evicting its own lines from the L1 sets they share (measured:
+// 300 µs to pack a 1024x256 float W, against the microseconds of one step).
+template <typename T, typename Row>
+inline void pack_transposed_block(Row&& row, int64_t width, int64_t rows, int64_t stride, T* __restrict block) {
+  constexpr int64_t tile = 64 / int64_t(sizeof(T));
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = std::min(rows, r0 + tile);
+    for (int64_t c = 0; c < width; ++c) {
+      const T* __restrict w = row(c);
+      for (int64_t r = r0; r < r1; ++r) block[r * stride + c] = w[r];
+    }
+  }
+}
+
 // The MKL packed-GEMM entry points, weak so that the library loads (and falls back to ATen) with a torch built
 // without MKL; torch with MKL exports them from libtorch_cpu. CBLAS constants: RowMajor 101, NoTrans 111, Trans 112,
 // Packed 151, CblasBMatrix 162.
@@ -320,11 +337,9 @@ class StepProduct {
       for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
         T* block = p + col0 * rows_;
         const int64_t width = std::min(nv * L, cols_ - col0);
-        // Row by row of the block: its writes stay sequential (a column-wise walk of w would scatter them).
+        // w^T through line-sized tiles (pack_transposed_block); w itself row by row, reads and writes sequential.
         if (transposed) {
-          for (int64_t r = 0; r < rows_; ++r) {
-            for (int64_t j = 0; j < width; ++j) block[r * nv * L + j] = src[r + (col0 + j) * ld];
-          }
+          pack_transposed_block([&](int64_t j) { return src + (col0 + j) * ld; }, width, rows_, nv * L, block);
         } else {
           for (int64_t r = 0; r < rows_; ++r) {
             std::copy(src + r * ld + col0, src + r * ld + col0 + width, block + r * nv * L);

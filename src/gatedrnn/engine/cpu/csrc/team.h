@@ -179,11 +179,8 @@ class SliceProduct {
     for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
       T* block = packed_ + col0 * rows_;
       const int64_t width = std::min(nv * L, cols_ - col0);
-      for (int64_t r = 0; r < rows_; ++r) {
-        T* dst = block + r * nv * L;
-        for (int64_t c = 0; c < width; ++c) dst[c] = src[col0 + c][r];
-        std::fill(dst + width, dst + nv * L, T(0));
-      }
+      pack_transposed_block([&](int64_t c) { return src[col0 + c]; }, width, rows_, nv * L, block);
+      for (int64_t r = 0; r < rows_; ++r) std::fill(block + r * nv * L + width, block + (r + 1) * nv * L, T(0));
     });
   }
 
