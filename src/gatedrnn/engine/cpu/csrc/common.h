@@ -232,7 +232,7 @@ inline void advise_huge_pages(const Tensor& t) {
 // The per-step products y = x @ A, where A (a weight or its transpose) is the same at every step of a call.
 // StepProduct prepares A once per call (the constructor) so that the time loop only does arithmetic on raw pointers:
 // no Tensor is made and no ATen op is dispatched inside it, which at B = 1 would cost more than the product itself.
-//   B = 1: a matrix-vector product over A packed in column blocks (gemv_block below): each block's rows are
+//   B = 1: a matrix-vector product over A packed in column blocks (gemv_packed below): each block's rows are
 //          stored one after the other, so the weights stream from cache in one sequential pass.
 //   B > 1, float32, torch built with MKL: MKL's packed GEMM (cblas_sgemm_pack once per call, cblas_sgemm_compute
 //          per step): a plain GEMM would re-pack the whole weight matrix on every step.
@@ -268,13 +268,17 @@ inline void for_each_block(int64_t cols, F&& f) {
   }
 }
 
-// One column block of y = x @ A: y[0 : NV*L] = sum_r x[r] * A[r, block], reading the block's rows from p in turn.
+// One column block of y = x @ A over A's rows [r0, r1): y[0 : NV*L] (+)= sum_r x[r] * A[r, block], reading the
+// block's rows from p in turn (a product formed in parts, over ranges of rows, accumulates).
 template <typename T, int64_t NV>
-inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t rows, T* __restrict y) {
+inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t r0, int64_t r1, T* __restrict y,
+                       bool accumulate) {
   using V = typename Simd<T>::Vec;
   constexpr int64_t L = Simd<T>::kLanes;
   V acc[NV] = {};
-  for (int64_t r = 0; r < rows; ++r, p += NV * L) {
+  if (accumulate) std::memcpy(acc, y, sizeof(acc));
+  p += r0 * NV * L;
+  for (int64_t r = r0; r < r1; ++r, p += NV * L) {
     const T xr = x[r];
     for (int64_t j = 0; j < NV; ++j) {
       V a;
@@ -283,6 +287,22 @@ inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t row
     }
   }
   std::memcpy(y, acc, sizeof(acc));
+}
+
+// y (+)= x @ A over A's rows [r0, r1), for A (rows x cols) packed in column blocks; y has cols rounded up to whole
+// vectors (the padding columns of the last block).
+template <typename T>
+inline void gemv_packed(const T* packed, const T* x, int64_t rows, int64_t cols, int64_t r0, int64_t r1, T* y,
+                        bool accumulate) {
+  for_each_block<T>(cols, [&](int64_t col0, int64_t nv) {
+    const T* block = packed + col0 * rows;
+    switch (nv) {
+      case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, r0, r1, y + col0, accumulate); break;
+      case 4: gemv_block<T, 4>(block, x, r0, r1, y + col0, accumulate); break;
+      case 2: gemv_block<T, 2>(block, x, r0, r1, y + col0, accumulate); break;
+      default: gemv_block<T, 1>(block, x, r0, r1, y + col0, accumulate); break;
+    }
+  });
 }
 
 // Fills one column block of a packed A = W^T from W's rows: block[r * stride + c] = row(c)[r] for c < width and
@@ -362,17 +382,8 @@ class StepProduct {
   // y (batch, cols) = x @ A, or y += x @ A when accumulate; x (batch, rows) with row stride ldx, y contiguous.
   void operator()(const T* x, int64_t ldx, T* y, bool accumulate) const {
     if (batch_ == 1) {
-      const T* p = packed_.data_ptr<T>();
       T* out = out_.data_ptr<T>();
-      for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
-        const T* block = p + col0 * rows_;
-        switch (nv) {
-          case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, rows_, out + col0); break;
-          case 4: gemv_block<T, 4>(block, x, rows_, out + col0); break;
-          case 2: gemv_block<T, 2>(block, x, rows_, out + col0); break;
-          default: gemv_block<T, 1>(block, x, rows_, out + col0); break;
-        }
-      });
+      gemv_packed(packed_.data_ptr<T>(), x, rows_, cols_, 0, rows_, out, /*accumulate=*/false);
       if (accumulate) {
         for (int64_t c = 0; c < cols_; ++c) y[c] += out[c];
       } else {

@@ -186,16 +186,7 @@ class SliceProduct {
 
   // y_b = the product over x's entries [r0, r1) (A's rows), or y_b += it when accumulate.
   void part(const T* x, int64_t r0, int64_t r1, int64_t b, bool accumulate) {
-    T* y = out_ + b * padded_;
-    for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
-      const T* block = packed_ + col0 * rows_;
-      switch (nv) {
-        case kBlockVecs: gemv_rows<kBlockVecs>(block, x, r0, r1, y + col0, accumulate); break;
-        case 4: gemv_rows<4>(block, x, r0, r1, y + col0, accumulate); break;
-        case 2: gemv_rows<2>(block, x, r0, r1, y + col0, accumulate); break;
-        default: gemv_rows<1>(block, x, r0, r1, y + col0, accumulate); break;
-      }
-    });
+    gemv_packed(packed_, x, rows_, cols_, r0, r1, out_ + b * padded_, accumulate);
   }
 
   // The whole product for row b: y_b, valid until the next product for that row.
@@ -207,27 +198,6 @@ class SliceProduct {
   const T* result(int64_t b) const { return out_ + b * padded_; }
 
  private:
-  // One column block (NV vectors) of y (+)= sum_{r0 <= r < r1} x[r] * A[r, block]; the block's rows lie one after
-  // the other from p.
-  template <int64_t NV>
-  static void gemv_rows(const T* __restrict p, const T* __restrict x, int64_t r0, int64_t r1, T* __restrict y,
-                        bool accumulate) {
-    using V = typename Simd<T>::Vec;
-    constexpr int64_t L = Simd<T>::kLanes;
-    V acc[NV] = {};
-    if (accumulate) std::memcpy(acc, y, sizeof(acc));
-    p += r0 * NV * L;
-    for (int64_t r = r0; r < r1; ++r, p += NV * L) {
-      const T xr = x[r];
-      for (int64_t j = 0; j < NV; ++j) {
-        V a;
-        std::memcpy(&a, p + j * L, sizeof(V));
-        acc[j] += xr * a;
-      }
-    }
-    std::memcpy(y, acc, sizeof(acc));
-  }
-
   static std::vector<T>& workspace(int slot) {
     thread_local std::vector<T> ws[2];
     return ws[slot];
