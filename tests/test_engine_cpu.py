@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -128,15 +129,33 @@ WIDE_CASES = [
 @pytest.mark.parametrize("case", WIDE_CASES, ids=case_id)
 def test_wide_layers_match_reference(case: tuple[str, dict], B: int, dtype: torch.dtype) -> None:
     """Outputs, final states and every gradient at H = 57, both directions, with sequences that end early."""
-    kind, options = case
     rng = random.Random(f"cpu-wide-{case_id(case)}-{B}-{dtype}")
+    check_bidirectional_against_reference(case, rng, T=9, I=5, H=57, B=B, dtype=dtype, short=3)
+
+
+class Case(NamedTuple):
+    """A layer checked by check_bidirectional_against_reference, with its inputs and the reference's results."""
+    module: torch.nn.Module
+    x: Tensor
+    hx: tuple[Tensor, ...]
+    lengths: Tensor
+    names: list[str]
+    want: list[Tensor]
+    bound: float
+
+
+def check_bidirectional_against_reference(case: tuple[str, dict], rng: random.Random, T: int, I: int, H: int, B: int,
+                                          dtype: torch.dtype, short: int) -> Case:
+    """A bidirectional layer of `case` with random weights, input and initial state, its sequences ending early
+    (batch 1: `short` steps early): outputs, final states and every gradient of the cpu engine against the reference
+    engine. Returns the case, for further checks."""
+    kind, options = case
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
-    T, I, H = 9, 5, 57
     module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
     randomize_(module, gen)
     module.to(dtype)
     x = torch.randn(T, B, I, generator=gen, dtype=dtype)
-    lengths = torch.tensor([T - 3] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
+    lengths = torch.tensor([T - short] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
     hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
     shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
     weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
@@ -146,6 +165,7 @@ def test_wide_layers_match_reference(case: tuple[str, dict], B: int, dtype: torc
     bound = 1e-5 if dtype == torch.float32 else 1e-10
     for name, g, w in zip(names, got, want):
         assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
+    return Case(module, x, hx, lengths, names, want, bound)
 
 
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=case_id)
@@ -371,28 +391,12 @@ def test_team_matches_reference(team_everywhere, case: tuple[str, dict], B: int,
     """Outputs, final states and every gradient, and the forward without autograd, both directions, random initial
     states, sequences that end early. H = 37: members' slices of unequal size (a cache line of units each, 16 or 8,
     then the rest); H = 5: fewer units than a slice, so one member has none."""
-    kind, options = case
     rng = random.Random(f"cpu-team-{case_id(case)}-{B}-{H}-{dtype}")
-    gen = torch.Generator().manual_seed(rng.randrange(2**31))
-    T, I = 11, 6
-    module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
-    randomize_(module, gen)
-    module.to(dtype)
-    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
-    lengths = torch.tensor([T - 4] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
-    hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
-    shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
-    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
-    names = ["output", *module.spec.state_names, "input", *["hx"] * len(hx), *(n for n, _ in module.named_parameters())]
-    want = run_with(module, "reference", x, hx, lengths, weights)
-    got = run_with(module, "cpu", x, hx, lengths, weights)
-    bound = 1e-5 if dtype == torch.float32 else 1e-10
-    for name, g, w in zip(names, got, want):
-        assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
+    c = check_bidirectional_against_reference(case, rng, T=11, I=6, H=H, B=B, dtype=dtype, short=4)
     with torch.no_grad():
-        out, state = module(x, hx if len(hx) > 1 else hx[0], lengths=lengths)
-    for name, g, w in zip(names, (out, *(state if isinstance(state, tuple) else (state,))), want):
-        assert relative_error(g, w) <= bound, f"no_grad {name}: relative error {relative_error(g, w):.2e}"
+        out, state = c.module(c.x, c.hx if len(c.hx) > 1 else c.hx[0], lengths=c.lengths)
+    for name, g, w in zip(c.names, (out, *(state if isinstance(state, tuple) else (state,))), c.want):
+        assert relative_error(g, w) <= c.bound, f"no_grad {name}: relative error {relative_error(g, w):.2e}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
