@@ -300,17 +300,10 @@ CHUNKED = [("LSTM", dict(layer_norm=True)), ("LSTM", dict(layer_norm=True, proj_
            ("RNN", dict(layer_norm=True))]
 
 
-@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
-def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) -> None:
-    """Where the gradient before the recurrent product's layer norm exists only for W_hh's gradient (layer norm; GRU
-    reset-after), the cpu engine keeps it for a chunk of steps (as many as make 1024 rows of the GEMM: 16 at B=64)
-    and adds each chunk to dW_hh. 37 steps are two full chunks and a partial one; uneven lengths leave rows of the
-    reused buffer masked."""
-    kind, options = case
-    gen = torch.Generator().manual_seed(7)
-    T, B, I, H = 37, 64, 3, 5
-    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64, **options)
-    randomize_(module, gen)
+def check_uneven_lengths_against_reference(module: torch.nn.Module, gen: torch.Generator, T: int, B: int,
+                                           I: int) -> None:
+    """A float64 layer on random input and initial state, lengths drawn from 1..T: outputs, final states and every
+    gradient of the cpu engine against the reference engine, to 1e-10."""
     x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
     lengths = torch.randint(1, T + 1, (B,), generator=gen)
     widths = module.spec.state_widths()
@@ -323,6 +316,20 @@ def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) ->
              *(n for n, _ in module.named_parameters())]
     for name, g, w in zip(names, got, truth, strict=True):
         assert relative_error(g, w) <= 1e-10, f"{name}: {relative_error(g, w):.2e}"
+
+
+@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
+def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) -> None:
+    """Where the gradient before the recurrent product's layer norm exists only for W_hh's gradient (layer norm; GRU
+    reset-after), the cpu engine keeps it for a chunk of steps (as many as make 1024 rows of the GEMM: 16 at B=64)
+    and adds each chunk to dW_hh. 37 steps are two full chunks and a partial one; uneven lengths leave rows of the
+    reused buffer masked."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(7)
+    T, B, I, H = 37, 64, 3, 5
+    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    check_uneven_lengths_against_reference(module, gen, T, B, I)
 
 
 @pytest.mark.parametrize("case", [("LSTM", dict(peephole=True)), ("GRU", dict()), ("RNN", dict())], ids=case_id)
@@ -339,18 +346,7 @@ def test_buffers_of_several_huge_pages_match_reference(case: tuple[str, dict]) -
     with torch.no_grad():
         for p in module.parameters():
             p.copy_((torch.rand(p.shape, generator=gen, dtype=p.dtype) * 2 - 1) / H**0.5)
-    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
-    lengths = torch.randint(1, T + 1, (B,), generator=gen)
-    widths = module.spec.state_widths()
-    hx = tuple(torch.randn(1, B, w, generator=gen, dtype=torch.float64) for w in widths)
-    weights = [torch.randn(s, generator=gen, dtype=torch.float64)
-               for s in [(T, B, module.spec.state_size), *((1, B, w) for w in widths)]]
-    truth = run_with(module, "reference", x, hx, lengths, weights)
-    got = run_with(module, "cpu", x, hx, lengths, weights)
-    names = ["output", *module.spec.state_names, "input", *module.spec.state_names,
-             *(n for n, _ in module.named_parameters())]
-    for name, g, w in zip(names, got, truth, strict=True):
-        assert relative_error(g, w) <= 1e-10, f"{name}: {relative_error(g, w):.2e}"
+    check_uneven_lengths_against_reference(module, gen, T, B, I)
 
 
 # The small-batch loop (csrc/team.h): a team of threads that split the hidden units and meet once per step, or one
