@@ -208,12 +208,7 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
     for (int64_t t = 0; t < s.T; ++t) {
       const T* hp = hbuf[t % 2];
       T* hn = hbuf[(t + 1) % 2];
-      // The part of W_hh h_{t-1} over this member's own units of h_{t-1}, which it wrote itself, while the others
-      // finish theirs; then the rest.
-      for (int64_t b = 0; b < B && nk > 0; ++b) {
-        if (active(lengths, b, t)) recurrent.part(hp + b * H, j0, m.j1, b, /*accumulate=*/false);
-      }
-      m.await_all();  // all of h_{t-1} is written
+      own_part_then_wait(recurrent, m, hp, B, H, lengths, t);  // W_hh h_{t-1} over the own units, then the wait
       for (int64_t b = 0; b < B && nk > 0; ++b) {
         const int64_t row = t * B + b;
         T* c = cst + b * H + j0;
@@ -227,9 +222,7 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
           if (save) std::copy(c, c + nk, c_save);
           continue;
         }
-        recurrent.part(hp + b * H, 0, j0, b, /*accumulate=*/true);
-        recurrent.part(hp + b * H, m.j1, H, b, /*accumulate=*/true);
-        const T* y = recurrent.result(b);
+        const T* y = recurrent.rest(hp + b * H, j0, m.j1, b);
         const T* x = gxp + row * G + j0;
         T* gr = save ? gp + row * G + j0 : nullptr;
         // Compiled once per combination of flags, so that the loop vectorises (as gates_backward below).

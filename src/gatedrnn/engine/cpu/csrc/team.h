@@ -184,20 +184,28 @@ class SliceProduct {
     });
   }
 
-  // y_b = the product over x's entries [r0, r1) (A's rows), or y_b += it when accumulate.
-  void part(const T* x, int64_t r0, int64_t r1, int64_t b, bool accumulate) {
-    gemv_packed(packed_, x, rows_, cols_, r0, r1, out_ + b * padded_, accumulate);
-  }
-
   // The whole product for row b: y_b, valid until the next product for that row.
   const T* operator()(const T* x, int64_t b) {
     part(x, 0, rows_, b, /*accumulate=*/false);
     return out_ + b * padded_;
   }
 
-  const T* result(int64_t b) const { return out_ + b * padded_; }
+  // The same product in two parts around a wait for the others: own() over x's entries [j0, j1) (this member's own
+  // units, which it wrote itself), then rest() over the other entries, which returns y_b.
+  void own(const T* x, int64_t j0, int64_t j1, int64_t b) { part(x, j0, j1, b, /*accumulate=*/false); }
+
+  const T* rest(const T* x, int64_t j0, int64_t j1, int64_t b) {
+    part(x, 0, j0, b, /*accumulate=*/true);
+    part(x, j1, rows_, b, /*accumulate=*/true);
+    return out_ + b * padded_;
+  }
 
  private:
+  // y_b = the product over x's entries [r0, r1) (A's rows), or y_b += it when accumulate.
+  void part(const T* x, int64_t r0, int64_t r1, int64_t b, bool accumulate) {
+    gemv_packed(packed_, x, rows_, cols_, r0, r1, out_ + b * padded_, accumulate);
+  }
+
   static std::vector<T>& workspace(int slot) {
     thread_local std::vector<T> ws[2];
     return ws[slot];
@@ -207,6 +215,18 @@ class SliceProduct {
   T* packed_;
   T* out_;
 };
+
+// The head of a team step whose product reads all of h_{t-1} (B rows of width H): each active row's part over the
+// member's own units of h_{t-1}, which it wrote itself, while the others finish theirs; then the wait until all of
+// h_{t-1} is written. SliceProduct::rest adds the other units' part after it.
+template <typename T>
+void own_part_then_wait(SliceProduct<T>& product, TeamMember& m, const T* h, int64_t B, int64_t H,
+                        const int64_t* lengths, int64_t t) {
+  for (int64_t b = 0; b < B && m.units() > 0; ++b) {
+    if (active(lengths, b, t)) product.own(h + b * H, m.j0, m.j1, b);
+  }
+  m.await_all();
+}
 
 // Units per cache line of T: the alignment of the members' slices.
 template <typename T>
