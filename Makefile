@@ -18,7 +18,8 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# The demo trains the default character-level LSTM on Macbeth for 4 minutes, then samples from its best weights.
+# The demo trains the default character-level LSTM on Macbeth for at most 4 minutes (it stops early once the
+# held-out loss stops improving), then samples from its best weights.
 DEMO_RUN := runs/demo
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)

@@ -7,13 +7,17 @@ norm in float32: see the test for the bound and why); wider layers check every p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -125,15 +129,33 @@ WIDE_CASES = [
 @pytest.mark.parametrize("case", WIDE_CASES, ids=case_id)
 def test_wide_layers_match_reference(case: tuple[str, dict], B: int, dtype: torch.dtype) -> None:
     """Outputs, final states and every gradient at H = 57, both directions, with sequences that end early."""
-    kind, options = case
     rng = random.Random(f"cpu-wide-{case_id(case)}-{B}-{dtype}")
+    check_bidirectional_against_reference(case, rng, T=9, I=5, H=57, B=B, dtype=dtype, short=3)
+
+
+class Case(NamedTuple):
+    """A layer checked by check_bidirectional_against_reference, with its inputs and the reference's results."""
+    module: torch.nn.Module
+    x: Tensor
+    hx: tuple[Tensor, ...]
+    lengths: Tensor
+    names: list[str]
+    want: list[Tensor]
+    bound: float
+
+
+def check_bidirectional_against_reference(case: tuple[str, dict], rng: random.Random, T: int, I: int, H: int, B: int,
+                                          dtype: torch.dtype, short: int) -> Case:
+    """A bidirectional layer of `case` with random weights, input and initial state, its sequences ending early
+    (batch 1: `short` steps early): outputs, final states and every gradient of the cpu engine against the reference
+    engine. Returns the case, for further checks."""
+    kind, options = case
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
-    T, I, H = 9, 5, 57
     module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
     randomize_(module, gen)
     module.to(dtype)
     x = torch.randn(T, B, I, generator=gen, dtype=dtype)
-    lengths = torch.tensor([T - 3] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
+    lengths = torch.tensor([T - short] if B == 1 else [T, *(rng.randint(1, T) for _ in range(B - 1))])
     hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
     shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
     weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
@@ -143,6 +165,7 @@ def test_wide_layers_match_reference(case: tuple[str, dict], B: int, dtype: torc
     bound = 1e-5 if dtype == torch.float32 else 1e-10
     for name, g, w in zip(names, got, want):
         assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
+    return Case(module, x, hx, lengths, names, want, bound)
 
 
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=case_id)
@@ -277,17 +300,10 @@ CHUNKED = [("LSTM", dict(layer_norm=True)), ("LSTM", dict(layer_norm=True, proj_
            ("RNN", dict(layer_norm=True))]
 
 
-@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
-def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) -> None:
-    """Where the gradient before the recurrent product's layer norm exists only for W_hh's gradient (layer norm; GRU
-    reset-after), the cpu engine keeps it for a chunk of steps (as many as make 1024 rows of the GEMM: 16 at B=64)
-    and adds each chunk to dW_hh. 37 steps are two full chunks and a partial one; uneven lengths leave rows of the
-    reused buffer masked."""
-    kind, options = case
-    gen = torch.Generator().manual_seed(7)
-    T, B, I, H = 37, 64, 3, 5
-    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64, **options)
-    randomize_(module, gen)
+def check_uneven_lengths_against_reference(module: torch.nn.Module, gen: torch.Generator, T: int, B: int,
+                                           I: int) -> None:
+    """A float64 layer on random input and initial state, lengths drawn from 1..T: outputs, final states and every
+    gradient of the cpu engine against the reference engine, to 1e-10."""
     x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
     lengths = torch.randint(1, T + 1, (B,), generator=gen)
     widths = module.spec.state_widths()
@@ -300,3 +316,153 @@ def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) ->
              *(n for n, _ in module.named_parameters())]
     for name, g, w in zip(names, got, truth, strict=True):
         assert relative_error(g, w) <= 1e-10, f"{name}: {relative_error(g, w):.2e}"
+
+
+@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
+def test_recurrent_weight_gradient_in_chunks_of_steps(case: tuple[str, dict]) -> None:
+    """Where the gradient before the recurrent product's layer norm exists only for W_hh's gradient (layer norm; GRU
+    reset-after), the cpu engine keeps it for a chunk of steps (as many as make 1024 rows of the GEMM: 16 at B=64)
+    and adds each chunk to dW_hh. 37 steps are two full chunks and a partial one; uneven lengths leave rows of the
+    reused buffer masked."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(7)
+    T, B, I, H = 37, 64, 3, 5
+    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    check_uneven_lengths_against_reference(module, gen, T, B, I)
+
+
+@pytest.mark.parametrize("case", [("LSTM", dict(peephole=True)), ("GRU", dict()), ("RNN", dict())], ids=case_id)
+def test_buffers_of_several_huge_pages_match_reference(case: tuple[str, dict]) -> None:
+    """At T=40, B=64, H=256 in float64 every (T, B, ·) buffer of the kernels (out 5 MiB, the gates up to 21 MiB,
+    dgx) spans whole 2 MiB pages, which the kernels advise the OS to back with huge pages before the first write;
+    uneven lengths leave rows that only the buffers' zero fill sets. Every parameter is drawn from U(-1/sqrt(H),
+    1/sqrt(H)), torch.nn's initial range: randomize_'s wider range makes a layer this wide chaotic over 40 steps,
+    where float64 rounding differences between any two implementations grow to 1e-3."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(11)
+    T, B, I, H = 40, 64, 3, 256
+    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64, **options)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_((torch.rand(p.shape, generator=gen, dtype=p.dtype) * 2 - 1) / H**0.5)
+    check_uneven_lengths_against_reference(module, gen, T, B, I)
+
+
+# The small-batch loop (csrc/team.h): a team of threads that split the hidden units and meet once per step, or one
+# thread alone. The rule that chooses it (batch and hidden size) is set here so that it runs on every shape, small
+# ones included, with the team of every thread. Cases: every variant it covers, bias or not.
+TEAM_CASES = [
+    ("LSTM", {}), ("LSTM", dict(bias=False)), ("LSTM", dict(peephole=True)), ("LSTM", dict(coupled=True)),
+    ("LSTM", dict(coupled=True, peephole=True)), ("LSTM", dict(forget_bias=1.0)), ("GRU", dict(reset="after")),
+    ("GRU", dict(reset="before")), ("GRU", dict(reset="before", bias=False)), ("RNN", dict(nonlinearity="tanh")),
+    ("RNN", dict(nonlinearity="relu")),
+]
+
+
+@contextlib.contextmanager
+def team_rule(max_batch: int, min_hidden: int, threads: int) -> Iterator[None]:
+    """The small-batch loop up to batch max_batch, as a team from hidden size min_hidden, on `threads` threads."""
+    assert build.status()[0]
+    previous, before = torch.ops.gatedrnn_cpu.set_team_rule(max_batch, min_hidden), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.ops.gatedrnn_cpu.set_team_rule(*previous)
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def team_everywhere() -> Iterator[None]:
+    with team_rule(2**40, 1, 2):
+        yield
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("H", [37, 5], ids=["H37", "H5"])
+@pytest.mark.parametrize("B", [1, 2, 4], ids=["B1", "B2", "B4"])
+@pytest.mark.parametrize("case", TEAM_CASES, ids=case_id)
+def test_team_matches_reference(team_everywhere, case: tuple[str, dict], B: int, H: int, dtype: torch.dtype) -> None:
+    """Outputs, final states and every gradient, and the forward without autograd, both directions, random initial
+    states, sequences that end early. H = 37: members' slices of unequal size (a cache line of units each, 16 or 8,
+    then the rest); H = 5: fewer units than a slice, so one member has none."""
+    rng = random.Random(f"cpu-team-{case_id(case)}-{B}-{H}-{dtype}")
+    c = check_bidirectional_against_reference(case, rng, T=11, I=6, H=H, B=B, dtype=dtype, short=4)
+    with torch.no_grad():
+        out, state = c.module(c.x, c.hx if len(c.hx) > 1 else c.hx[0], lengths=c.lengths)
+    for name, g, w in zip(c.names, (out, *(state if isinstance(state, tuple) else (state,))), c.want):
+        assert relative_error(g, w) <= c.bound, f"no_grad {name}: relative error {relative_error(g, w):.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", TEAM_CASES, ids=case_id)
+def test_one_thread_small_batch_loop_matches_reference(case: tuple[str, dict], dtype: torch.dtype) -> None:
+    """The same loop on one thread (torch.set_num_threads(1)): a team of one member that owns every unit."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(random.Random(f"cpu-team1-{case_id(case)}-{dtype}").randrange(2**31))
+    T, B, I, H = 11, 2, 6, 37
+    module = getattr(gatedrnn, kind)(I, H, bidirectional=True, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    module.to(dtype)
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    lengths = torch.tensor([T, T - 5])
+    hx = tuple(torch.randn(2, B, w, generator=gen, dtype=dtype) for w in module.spec.state_widths())
+    shapes = [(T, B, 2 * module.spec.state_size), *(h.shape for h in hx)]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    want = run_with(module, "reference", x, hx, lengths, weights)
+    with team_rule(2**40, 1, 1):
+        got = run_with(module, "cpu", x, hx, lengths, weights)
+    bound = 1e-5 if dtype == torch.float32 else 1e-10
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert relative_error(g, w) <= bound, f"result {k}: relative error {relative_error(g, w):.2e}"
+
+
+@pytest.mark.parametrize("case", [("LSTM", {}), ("GRU", dict(reset="before")), ("RNN", {})], ids=case_id)
+def test_team_equals_the_single_thread_loop(case: tuple[str, dict]) -> None:
+    """At the default rule's shape (batch 1, a wide layer, a long sequence), the team of two threads gives what the
+    single-thread loops give, to rounding: the members' slices and their sync at every step are right over many
+    steps. The default initialisation keeps the recurrence contractive (weights as randomize_ makes them would make
+    it chaotic over 200 steps, where rounding differences grow to O(1))."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(7)
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        module = getattr(gatedrnn, kind)(16, 256, **options)
+    x = torch.randn(200, 1, 16, generator=gen)
+    with torch.no_grad():
+        with team_rule(0, 2**40, 1):
+            single = module(x)[0]
+        with team_rule(1, 64, 2):
+            team = module(x)[0]
+    assert relative_error(team, single) <= 1e-5
+
+
+def test_team_called_from_two_python_threads_at_once() -> None:
+    """Two callers each form their own team of two (four threads on this machine's two cores): both finish, and
+    right."""
+    gen = torch.Generator().manual_seed(3)
+    module = gatedrnn.LSTM(8, 96, engine="reference")
+    randomize_(module, gen)
+    x = torch.randn(30, 1, 8, generator=gen)
+    with torch.no_grad():
+        want = module(x)[0]
+    module.engine = "cpu"
+    results: list[Tensor] = []
+
+    def call() -> None:
+        torch.set_num_threads(2)  # each Python thread has its own OpenMP thread count
+        with torch.no_grad():
+            for _ in range(20):
+                results.append(module(x)[0])
+
+    with team_rule(1, 64, 2):
+        callers = [threading.Thread(target=call) for _ in range(2)]
+        for c in callers:
+            c.start()
+        for c in callers:
+            c.join(timeout=60)
+    assert not any(c.is_alive() for c in callers), "a caller hung"
+    assert len(results) == 40
+    for r in results:
+        assert relative_error(r, want) <= 1e-5

@@ -254,8 +254,8 @@ class _Recurrent(_TorchConversion, nn.Module):
     def forward(
         self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Any]:
-        weight = self.layer_params(0)["weight_ih"]
-        x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, weight)
+        first = self.layer_params(0)  # layer 0, direction 0: also the dtype and device the input must have
+        x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, first["weight_ih"])
         steps, batch = x.shape[0], x.shape[1]
         states = self._initial_states(hx, batch, layout.batched, x)
         engine = engine_registry.resolve(self.engine, self.spec, x)
@@ -265,12 +265,13 @@ class _Recurrent(_TorchConversion, nn.Module):
         for layer in range(self.num_layers):
             outs = []
             for direction in range(self.num_directions):
-                p = self.layer_params(layer, direction)
+                p = self.layer_params(layer, direction) if finals else first
                 layer_x = reverse_padded(x, mask) if direction else x
-                gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
                 if self._tap is None:
-                    out, final = engine.run(self.spec, gx, p, states[len(finals)], mask)
-                else:
+                    a = self.spec.input_product(layer_x, p)  # (T, B, G·H)
+                    out, final = engine.run_product(self.spec, a, p, states[len(finals)], mask)
+                else:  # the tap replays the cells from the normalised gx
+                    gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
                     out, final = self._tap(engine, layer, direction, gx, p, states[len(finals)], mask)
                 outs.append(reverse_padded(out, mask) if direction else out)
                 finals.append(final)

@@ -4,7 +4,9 @@ A *cell spec* is a frozen description of one cell family with its variant option
 ``lstm.py``, ``gru.py``). It owns the math of that family, written once:
 
 - ``params(input_size)``: the parameters of one layer and direction, in ``torch.nn``'s names and order;
-- ``input_projection(x, p)``: ``LN_ih(W_ih x) + b_ih`` for all time steps at once (one GEMM);
+- ``input_projection(x, p)``: ``LN_ih(W_ih x) + b_ih`` for all time steps at once (one GEMM), in two parts:
+  ``input_product`` (the GEMM) and ``normalise_input`` (LN_ih and ``b_ih``), which a fast engine may fuse into its
+  kernel (``Engine.run_product``);
 - ``step(gx_t, state, p)``: one step of the recurrence given that step's input projection (``step_with_gates``
   also returns the gate activations and pre-activations of that step);
 - ``zero_state(batch, like)``: the state used when no initial state is given.
@@ -121,14 +123,30 @@ class CellSpec:
             else:
                 tensor.zero_()
 
+    def input_product(self, x: Tensor, p: Mapping[str, Tensor]) -> Tensor:
+        """The input projection up to LN_ih, for every step at once (one GEMM): ``(..., I) -> (..., G·H)``.
+
+        With layer norm it is ``W_ih x``, which :meth:`normalise_input` turns into ``gx``; without, it is ``gx``
+        itself, ``W_ih x + b_ih``.
+        """
+        return F.linear(x, p["weight_ih"], None if self.layer_norm else p.get("bias_ih"))
+
+    def input_norm(self, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """LN_ih's gain and shift, ``b_ih`` folded into the shift (``LN_ih(a) + b_ih`` is one layer norm whose shift
+        is ``ln_ih_bias + b_ih``: one pass over the ``(..., G·H)`` product instead of two, and no separate sum for
+        ``b_ih``'s gradient in backward); None without layer norm."""
+        if not self.layer_norm:
+            return None
+        return p["ln_ih_weight"], (p["ln_ih_bias"] + p["bias_ih"] if self.bias else p["ln_ih_bias"])
+
+    def normalise_input(self, a: Tensor, p: Mapping[str, Tensor]) -> Tensor:
+        """``gx`` from :meth:`input_product`'s ``a``: ``LN_ih(a) + b_ih`` with layer norm, ``a`` itself without."""
+        norm = self.input_norm(p)
+        return a if norm is None else layer_norm(a, *norm)
+
     def input_projection(self, x: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         """``gx = LN_ih(W_ih x) + b_ih`` for every step at once: ``(..., I) -> (..., G·H)``, one GEMM."""
-        if not self.layer_norm:
-            return F.linear(x, p["weight_ih"], p.get("bias_ih"))
-        # b_ih joins LN_ih's shift: one pass over the (..., G·H) result instead of two, and no separate sum for
-        # b_ih's gradient in backward.
-        shift = p["ln_ih_bias"] + p["bias_ih"] if self.bias else p["ln_ih_bias"]
-        return layer_norm(F.linear(x, p["weight_ih"]), p["ln_ih_weight"], shift)
+        return self.normalise_input(self.input_product(x, p), p)
 
     def recurrent_projection(self, h: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         """``gh = LN_hh(W_hh h) + b_hh``: ``(B, state_size) -> (B, G·H)``."""

@@ -28,6 +28,12 @@ class Engine(ABC):
     ``t >= lengths[b]``; ``state`` is the state after each sequence's last valid step. The result must be
     differentiable with respect to ``gx``, every tensor in ``params`` and ``state``, and equal (up to rounding)
     to looping ``spec.step`` over time.
+
+    Layers call :meth:`run_product` instead, with ``a = spec.input_product(x)``: ``W_ih x`` for a layer-norm spec
+    (``spec.normalise_input`` applies LN_ih and ``b_ih``), else ``gx`` itself. Its default normalises ``a`` and
+    calls :meth:`run`; an engine that fuses LN_ih into its kernels overrides it and then also returns the
+    gradient of ``a`` and of LN_ih's parameters. ``run`` itself always receives the normalised ``gx``, which is
+    what :mod:`gatedrnn.inspect`'s taps replay the cells from.
     """
 
     name: str
@@ -47,3 +53,9 @@ class Engine(ABC):
         self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
     ) -> tuple[Tensor, State]:
         """Run the recurrence (see the class docstring for the contract)."""
+
+    def run_product(
+        self, spec: CellSpec, a: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
+    ) -> tuple[Tensor, State]:
+        """:meth:`run` from ``a = spec.input_product(x)`` ``(T, B, G·H)``, before LN_ih (see the class docstring)."""
+        return self.run(spec, spec.normalise_input(a, params), params, state, lengths)

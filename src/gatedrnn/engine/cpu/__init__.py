@@ -2,8 +2,10 @@
 
 Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused pass over the gates per step
 around one recurrent product), ``csrc/common.h`` (what they share; each weight is prepared once per call: packed
-for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above), ``build.py`` (compile once, cache,
-explain failures), ``functions.py`` (the ``torch.autograd.Function`` of each family), and the engine here.
+for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above), ``csrc/team.h`` and ``csrc/team.cpp`` (the
+forward at batch 1: a team of threads that split the hidden units, each with its own rows of W_hh, meeting once per
+step; the measured rule that chooses it), ``build.py`` (compile once, cache, explain failures), ``functions.py`` (the
+``torch.autograd.Function`` of each family), and the engine here.
 """
 
 from __future__ import annotations
@@ -48,3 +50,9 @@ class CPUEngine(Engine):
         from .functions import run
 
         return run(spec, gx, params, state, lengths)
+
+    def run_product(self, spec: CellSpec, a: Tensor, params: Mapping[str, Tensor], state: State,
+                    lengths: Tensor | None) -> tuple[Tensor, State]:
+        from .functions import run
+
+        return run(spec, a, params, state, lengths, product=True)  # LN_ih in the kernels' pass over each step

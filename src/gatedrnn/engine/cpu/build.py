@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp")
-HEADERS = ("common.h",)
+SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp", "team.cpp")
+HEADERS = ("common.h", "team.h")
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 """``-march=native`` and ``-ffast-math`` let the compiler vectorise the gate loops (with glibc's vector exp and
 tanh); the binary is built on the machine that runs it and keyed by its CPU flags. ``-fopenmp`` makes

@@ -38,14 +38,18 @@ class LSTMFunction(torch.autograd.Function):
     def forward(ctx: FunctionCtx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
                 w_hr: Tensor | None, w_ci: Tensor | None, w_cf: Tensor | None, w_co: Tensor | None,
                 ln_hh_w: Tensor | None, ln_hh_b: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None,
-                lengths: Tensor | None, forget_bias: float, coupled: bool) -> tuple[Tensor, Tensor, Tensor]:
-        out, h_n, c_n, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c = _ops().lstm_forward(
-            gx, h0, c0, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, forget_bias, coupled,
-            lengths, True)
+                ln_ih_w: Tensor | None, ln_ih_s: Tensor | None, lengths: Tensor | None, forget_bias: float,
+                coupled: bool) -> tuple[Tensor, Tensor, Tensor]:
+        out, h_n, c_n, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c, stats_ih = _ops().lstm_forward(
+            gx, h0, c0, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w, ln_ih_s,
+            forget_bias, coupled, lengths, True)
         # What backward needs (see lstm.cpp for why each): gates, cs, out, hh (proj), LN statistics (layer_norm),
-        # the initial state and the weights the gradient flows back through.
-        ctx.save_for_backward(h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, lengths, out, gates,
-                              cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c)
+        # the initial state and the weights the gradient flows back through. With LN_ih fused, gx (W_ih x) too, from
+        # which (with the biases and shifts) backward recomputes the gates where they were not saved (B > 1).
+        ctx.save_for_backward(h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b,
+                              ln_ih_w, lengths, out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c,
+                              _fused_input(gx, ln_ih_w), stats_ih)
+        ctx.forget_bias = forget_bias
         ctx.coupled = coupled
         ctx.has_bias = b_hh is not None
         return out, h_n, c_n
@@ -53,30 +57,36 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
-        (h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, lengths, out, gates, cs, hh, xhat_hh,
-         rstd_hh, mean_c, rstd_c) = ctx.saved_tensors
-        dgx, d_w_hh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co = _ops().lstm_backward(
-            dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w,
-            ln_c_w, ln_c_b, ctx.coupled, lengths, out, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c)
+        (h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, lengths,
+         out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih) = ctx.saved_tensors
+        (dgx, d_w_hh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co,
+         d_ln_ih_w) = _ops().lstm_backward(
+            dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s,
+            ctx.forget_bias, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, ctx.coupled, lengths, out,
+            gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih)
         H = c0.shape[1]
         need = ctx.needs_input_grad
-        ln = ln_hh_w is not None
+        ln, ln_ih = ln_hh_w is not None, ln_ih_w is not None
         return (dgx, dh0, dc0, d_w_hh,
                 db if ctx.has_bias else None,
                 dhp.reshape(-1, dhp.shape[2]).t() @ hh.reshape(-1, H) if w_hr is not None and need[5] else None,
                 d_ci if w_ci is not None else None, d_cf if w_cf is not None else None,
                 d_co if w_co is not None else None,
                 d_ln_hh_w if ln else None, db if ln else None, d_ln_c_w if ln else None,
-                d_ln_c_b if ln else None, None, None, None)
+                d_ln_c_b if ln else None, d_ln_ih_w if ln_ih else None, db if ln_ih else None, None, None, None)
 
 
 class GRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, ln_w: Tensor | None,
-                ln_b: Tensor | None, lengths: Tensor | None, before: bool) -> tuple[Tensor, Tensor]:
-        out, h_n, gates, aux, xhat, rstd = _ops().gru_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, before, lengths, True)
-        # What backward needs (see gru.cpp): gates, aux (r*h or the n block of the recurrent part), out, LN stats.
-        ctx.save_for_backward(h0, w_hh, ln_w, lengths, out, gates, aux, xhat, rstd)
+                ln_b: Tensor | None, ln_ih_w: Tensor | None, ln_ih_s: Tensor | None, lengths: Tensor | None,
+                before: bool) -> tuple[Tensor, Tensor]:
+        out, h_n, gates, aux, xhat, rstd, stats_ih = _ops().gru_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w,
+                                                                        ln_ih_s, before, lengths, True)
+        # What backward needs (see gru.cpp): gates, aux (r*h or the n block of the recurrent part), out, LN stats;
+        # with LN_ih fused, gx (W_ih x) too.
+        ctx.save_for_backward(h0, w_hh, ln_w, ln_ih_w, lengths, out, gates, aux, xhat, rstd,
+                              _fused_input(gx, ln_ih_w), stats_ih)
         ctx.before = before
         ctx.has_bias = b_hh is not None
         return out, h_n
@@ -84,20 +94,24 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
-        h0, w_hh, ln_w, lengths, out, gates, aux, xhat, rstd = ctx.saved_tensors
-        dgx, d_w_hh, dh0, db, d_ln_w = _ops().gru_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w,
-                                                           ctx.before, lengths, out, gates, aux, xhat, rstd)
-        ln = ln_w is not None
+        h0, w_hh, ln_w, ln_ih_w, lengths, out, gates, aux, xhat, rstd, a_ih, stats_ih = ctx.saved_tensors
+        dgx, d_w_hh, dh0, db, d_ln_w, d_ln_ih_w, d_ln_ih_s = _ops().gru_backward(
+            dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.before, lengths, out, gates, aux, xhat,
+            rstd, a_ih, stats_ih)
+        ln, ln_ih = ln_w is not None, ln_ih_w is not None
         return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
-                None, None)
+                d_ln_ih_w if ln_ih else None, d_ln_ih_s if ln_ih else None, None, None)
 
 
 class RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, ln_w: Tensor | None,
-                ln_b: Tensor | None, lengths: Tensor | None, relu: bool) -> tuple[Tensor, Tensor]:
-        out, h_n, xhat, rstd = _ops().rnn_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, relu, lengths, True)
-        ctx.save_for_backward(h0, w_hh, ln_w, lengths, out, xhat, rstd)  # see rnn.cpp for why
+                ln_b: Tensor | None, ln_ih_w: Tensor | None, ln_ih_s: Tensor | None, lengths: Tensor | None,
+                relu: bool) -> tuple[Tensor, Tensor]:
+        out, h_n, xhat, rstd, stats_ih = _ops().rnn_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu,
+                                                            lengths, True)
+        ctx.save_for_backward(h0, w_hh, ln_w, ln_ih_w, lengths, out, xhat, rstd, _fused_input(gx, ln_ih_w),
+                              stats_ih)  # see rnn.cpp for why
         ctx.relu = relu
         ctx.has_bias = b_hh is not None
         return out, h_n
@@ -105,38 +119,47 @@ class RNNFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
         _refuse_second_derivatives()
-        h0, w_hh, ln_w, lengths, out, xhat, rstd = ctx.saved_tensors
-        dgx, d_w_hh, dh0, db, d_ln_w = _ops().rnn_backward(dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w,
-                                                           ctx.relu, lengths, out, xhat, rstd)
-        ln = ln_w is not None
+        h0, w_hh, ln_w, ln_ih_w, lengths, out, xhat, rstd, a_ih, stats_ih = ctx.saved_tensors
+        dgx, d_w_hh, dh0, db, d_ln_w, d_ln_ih_w = _ops().rnn_backward(
+            dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.relu, lengths, out, xhat, rstd, a_ih,
+            stats_ih)
+        ln, ln_ih = ln_w is not None, ln_ih_w is not None
         return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
-                None, None)
+                d_ln_ih_w if ln_ih else None, db if ln_ih else None, None, None)
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
-def run(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
-        lengths: Tensor | None) -> tuple[Tensor, State]:
-    """The recurrence of one layer and direction (the :class:`~gatedrnn.engine.base.Engine` contract)."""
+def _fused_input(gx: Tensor, ln_ih_w: Tensor | None) -> Tensor | None:
+    """gx is saved only where LN_ih is fused: it is then W_ih x, from which backward rebuilds LN_ih's xhat."""
+    return gx if ln_ih_w is not None else None
+
+
+def run(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None,
+        product: bool = False) -> tuple[Tensor, State]:
+    """The recurrence of one layer and direction (the :class:`~gatedrnn.engine.base.Engine` contract): from the
+    normalised ``gx`` (``Engine.run``), or with ``product`` from ``spec.input_product`` (``Engine.run_product``),
+    whose LN_ih (for a layer-norm spec) the kernels apply."""
     p = {name: t.contiguous() for name, t in params.items()}
     gx = gx.contiguous()
     state = tuple(s.contiguous() for s in state)
     lengths = _contiguous(lengths)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (gx, *state, *p.values()))
     ops = _ops()
+    ln_ih = (product and spec.input_norm(p)) or (None, None)  # LN_ih's gain, and its shift + b_ih
     if isinstance(spec, LSTMSpec):
         args = (gx, state[0], state[1], p["weight_hh"], p.get("bias_hh"), p.get("weight_hr"), p.get("weight_ci"),
                 p.get("weight_cf"), p.get("weight_co"), p.get("ln_hh_weight"), p.get("ln_hh_bias"),
-                p.get("ln_c_weight"), p.get("ln_c_bias"))
+                p.get("ln_c_weight"), p.get("ln_c_bias"), *ln_ih)
         if grad:
             out, h, c = LSTMFunction.apply(*args, lengths, spec.forget_bias, spec.coupled)
         else:
             out, h, c = ops.lstm_forward(*args, spec.forget_bias, spec.coupled, lengths, False)[:3]
         return out, (h, c)
     if isinstance(spec, GRUSpec):
-        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"))
+        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), *ln_ih)
         before = spec.reset == "before"
         if grad:
             out, h = GRUFunction.apply(*args, lengths, before)
@@ -144,7 +167,7 @@ def run(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
             out, h = ops.gru_forward(*args, before, lengths, False)[:2]
         return out, (h,)
     if isinstance(spec, RNNSpec):
-        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"))
+        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), *ln_ih)
         relu = spec.nonlinearity == "relu"
         if grad:
             out, h = RNNFunction.apply(*args, lengths, relu)

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -127,6 +128,33 @@ inline void layer_norm_row_backward(const T* dy, const T* xhat, T rstd, const T*
   for (int64_t k = 0; k < n; ++k) dx[k] = rstd * (dy[k] * w[k] - m1 - xhat[k] * m2);
 }
 
+// LN_ih, fused into the step's pass over its rows: the kernels receive a = W_ih x (T,B,G·H) and normalise each row
+// as the step reaches it, while the row is in L1, instead of the layer making a normalised (T,B,G·H) copy of a
+// before the loop (one more pass over memory and as many freshly allocated pages). One row, into gx:
+//   gx = (a - mean) * rstd * w + shift      (shift = LN_ih's shift + b_ih)
+// Returns gx; stores (mean, rstd) in stats[0..1] where asked (backward rebuilds xhat from a and them).
+template <typename T>
+inline const T* input_norm_row(const T* a, int64_t n, const T* w, const T* shift, T* gx, T* stats) {
+  T mean, rstd;
+  row_moments(a, n, mean, rstd);
+  for (int64_t k = 0; k < n; ++k) gx[k] = (a[k] - mean) * rstd * w[k] + shift[k];
+  if (stats) {
+    stats[0] = mean;
+    stats[1] = rstd;
+  }
+  return gx;
+}
+
+// Backward of input_norm_row: xhat = (a - mean) * rstd rebuilt into xhat (kept for the sum of LN_ih's gain
+// gradient), then da from dgx, the gradient of gx (layer_norm_row_backward; da may alias dgx).
+template <typename T>
+inline void input_norm_row_backward(const T* dgx, const T* a, const T* stats, const T* w, int64_t n, T* xhat,
+                                    T* da) {
+  const T mean = stats[0], rstd = stats[1];
+  for (int64_t k = 0; k < n; ++k) xhat[k] = (a[k] - mean) * rstd;
+  layer_norm_row_backward(dgx, xhat, rstd, w, n, da);
+}
+
 // Per-column sums of one step's rows, added to double accumulators, skipping ended sequences:
 //   acc_yx[j] += sum_b y[b,j] * x[b,j]   (when acc_yx is given)
 //   acc_y[j]  += sum_b y[b,j]            (when acc_y is given)
@@ -187,10 +215,24 @@ inline int64_t chunk_steps(int64_t T, int64_t B) {
 }
 
 
+// Asks the OS to back the 2 MiB-aligned part of a tensor with huge pages. The (T,B,·) buffers of a call are MiBs
+// each, and the allocator returns large ones as fresh memory (above glibc's mmap threshold, at most 32 MiB, always):
+// with 4 KiB pages the first write to each costs a page fault, over 10,000 a call at (B,T,H) = (64,100,512), where
+// this advice took a one-thread GRU forward that saves for backward from 82 to 70 ms and its backward from 140 to
+// 126 ms. Where the allocator reuses memory that is already mapped, the advice changes nothing.
+inline void advise_huge_pages(const Tensor& t) {
+#if defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + t.nbytes()) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
 // The per-step products y = x @ A, where A (a weight or its transpose) is the same at every step of a call.
 // StepProduct prepares A once per call (the constructor) so that the time loop only does arithmetic on raw pointers:
 // no Tensor is made and no ATen op is dispatched inside it, which at B = 1 would cost more than the product itself.
-//   B = 1: a matrix-vector product over A packed in column blocks (gemv_block below): each block's rows are
+//   B = 1: a matrix-vector product over A packed in column blocks (gemv_packed below): each block's rows are
 //          stored one after the other, so the weights stream from cache in one sequential pass.
 //   B > 1, float32, torch built with MKL: MKL's packed GEMM (cblas_sgemm_pack once per call, cblas_sgemm_compute
 //          per step): a plain GEMM would re-pack the whole weight matrix on every step.
@@ -226,13 +268,17 @@ inline void for_each_block(int64_t cols, F&& f) {
   }
 }
 
-// One column block of y = x @ A: y[0 : NV*L] = sum_r x[r] * A[r, block], reading the block's rows from p in turn.
+// One column block of y = x @ A over A's rows [r0, r1): y[0 : NV*L] (+)= sum_r x[r] * A[r, block], reading the
+// block's rows from p in turn (a product formed in parts, over ranges of rows, accumulates).
 template <typename T, int64_t NV>
-inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t rows, T* __restrict y) {
+inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t r0, int64_t r1, T* __restrict y,
+                       bool accumulate) {
   using V = typename Simd<T>::Vec;
   constexpr int64_t L = Simd<T>::kLanes;
   V acc[NV] = {};
-  for (int64_t r = 0; r < rows; ++r, p += NV * L) {
+  if (accumulate) std::memcpy(acc, y, sizeof(acc));
+  p += r0 * NV * L;
+  for (int64_t r = r0; r < r1; ++r, p += NV * L) {
     const T xr = x[r];
     for (int64_t j = 0; j < NV; ++j) {
       V a;
@@ -241,6 +287,39 @@ inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t row
     }
   }
   std::memcpy(y, acc, sizeof(acc));
+}
+
+// y (+)= x @ A over A's rows [r0, r1), for A (rows x cols) packed in column blocks; y has cols rounded up to whole
+// vectors (the padding columns of the last block).
+template <typename T>
+inline void gemv_packed(const T* packed, const T* x, int64_t rows, int64_t cols, int64_t r0, int64_t r1, T* y,
+                        bool accumulate) {
+  for_each_block<T>(cols, [&](int64_t col0, int64_t nv) {
+    const T* block = packed + col0 * rows;
+    switch (nv) {
+      case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, r0, r1, y + col0, accumulate); break;
+      case 4: gemv_block<T, 4>(block, x, r0, r1, y + col0, accumulate); break;
+      case 2: gemv_block<T, 2>(block, x, r0, r1, y + col0, accumulate); break;
+      default: gemv_block<T, 1>(block, x, r0, r1, y + col0, accumulate); break;
+    }
+  });
+}
+
+// Fills one column block of a packed A = W^T from W's rows: block[r * stride + c] = row(c)[r] for c < width and
+// r < rows (the padding columns are left alone). The transpose goes through tiles of one cache line of each of the
+// block's rows of W, so every line of W is read once, whole; a walk down the columns reads one element per line and,
+// with W's rows a power of two bytes apart, keeps evicting its own lines from the L1 sets they share (measured:
+// 300 µs to pack a 1024x256 float W, against the microseconds of one step).
+template <typename T, typename Row>
+inline void pack_transposed_block(Row&& row, int64_t width, int64_t rows, int64_t stride, T* __restrict block) {
+  constexpr int64_t tile = 64 / int64_t(sizeof(T));
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = std::min(rows, r0 + tile);
+    for (int64_t c = 0; c < width; ++c) {
+      const T* __restrict w = row(c);
+      for (int64_t r = r0; r < r1; ++r) block[r * stride + c] = w[r];
+    }
+  }
 }
 
 // The MKL packed-GEMM entry points, weak so that the library loads (and falls back to ATen) with a torch built
@@ -278,11 +357,9 @@ class StepProduct {
       for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
         T* block = p + col0 * rows_;
         const int64_t width = std::min(nv * L, cols_ - col0);
-        // Row by row of the block: its writes stay sequential (a column-wise walk of w would scatter them).
+        // w^T through line-sized tiles (pack_transposed_block); w itself row by row, reads and writes sequential.
         if (transposed) {
-          for (int64_t r = 0; r < rows_; ++r) {
-            for (int64_t j = 0; j < width; ++j) block[r * nv * L + j] = src[r + (col0 + j) * ld];
-          }
+          pack_transposed_block([&](int64_t j) { return src + (col0 + j) * ld; }, width, rows_, nv * L, block);
         } else {
           for (int64_t r = 0; r < rows_; ++r) {
             std::copy(src + r * ld + col0, src + r * ld + col0 + width, block + r * nv * L);
@@ -292,6 +369,7 @@ class StepProduct {
     } else if (std::is_same_v<T, float> && mkl_packed_gemm_available()) {
       const size_t bytes = cblas_sgemm_pack_get_size(162, int(batch), int(cols_), int(rows_));
       packed_ = at::empty({int64_t((bytes + sizeof(T) - 1) / sizeof(T))}, w.options());
+      advise_huge_pages(packed_);  // MiBs for the larger layers, packed anew on every call
       // B of C = X @ B is A: w itself (NoTrans, rows_ x cols_ with leading dimension ld) or w^T (Trans).
       cblas_sgemm_pack(101, 162, transposed ? 112 : 111, int(batch), int(cols_), int(rows_), 1.0f,
                        reinterpret_cast<const float*>(src), int(ld), reinterpret_cast<float*>(packed_.data_ptr<T>()));
@@ -304,17 +382,8 @@ class StepProduct {
   // y (batch, cols) = x @ A, or y += x @ A when accumulate; x (batch, rows) with row stride ldx, y contiguous.
   void operator()(const T* x, int64_t ldx, T* y, bool accumulate) const {
     if (batch_ == 1) {
-      const T* p = packed_.data_ptr<T>();
       T* out = out_.data_ptr<T>();
-      for_each_block<T>(cols_, [&](int64_t col0, int64_t nv) {
-        const T* block = p + col0 * rows_;
-        switch (nv) {
-          case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, rows_, out + col0); break;
-          case 4: gemv_block<T, 4>(block, x, rows_, out + col0); break;
-          case 2: gemv_block<T, 2>(block, x, rows_, out + col0); break;
-          default: gemv_block<T, 1>(block, x, rows_, out + col0); break;
-        }
-      });
+      gemv_packed(packed_.data_ptr<T>(), x, rows_, cols_, 0, rows_, out, /*accumulate=*/false);
       if (accumulate) {
         for (int64_t c = 0; c < cols_; ++c) y[c] += out[c];
       } else {
@@ -342,9 +411,13 @@ class StepProduct {
   Tensor packed_, out_, a_;
 };
 
-// A saved buffer: zero-filled where masked rows are never written (so sums over time see zeros there).
+// A buffer made by a call (the (T,B,·) tensors, dW_hh), on huge pages where it is large enough; zero-filled when
+// asked: where masked rows are never written (so sums over time see zeros there), or to accumulate into.
 inline Tensor buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {
-  return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
+  Tensor t = at::empty(shape, opts);
+  advise_huge_pages(t);
+  if (zero) t.zero_();
+  return t;
 }
 
 inline Tensor none_like(const Tensor& like) {

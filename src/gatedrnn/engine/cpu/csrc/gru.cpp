@@ -6,18 +6,22 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "team.h"
 
 namespace gatedrnn {
 namespace {
 
 template <typename T>
 void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
-                  const OptTensor& ln_b, bool before, const int64_t* lengths, Tensor& h_state, Tensor& out,
-                  Tensor& gates, Tensor& aux, Tensor& xhat, Tensor& rstd, bool save) {
+                  const OptTensor& ln_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s, bool before,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out, Tensor& gates, Tensor& aux, Tensor& xhat,
+                  Tensor& rstd, Tensor& stats_ih, bool save) {
   const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
   const T* bias = ptr_or_null<T>(b_hh);
   const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
+  const T *lniw = ptr_or_null<T>(ln_ih_w), *lnis = ptr_or_null<T>(ln_ih_s);  // fused LN_ih: gx holds W_ih x
   auto opts = gx.options();
+  Tensor gx_norm = lniw ? at::empty({B, G}, opts) : Tensor();  // (B, 3H): this step's LN_ih(W_ih x)
   Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
   Tensor gh = at::empty({B, before ? 2 * H : G}, opts);  // (B, 2H) or (B, 3H)
   Tensor ghn = at::empty({B, H}, opts);                   // reset-before: W_hn (r*h), (B, H)
@@ -51,6 +55,10 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
           }
         }
         const T* x = x_t + b * G;
+        if (lniw) {
+          x = input_norm_row(x, G, lniw, lnis, gx_norm.data_ptr<T>() + b * G,
+                             save ? stats_ih.data_ptr<T>() + (t * B + b) * 2 : nullptr);
+        }
         const T* h = hs + b * H;
         T* gr = gt + b * G;
         T* au = auxt + b * H;
@@ -85,7 +93,7 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
             layer_norm_row(a, H, lnw + 2 * H, lnb + 2 * H, xh ? xh + b * G + 2 * H : nullptr,
                            rs ? rs + 2 * b + 1 : nullptr);
           }
-          const T* x = x_t + b * G;
+          const T* x = lniw ? gx_norm.data_ptr<T>() + b * G : x_t + b * G;  // normalised by the first pass
           const T* h = hs + b * H;
           T* gr = gt + b * G;
           const T* z = gr + H;
@@ -107,31 +115,146 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   }
 }
 
+// The small-batch recurrence (team.h), without layer norm (its statistics are over whole rows). Member k computes
+// the gates of its units [j0, j1) from its own rows of W_hh:
+//   r = σ(x_r + W_hr h + b_hr)        z = σ(x_z + W_hz h + b_hz)
+//   after:  a = W_hn h + b_hn,  n = tanh(x_n + r ⊙ a)
+//   before: n = tanh(x_n + W_hn (r ⊙ h) + b_hn), where W_hn needs all of r ⊙ h: the members exchange it at a
+//           second sync in the step
+//   h' = (1 - z) ⊙ n + z ⊙ h
+// Outputs and saved tensors are those of forward_impl.
+template <typename T>
+void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool before,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out, Tensor& gates, Tensor& aux, bool save) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
+  auto opts = gx.options();
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({G}, opts);
+  const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  Tensor h_other = at::empty({B, H}, opts);  // (B, H): h_t at odd t; h_state holds h_t at even t
+  T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
+  // Without saving, one step's gates (B, 3H) and aux (B, H): each member writes its own columns; reset-before reads
+  // all of aux (r ⊙ h) after the sync.
+  Tensor gate_scratch = save ? Tensor() : at::empty({B, G}, opts);
+  Tensor aux_scratch = save ? Tensor() : at::empty({B, H}, opts);
+  const T* gxp = gx.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+  const T* w = w_hh.data_ptr<T>();
+  const int64_t ld = w_hh.stride(0);
+
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
+    const int64_t j0 = m.j0, nk = m.units();
+    // r|z|n rows (r|z when reset-before: its n rows multiply r ⊙ h, a second product)
+    SliceProduct<T> recurrent(w, ld, H, before ? std::vector<int64_t>{0, H} : std::vector<int64_t>{0, H, 2 * H}, j0,
+                              m.j1, B, /*slot=*/0);
+    std::optional<SliceProduct<T>> candidate;
+    if (before) candidate.emplace(w, ld, H, std::vector<int64_t>{2 * H}, j0, m.j1, B, /*slot=*/1);
+    const T *br = bias + j0, *bz = bias + H + j0, *bn = bias + 2 * H + j0;
+    for (int64_t t = 0; t < T_; ++t) {
+      const T* hp = hbuf[t % 2];
+      T* hn = hbuf[(t + 1) % 2];
+      T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
+      T* auxt = save ? aux.data_ptr<T>() + t * B * H : aux_scratch.data_ptr<T>();
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        const T* h = hp + b * H + j0;
+        T* o_out = outp + (t * B + b) * H + j0;
+        if (!active(lengths, b, t)) {
+          std::copy(h, h + nk, hn + b * H + j0);
+          std::fill(o_out, o_out + nk, T(0));
+          continue;
+        }
+        const T* y = recurrent(hp + b * H, b);
+        const T* x = gxp + (t * B + b) * G + j0;
+        T* gr = gt + b * G + j0;
+        T* au = auxt + b * H + j0;
+        T* h_new = hn + b * H + j0;
+        if (before) {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T r = T(1) / (T(1) + std::exp(-(x[j] + y[j] + br[j])));
+            gr[j] = r;
+            gr[H + j] = T(1) / (T(1) + std::exp(-(x[H + j] + y[nk + j] + bz[j])));
+            au[j] = r * h[j];
+          }
+        } else {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T r = T(1) / (T(1) + std::exp(-(x[j] + y[j] + br[j])));
+            const T z = T(1) / (T(1) + std::exp(-(x[H + j] + y[nk + j] + bz[j])));
+            const T a = y[2 * nk + j] + bn[j];
+            const T n = std::tanh(x[2 * H + j] + r * a);
+            const T hj = (T(1) - z) * n + z * h[j];
+            gr[j] = r;
+            gr[H + j] = z;
+            gr[2 * H + j] = n;
+            au[j] = a;
+            h_new[j] = hj;
+            o_out[j] = hj;
+          }
+        }
+      }
+      if (before) {
+        m.sync();  // all of r ⊙ h_{t-1} is written
+        for (int64_t b = 0; b < B && nk > 0; ++b) {
+          if (!active(lengths, b, t)) continue;
+          const T* y = (*candidate)(auxt + b * H, b);
+          const T* x = gxp + (t * B + b) * G + j0;
+          const T* h = hp + b * H + j0;
+          T* gr = gt + b * G + j0;
+          T* h_new = hn + b * H + j0;
+          T* o_out = outp + (t * B + b) * H + j0;
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T n = std::tanh(x[2 * H + j] + y[j] + bn[j]);
+            const T z = gr[H + j];
+            const T hj = (T(1) - z) * n + z * h[j];
+            gr[2 * H + j] = n;
+            h_new[j] = hj;
+            o_out[j] = hj;
+          }
+        }
+      }
+      m.sync();  // h_t complete: the next step reads all of it, and overwrites h_{t-1}
+    }
+  });
+  if (T_ % 2) h_state.copy_(h_other);
+}
+
 // Saved tensors (what backward needs, and why):
 //   gates (T,B,3H)   activated r, z, n: the local derivatives of the cell
 //   aux   (T,B,H)    reset-after: LN_n(W_hn h_{t-1}) + b_hn, the factor of dr; reset-before: r*h_{t-1}, the
 //                    right factor of dW_hn
 //   out   (T,B,H)    h_t (the output, kept anyway): h_{t-1} for dz, for dr (before) and for dW_hh
 //   xhat (T,B,3H), rstd (T,B,2)   layer_norm only: LN backward of the r|z and n blocks
+//   stats_ih (T,B,2)              mean and 1/std of each row of W_ih x (fused LN_ih only): backward rebuilds
+//                                 LN_ih's xhat from them and W_ih x, which the caller keeps
+// With ln_ih_w and ln_ih_s (LN_ih's gain, and its shift + b_ih) given, gx is W_ih x and LN_ih runs in the kernel.
 std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, const OptTensor& b_hh,
-                                const OptTensor& ln_w, const OptTensor& ln_b, bool before,
-                                const OptTensor& lengths, bool save) {
+                                const OptTensor& ln_w, const OptTensor& ln_b, const OptTensor& ln_ih_w,
+                                const OptTensor& ln_ih_s, bool before, const OptTensor& lengths, bool save) {
   const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool zero = len != nullptr;
   const bool ln = ln_w.has_value() && ln_w->defined();
   auto opts = gx.options();
   Tensor h_state = h0.clone();
-  Tensor out = at::empty({T_, B, H}, opts);
+  Tensor out = buffer({T_, B, H}, opts, false);
   Tensor none = none_like(gx);
   Tensor gates = save ? buffer({T_, B, G}, opts, zero) : none;
   Tensor aux = save ? buffer({T_, B, H}, opts, zero) : none;
   Tensor xhat = save && ln ? buffer({T_, B, G}, opts, zero) : none;
   Tensor rstd = save && ln ? buffer({T_, B, 2}, opts, zero) : none;
+  const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
+  Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, zero) : none;
+  const int team = ln || ln_ih ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
-    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, before, len, h_state, out, gates, aux, xhat, rstd, save);
+    if (team) {
+      forward_team<scalar_t>(team, gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);
+      return;
+    }
+    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, len, h_state, out, gates, aux,
+                           xhat, rstd, stats_ih, save);
   });
-  return {out, h_state, gates, aux, xhat, rstd};
+  return {out, h_state, gates, aux, xhat, rstd, stats_ih};
 }
 
 // Backward through time. Returns, batched over time for the caller's weight GEMMs:
@@ -146,17 +269,30 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
 // recurrent part after LN and bias (for reset-after its n block is r * dgx_n, for reset-before it equals dgx):
 //   db (3H)       sum of dgp: the gradient of b_hh and of LN's shift
 //   dln_w (3H)    sum of dgp * xhat: LN's gain (layer_norm only)
+// and with LN_ih fused, where dgx is then the gradient of the step's LN_ih(W_ih x), in a (B,3H) buffer, and the
+// (T,B,3H) result is instead the gradient of W_ih x:
+//   dln_ih_w (3H), dln_ih_s (3H)   sums of dgx * xhat_ih and of dgx: LN_ih's gain and shift (and b_ih)
 template <typename T>
 void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tensor& w_hh, const OptTensor& ln_w,
                    bool before, const int64_t* lengths, const Tensor& out, const Tensor& gates, const Tensor& aux,
-                   const Tensor& xhat, const Tensor& rstd, Tensor& dgx, Tensor& dgh, Tensor& dw_hh,
-                   Tensor& acc_b, Tensor& acc_lnw) {
+                   const Tensor& xhat, const Tensor& rstd, const OptTensor& ln_ih_w, const OptTensor& a_ih,
+                   const Tensor& stats_ih, Tensor& dgx, Tensor& dgh, Tensor& dw_hh, Tensor& acc_b, Tensor& acc_lnw,
+                   Tensor& acc_lniw, Tensor& acc_lnis) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   const int64_t chunk = dgh.size(0);        // steps held by dgh
   const bool own_dgh = !dgh.is_same(dgx);  // a reused buffer: rows of ended sequences are cleared each step
   const T* lnw = ptr_or_null<T>(ln_w);
+  const T* lniw = ptr_or_null<T>(ln_ih_w);
   auto opts = dout.options();
   Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
+  // fused LN_ih: this step's dgx (the gradient of LN_ih(W_ih x)) and xhat_ih, each (B, 3H)
+  Tensor dgx_step = lniw ? at::empty({B, G}, opts) : Tensor();
+  Tensor xhat_ih = lniw ? at::empty({B, G}, opts) : Tensor();
+  // LN_ih's backward of row b, once its dgx row is complete: the gradient of W_ih x into the result
+  auto input_norm_backward = [&](int64_t t, int64_t b, const T* dg) {
+    input_norm_row_backward(dg, ptr_or_null<T>(a_ih) + (t * B + b) * G, stats_ih.data_ptr<T>() + (t * B + b) * 2,
+                            lniw, G, xhat_ih.data_ptr<T>() + b * G, dgx.data_ptr<T>() + (t * B + b) * G);
+  };
   Tensor drh = at::empty({B, H}, opts);  // reset-before: gradient of r*h_{t-1}
   // reset-after with layer norm: this step's dgp (B, 3H); without layer norm dgp is dgh, and for reset-before dgx
   Tensor dgp_step = !before && lnw ? at::empty({B, G}, opts) : Tensor();
@@ -171,7 +307,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
     const T* gt = gates.data_ptr<T>() + t * B * G;
     const T* auxt = aux.data_ptr<T>() + t * B * H;
     const T* hprev = t > 0 ? out.data_ptr<T>() + (t - 1) * B * H : h0.data_ptr<T>();
-    T* dgxt = dgx.data_ptr<T>() + t * B * G;
+    T* dgxt = lniw ? dgx_step.data_ptr<T>() : dgx.data_ptr<T>() + t * B * G;
     T* dght = dgh.data_ptr<T>() + (t % chunk) * B * G;
     T* dgpt = before ? dgxt : (lnw ? dgp_step.data_ptr<T>() : dght);
     const T* xh = lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
@@ -211,9 +347,13 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
             layer_norm_row_backward(dp + 2 * H, xh + b * G + 2 * H, rs[2 * b + 1], lnw + 2 * H, H,
                                     dght + b * G + 2 * H);
           }
+          if (lniw) input_norm_backward(t, b, da);
         }
       });
       sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+      if (lniw) {
+        sum_rows(dgxt, G, xhat_ih.data_ptr<T>(), G, B, G, lengths, t, acc_or_null(acc_lniw), acc_or_null(acc_lnis));
+      }
       recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,3H) @ (3H,H)
       if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
       continue;
@@ -258,9 +398,13 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
           d[j] = d[j] * z + dr[j] * r;
         }
         if (lnw) layer_norm_row_backward(da, xh + b * G, rs[2 * b], lnw, 2 * H, dght + b * G);
+        if (lniw) input_norm_backward(t, b, da);
       }
     });
     sum_rows(dgpt, G, xh, G, B, G, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+    if (lniw) {
+      sum_rows(dgxt, G, xhat_ih.data_ptr<T>(), G, B, G, lengths, t, acc_or_null(acc_lniw), acc_or_null(acc_lnis));
+    }
     recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,2H) @ (2H,H)
     if (t % chunk == 0) {
       const int64_t n = std::min(chunk, T_ - t);
@@ -274,24 +418,30 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
 }
 
 std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
-                                 const OptTensor& ln_w, bool before, const OptTensor& lengths, const Tensor& out,
-                                 const Tensor& gates, const Tensor& aux, const Tensor& xhat, const Tensor& rstd) {
+                                 const OptTensor& ln_w, const OptTensor& ln_ih_w, bool before,
+                                 const OptTensor& lengths, const Tensor& out, const Tensor& gates, const Tensor& aux,
+                                 const Tensor& xhat, const Tensor& rstd, const OptTensor& a_ih,
+                                 const Tensor& stats_ih) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool zero = len != nullptr;  // rows of ended sequences are never written
   const bool ln = ln_w.has_value() && ln_w->defined();
+  const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
+  TORCH_CHECK(ln || !ln_ih, "gru_backward: a fused LN_ih comes with LN_hh (layer_norm)");
   auto opts = dout.options();
   Tensor dh = dh_n.clone();
   Tensor dgx = buffer(gates.sizes(), opts, zero);
   // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself.
-  Tensor dgh = ln || !before ? at::empty({chunk_steps(T_, B), B, G}, opts) : dgx;
-  Tensor dw_hh = at::zeros({G, H}, opts);
+  Tensor dgh = ln || !before ? buffer({chunk_steps(T_, B), B, G}, opts, false) : dgx;
+  Tensor dw_hh = buffer({G, H}, opts, true);
   Tensor acc_b = accumulator(G, true, opts), acc_lnw = accumulator(G, ln, opts);
+  Tensor acc_lniw = accumulator(G, ln_ih, opts), acc_lnis = accumulator(G, ln_ih, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, dgx, dgh, dw_hh,
-                            acc_b, acc_lnw);
+    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, ln_ih_w, a_ih,
+                            stats_ih, dgx, dgh, dw_hh, acc_b, acc_lnw, acc_lniw, acc_lnis);
   });
-  return {dgx, dw_hh, dh, acc_b.to(dout.scalar_type()), acc_lnw.to(dout.scalar_type())};
+  const auto dtype = dout.scalar_type();
+  return {dgx, dw_hh, dh, acc_b.to(dtype), acc_lnw.to(dtype), acc_lniw.to(dtype), acc_lnis.to(dtype)};
 }
 
 }  // namespace

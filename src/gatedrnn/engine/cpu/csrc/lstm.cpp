@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "team.h"
 
 namespace gatedrnn {
 namespace {
@@ -26,13 +27,52 @@ LSTMShape lstm_shape(const Tensor& gx, const Tensor& c0, const Tensor& h0, bool 
   return s;
 }
 
+// Whether backward recomputes the gates (activate_ifg, activate_o) instead of reading them saved. With LN_ih fused
+// it keeps W_ih x anyway, and the gates follow from it, its statistics and xhat_hh: a (T,B,G·H) tensor less at the
+// peak of backward. At B = 1 the gates of a sequence are few (T·G·H values) and their activations cost more to
+// recompute than to store, so they are saved there.
+inline bool recompute_gates(bool fused_ln_ih, int64_t B) {
+  return fused_ln_ih && B > 1;
+}
+
+// i, f and g of one row, in place over their pre-activations: the peepholes p_i, p_f on c_{t-1} and the forget
+// bias, then sigma and tanh. Forward runs it, and backward again where it recomputes the gates (fused LN_ih).
+template <typename T>
+inline void activate_ifg(const LSTMShape& s, T* gr, const T* c, const T* pci, const T* pcf, T fb) {
+  const int64_t H = s.H;
+  if (pci) {
+    for (int64_t j = 0; j < H; ++j) gr[j] += pci[j] * c[j];
+  }
+  if (!s.coupled) {
+    T* af = gr + s.off_f;
+    if (pcf) {
+      for (int64_t j = 0; j < H; ++j) af[j] += pcf[j] * c[j] + fb;
+    } else if (fb != T(0)) {
+      for (int64_t j = 0; j < H; ++j) af[j] += fb;
+    }
+  }
+  sigmoid_(gr, s.coupled ? H : 2 * H);  // i (and f, the next block)
+  tanh_(gr + s.off_g, H);
+}
+
+// o of one row, in place over its pre-activation: the peephole p_o on c_t, then sigma.
+template <typename T>
+inline void activate_o(const LSTMShape& s, T* gr, const T* c, const T* pco) {
+  T* o = gr + s.off_o;
+  if (pco) {
+    for (int64_t j = 0; j < s.H; ++j) o[j] += pco[j] * c[j];
+  }
+  sigmoid_(o, s.H);
+}
+
 template <typename T>
 void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
                   const OptTensor& w_hr, const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
                   const OptTensor& ln_hh_w, const OptTensor& ln_hh_b, const OptTensor& ln_c_w,
-                  const OptTensor& ln_c_b, double forget_bias, const int64_t* lengths, Tensor& h_state,
-                  Tensor& c_state, Tensor& out, Tensor& gates, Tensor& cs, Tensor& hh_all, Tensor& xhat_hh,
-                  Tensor& rstd_hh, Tensor& mean_c, Tensor& rstd_c, bool save) {
+                  const OptTensor& ln_c_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s, double forget_bias,
+                  const int64_t* lengths, Tensor& h_state, Tensor& c_state, Tensor& out, Tensor& gates, Tensor& cs,
+                  Tensor& hh_all, Tensor& xhat_hh, Tensor& rstd_hh, Tensor& mean_c, Tensor& rstd_c,
+                  Tensor& stats_ih, bool save) {
   const int64_t B = s.B, H = s.H, P = s.P, G = s.G;
   const bool proj = w_hr.has_value() && w_hr->defined();
   const bool ln = ln_hh_w.has_value() && ln_hh_w->defined();
@@ -40,10 +80,13 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   const T *pci = ptr_or_null<T>(w_ci), *pcf = ptr_or_null<T>(w_cf), *pco = ptr_or_null<T>(w_co);
   const T *lnw = ptr_or_null<T>(ln_hh_w), *lnb = ptr_or_null<T>(ln_hh_b);
   const T *lncw = ptr_or_null<T>(ln_c_w), *lncb = ptr_or_null<T>(ln_c_b);
+  const T *lniw = ptr_or_null<T>(ln_ih_w), *lnis = ptr_or_null<T>(ln_ih_s);  // fused LN_ih: gx holds W_ih x
   const T fb = T(forget_bias);
   auto opts = gx.options();
   Tensor gh = at::empty({B, G}, opts);                                // (B, G·H)
-  Tensor gate_scratch = save ? Tensor() : at::empty({B, G}, opts);    // (B, G·H)
+  Tensor gx_norm = lniw ? at::empty({B, G}, opts) : Tensor();         // (B, G·H): this step's LN_ih(W_ih x)
+  const bool keep_gates = save && !recompute_gates(lniw != nullptr, B);
+  Tensor gate_scratch = keep_gates ? Tensor() : at::empty({B, G}, opts);  // (B, G·H)
   Tensor hh_scratch = (proj && !save) ? at::empty({B, H}, opts) : Tensor();
   Tensor h_new = proj ? at::empty({B, P}, opts) : Tensor();           // (B, P)
   T* hs = h_state.data_ptr<T>();
@@ -56,7 +99,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   for (int64_t t = 0; t < s.T; ++t) {
     recurrent(hs, P, ghp, /*accumulate=*/false);
     const T* gxt = gx.data_ptr<T>() + t * B * G;
-    T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
+    T* gt = keep_gates ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     T* cst_save = save ? cs.data_ptr<T>() + t * B * H : nullptr;
     T* hht = proj ? (save ? hh_all.data_ptr<T>() + t * B * H : hh_scratch.data_ptr<T>()) : nullptr;
     T* outt = out.data_ptr<T>() + t * B * P;
@@ -75,21 +118,13 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
                          save ? rstd_hh.data_ptr<T>() + t * B + b : nullptr);
         }
         const T* x = gxt + b * G;
+        if (lniw) {
+          x = input_norm_row(x, G, lniw, lnis, gx_norm.data_ptr<T>() + b * G,
+                             save ? stats_ih.data_ptr<T>() + (t * B + b) * 2 : nullptr);
+        }
         T* gr = gt + b * G;
         add_(gr, x, a, bias, G);  // pre-activations of every gate, then activated in place, block by block
-        if (pci) {
-          for (int64_t j = 0; j < H; ++j) gr[j] += pci[j] * c[j];
-        }
-        if (!s.coupled) {
-          T* af = gr + s.off_f;
-          if (pcf) {
-            for (int64_t j = 0; j < H; ++j) af[j] += pcf[j] * c[j] + fb;
-          } else if (fb != T(0)) {
-            for (int64_t j = 0; j < H; ++j) af[j] += fb;
-          }
-        }
-        sigmoid_(gr, s.coupled ? H : 2 * H);  // i (and f, the next block)
-        tanh_(gr + s.off_g, H);
+        activate_ifg(s, gr, c, pci, pcf, fb);
         const T* i = gr;
         const T* f = gr + s.off_f;
         const T* g = gr + s.off_g;
@@ -98,11 +133,8 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
         } else {
           for (int64_t j = 0; j < H; ++j) c[j] = f[j] * c[j] + i[j] * g[j];
         }
-        T* o = gr + s.off_o;
-        if (pco) {
-          for (int64_t j = 0; j < H; ++j) o[j] += pco[j] * c[j];
-        }
-        sigmoid_(o, H);
+        activate_o(s, gr, c, pco);
+        const T* o = gr + s.off_o;
         if (save) std::copy(c, c + H, cst_save + b * H);
         // h = o * tanh(LN_c(c)); LN_c needs the whole row of c first, so it is a second pass over the row.
         T mean = 0, rstd = 1;
@@ -139,18 +171,129 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   }
 }
 
+// The small-batch recurrence (team.h) of the variants without row-wide statistics (no layer norm, no proj_size).
+// Member k computes every gate of its units [j0, j1) from its own rows of W_hh, in one fused pass per row:
+//   i = σ(x_i + W_hi h + b_i + p_i ⊙ c)      f = σ(x_f + W_hf h + b_f + p_f ⊙ c + forget_bias)   (coupled: f = 1 - i)
+//   g = tanh(x_g + W_hg h + b_g)              c' = f ⊙ c + i ⊙ g
+//   o = σ(x_o + W_ho h + b_o + p_o ⊙ c')     h' = o ⊙ tanh(c')
+// c is private to its member; h' goes to the buffer that every member reads at the next step, after the step's
+// sync. Outputs and saved tensors are those of forward_impl.
+template <typename T>
+void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+                  const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co, double forget_bias,
+                  const int64_t* lengths, Tensor& h_state, Tensor& c_state, Tensor& out, Tensor& gates, Tensor& cs,
+                  bool save) {
+  const int64_t B = s.B, H = s.H, G = s.G;
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({G}, gx.options());
+  const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  const T *pci = ptr_or_null<T>(w_ci), *pcf = ptr_or_null<T>(w_cf), *pco = ptr_or_null<T>(w_co);
+  const T fb = T(forget_bias);
+  Tensor h_other = at::empty({B, H}, gx.options());  // (B, H): h_t at odd t; h_state holds h_t at even t
+  T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
+  T* cst = c_state.data_ptr<T>();
+  const T* gxp = gx.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+  T* gp = save ? gates.data_ptr<T>() : nullptr;
+  T* csp = save ? cs.data_ptr<T>() : nullptr;
+  // Column blocks of the member's product, gate by gate: i|f|g|o (i|g|o when coupled).
+  const std::vector<int64_t> firsts =
+      s.coupled ? std::vector<int64_t>{0, s.off_g, s.off_o} : std::vector<int64_t>{0, s.off_f, s.off_g, s.off_o};
+
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
+    const int64_t j0 = m.j0, nk = m.units();
+    SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, firsts, j0, m.j1, B, /*slot=*/0);
+    const int64_t yf = nk, yg = s.coupled ? nk : 2 * nk, yo = s.coupled ? 2 * nk : 3 * nk;  // blocks of y
+    const T *bi = bias + j0, *bf = bias + s.off_f + j0, *bg = bias + s.off_g + j0, *bo = bias + s.off_o + j0;
+    const T *qi = pci ? pci + j0 : nullptr, *qf = pcf ? pcf + j0 : nullptr, *qo = pco ? pco + j0 : nullptr;
+    for (int64_t t = 0; t < s.T; ++t) {
+      const T* hp = hbuf[t % 2];
+      T* hn = hbuf[(t + 1) % 2];
+      own_part_then_wait(recurrent, m, hp, B, H, lengths, t);  // W_hh h_{t-1} over the own units, then the wait
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        const int64_t row = t * B + b;
+        T* c = cst + b * H + j0;
+        T* h = hn + b * H + j0;
+        T* o_out = outp + row * H + j0;
+        T* c_save = save ? csp + row * H + j0 : nullptr;
+        if (!active(lengths, b, t)) {
+          // Ended sequences keep their state; the saved c must still be the state (backward reads c_{t-1}).
+          std::copy(hp + b * H + j0, hp + b * H + j0 + nk, h);
+          std::fill(o_out, o_out + nk, T(0));
+          if (save) std::copy(c, c + nk, c_save);
+          continue;
+        }
+        const T* y = recurrent.rest(hp + b * H, j0, m.j1, b);
+        const T* x = gxp + row * G + j0;
+        T* gr = save ? gp + row * G + j0 : nullptr;
+        // Compiled once per combination of flags, so that the loop vectorises (as gates_backward below).
+        auto cell = [&](auto coupled_flag, auto peephole_flag, auto save_flag) {
+          constexpr bool coupled = decltype(coupled_flag)::value, peephole = decltype(peephole_flag)::value;
+          constexpr bool saving = decltype(save_flag)::value;
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T cp = c[j];
+            T ai = x[j] + y[j] + bi[j];
+            if constexpr (peephole) ai += qi[j] * cp;
+            const T i = T(1) / (T(1) + std::exp(-ai));
+            T f;
+            if constexpr (coupled) {
+              f = T(1) - i;
+            } else {
+              T af = x[s.off_f + j] + y[yf + j] + bf[j] + fb;
+              if constexpr (peephole) af += qf[j] * cp;
+              f = T(1) / (T(1) + std::exp(-af));
+            }
+            const T g = std::tanh(x[s.off_g + j] + y[yg + j] + bg[j]);
+            const T cn = f * cp + i * g;
+            T ao = x[s.off_o + j] + y[yo + j] + bo[j];
+            if constexpr (peephole) ao += qo[j] * cn;
+            const T o = T(1) / (T(1) + std::exp(-ao));
+            const T hj = o * std::tanh(cn);
+            c[j] = cn;
+            h[j] = hj;
+            o_out[j] = hj;
+            if constexpr (saving) {
+              gr[j] = i;
+              if constexpr (!coupled) gr[s.off_f + j] = f;
+              gr[s.off_g + j] = g;
+              gr[s.off_o + j] = o;
+              c_save[j] = cn;
+            }
+          }
+        };
+        auto with_save = [&](auto coupled_flag, auto peephole_flag) {
+          save ? cell(coupled_flag, peephole_flag, std::true_type{})
+               : cell(coupled_flag, peephole_flag, std::false_type{});
+        };
+        auto with_peephole = [&](auto coupled_flag) {
+          pci ? with_save(coupled_flag, std::true_type{}) : with_save(coupled_flag, std::false_type{});
+        };
+        s.coupled ? with_peephole(std::true_type{}) : with_peephole(std::false_type{});
+      }
+      m.arrive();  // this member's units of h_t are written
+    }
+  });
+  if (s.T % 2) h_state.copy_(h_other);
+}
+
 // Saved tensors (what backward needs, and why):
-//   gates (T,B,G·H)  activated i,f,g,o: every local derivative of the cell is a function of them
+//   gates (T,B,G·H)  activated i,f,g,o: every local derivative of the cell is a function of them. Not where
+//                    backward recomputes them (recompute_gates: fused LN_ih, B > 1), which leaves three (T,B,G·H)
+//                    tensors alive at its peak: W_ih x, xhat_hh and the gradient of W_ih x
 //   cs    (T,B,H)    c_t: c_{t-1} feeds df and the peepholes p_i,p_f; c_t feeds p_o and tanh(LN_c(c_t))
 //   out   (T,B,P)    h_t (the layer's output, kept anyway): h_{t-1} is the right factor of dW_hh
 //   hh    (T,B,H)    o*tanh(c) before the projection, the right factor of dW_hr (proj_size > 0 only)
 //   xhat_hh (T,B,G·H), rstd_hh (T,B)   normalised W_hh h and its 1/std (layer_norm only): LN backward
 //   mean_c, rstd_c (T,B)               statistics of c (layer_norm only): LN_c(c) is recomputed from cs
+//   stats_ih (T,B,2)                   mean and 1/std of each row of W_ih x (fused LN_ih only): backward rebuilds
+//                                      LN_ih's xhat from them and W_ih x, which the caller keeps
+// With ln_ih_w and ln_ih_s (LN_ih's gain, and its shift + b_ih) given, gx is W_ih x and LN_ih runs in the kernel.
 std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                  const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& w_ci,
                                  const OptTensor& w_cf, const OptTensor& w_co, const OptTensor& ln_hh_w,
                                  const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-                                 double forget_bias, bool coupled, const OptTensor& lengths, bool save) {
+                                 const OptTensor& ln_ih_w, const OptTensor& ln_ih_s, double forget_bias,
+                                 bool coupled, const OptTensor& lengths, bool save) {
   const LSTMShape s = lstm_shape(gx, c0, h0, coupled);
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool zero = len != nullptr;
@@ -158,21 +301,29 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   const bool ln = ln_hh_w.has_value() && ln_hh_w->defined();
   auto opts = gx.options();
   Tensor h_state = h0.clone(), c_state = c0.clone();
-  Tensor out = at::empty({s.T, s.B, s.P}, opts);
+  Tensor out = buffer({s.T, s.B, s.P}, opts, false);
   Tensor none = none_like(gx);
-  Tensor gates = save ? buffer({s.T, s.B, s.G}, opts, zero) : none;
-  Tensor cs = save ? at::empty({s.T, s.B, s.H}, opts) : none;
+  const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
+  Tensor gates = save && !recompute_gates(ln_ih, s.B) ? buffer({s.T, s.B, s.G}, opts, zero) : none;
+  Tensor cs = save ? buffer({s.T, s.B, s.H}, opts, false) : none;
   Tensor hh_all = save && proj ? buffer({s.T, s.B, s.H}, opts, zero) : none;
   Tensor xhat_hh = save && ln ? buffer({s.T, s.B, s.G}, opts, zero) : none;
   Tensor rstd_hh = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor mean_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor rstd_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
+  Tensor stats_ih = save && ln_ih ? buffer({s.T, s.B, 2}, opts, zero) : none;
+  const int team = proj || ln || ln_ih ? 0 : team_size(s.B, s.H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
-    forward_impl<scalar_t>(s, gx, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b,
-                           forget_bias, len, h_state, c_state, out, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c,
-                           rstd_c, save);
+    if (team) {
+      forward_team<scalar_t>(team, s, gx, w_hh, b_hh, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state, out,
+                             gates, cs, save);
+      return;
+    }
+    forward_impl<scalar_t>(s, gx, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w,
+                           ln_ih_s, forget_bias, len, h_state, c_state, out, gates, cs, hh_all, xhat_hh, rstd_hh,
+                           mean_c, rstd_c, stats_ih, save);
   });
-  return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c};
+  return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c, stats_ih};
 }
 
 // Backward through time. Returns the gradients of gx, of the initial state and of every recurrent parameter but
@@ -190,14 +341,21 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
 //   dln_c_w, dln_c_b (H)   sums of dcn * xhat_c and of dcn, dcn the gradient of LN_c(c_t) (layer_norm only)
 //   dci, dcf (H)    sums of da_i * c_{t-1} and da_f * c_{t-1} (peephole only)
 //   dco (H)         sum of da_o * c_t (peephole only)
+//   dln_ih_w (G·H)  sum of dgx * xhat_ih: LN_ih's gain (fused LN_ih only). Then dgx is the gradient of the
+//                   step's LN_ih(W_ih x) and lives in a (B,G·H) buffer; the (T,B,G·H) result is instead the
+//                   gradient of W_ih x. LN_ih's shift (and b_ih) get db, as gx adds straight into every gate.
+//                   Where the gates were not saved (recompute_gates), they are recomputed row by row (the
+//                   forward's pre-activation sum and activate_ifg, activate_o), from W_ih x, stats_ih, xhat_hh,
+//                   c_{t-1} and c_t.
 template <typename T>
 void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& dc, const Tensor& w_hh,
+                   const OptTensor& b_hh, const OptTensor& ln_hh_b, const OptTensor& ln_ih_s, double forget_bias,
                    const OptTensor& w_hr, const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
                    const OptTensor& ln_hh_w, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-                   const int64_t* lengths, const Tensor& c0, const Tensor& gates, const Tensor& cs,
-                   const Tensor& xhat_hh, const Tensor& rstd_hh, const Tensor& mean_c, const Tensor& rstd_c,
-                   const Tensor& h0, const Tensor& out, Tensor& dgx, Tensor& dgh, Tensor& dw_hh, Tensor& dhp,
-                   std::vector<Tensor>& acc) {
+                   const OptTensor& ln_ih_w, const int64_t* lengths, const Tensor& c0, const Tensor& gates,
+                   const Tensor& cs, const Tensor& xhat_hh, const Tensor& rstd_hh, const Tensor& mean_c,
+                   const Tensor& rstd_c, const OptTensor& a_ih, const Tensor& stats_ih, const Tensor& h0,
+                   const Tensor& out, Tensor& dgx, Tensor& dgh, Tensor& dw_hh, Tensor& dhp, std::vector<Tensor>& acc) {
   const int64_t B = s.B, H = s.H, P = s.P, G = s.G;
   const int64_t chunk = dgh.size(0);  // steps held by dgh: all T, or chunk_steps with layer norm
   const bool proj = w_hr.has_value() && w_hr->defined();
@@ -206,7 +364,10 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   const T *lncw = ptr_or_null<T>(ln_c_w), *lncb = ptr_or_null<T>(ln_c_b);
   double *acc_b = acc_or_null(acc[0]), *acc_lnw = acc_or_null(acc[1]), *acc_lncw = acc_or_null(acc[2]),
          *acc_lncb = acc_or_null(acc[3]), *acc_ci = acc_or_null(acc[4]), *acc_cf = acc_or_null(acc[5]),
-         *acc_co = acc_or_null(acc[6]);
+         *acc_co = acc_or_null(acc[6]), *acc_lniw = acc_or_null(acc[7]);
+  const T* lniw = ptr_or_null<T>(ln_ih_w);
+  const T *bias = ptr_or_null<T>(b_hh), *lnb = ptr_or_null<T>(ln_hh_b), *lnis = ptr_or_null<T>(ln_ih_s);
+  const T fb = T(forget_bias);
   auto opts = dout.options();
   Tensor dhh = proj ? at::empty({B, H}, opts) : Tensor();  // (B, H): gradient of o*tanh(c)
   // layer_norm: this step's xhat_c, dcn and the gradient of c_t through h_t, each (B, H)
@@ -214,6 +375,11 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   Tensor dcn = lncw ? at::empty({B, H}, opts) : Tensor();
   Tensor dch = lncw ? at::empty({B, H}, opts) : Tensor();
   Tensor th_buf = at::empty({B, H}, opts);  // (B, H): tanh(LN_c(c_t))
+  const bool recompute = recompute_gates(lniw != nullptr, B);
+  // fused LN_ih: this step's dgx (the gradient of LN_ih(W_ih x)), xhat_ih and recomputed gates, each (B, G·H)
+  Tensor dgx_step = lniw ? at::empty({B, G}, opts) : Tensor();
+  Tensor xhat_ih = lniw ? at::empty({B, G}, opts) : Tensor();
+  Tensor gate_step = recompute ? at::empty({B, G}, opts) : Tensor();
   T* dhp_ = dh.data_ptr<T>();
   T* dcp_ = dc.data_ptr<T>();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
@@ -235,11 +401,11 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
       (*projection)(dhp_, P, dhh.data_ptr<T>(), /*accumulate=*/false);  // (B,P) @ (P,H)
     }
     const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
-    const T* gt = gates.data_ptr<T>() + t * B * G;
+    const T* gt = recompute ? gate_step.data_ptr<T>() : gates.data_ptr<T>() + t * B * G;
     const T* ct = cs.data_ptr<T>() + t * B * H;
     const T* cprev = t > 0 ? cs.data_ptr<T>() + (t - 1) * B * H : c0.data_ptr<T>();
     const T* xhat_t = lnw ? xhat_hh.data_ptr<T>() + t * B * G : nullptr;
-    T* dgxt = dgx.data_ptr<T>() + t * B * G;
+    T* dgxt = lniw ? dgx_step.data_ptr<T>() : dgx.data_ptr<T>() + t * B * G;
     T* dght = dgh.data_ptr<T>() + (t % chunk) * B * G;
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -251,6 +417,23 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         const T* gr = gt + b * G;
         const T* c = ct + b * H;
         const T* cp = cprev + b * H;
+        T* xi = lniw ? xhat_ih.data_ptr<T>() + b * G : nullptr;
+        if (lniw) {
+          // LN_ih's xhat, for its backward below, and where the gates were not saved the forward's
+          // pre-activations LN_ih(W_ih x) + LN_hh(W_hh h) + b_hh, in its order of operations, then its activations.
+          const T* ar = ptr_or_null<T>(a_ih) + (t * B + b) * G;
+          const T* st = stats_ih.data_ptr<T>() + (t * B + b) * 2;
+          for (int64_t k = 0; k < G; ++k) xi[k] = (ar[k] - st[0]) * st[1];
+          if (recompute) {
+            const T* xr = xhat_t + b * G;
+            T* g = gate_step.data_ptr<T>() + b * G;
+            for (int64_t k = 0; k < G; ++k) {
+              g[k] = (xi[k] * lniw[k] + lnis[k]) + (xr[k] * lnw[k] + lnb[k]) + (bias ? bias[k] : T(0));
+            }
+            activate_ifg(s, g, cp, pci, pcf, fb);
+            activate_o(s, g, c, pco);
+          }
+        }
         const T* dho = dhh_ + b * H;
         T* dcr = dcp_ + b * H;
         T* da = dgxt + b * G;
@@ -324,11 +507,16 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
           lncw ? with_coupling(std::false_type{}, std::true_type{}) : with_coupling(std::false_type{}, std::false_type{});
         }
         if (lnw) layer_norm_row_backward(da, xhat_t + b * G, rstd_hh.data_ptr<T>()[t * B + b], lnw, G, dght + b * G);
+        if (lniw) {
+          layer_norm_row_backward(da, xi, stats_ih.data_ptr<T>()[(t * B + b) * 2 + 1], lniw, G,
+                                  dgx.data_ptr<T>() + (t * B + b) * G);
+        }
         // h_{t-1} gets only the recurrent GEMM's gradient (added below); the carried value is used up.
         std::fill(dhp_ + b * P, dhp_ + (b + 1) * P, T(0));
       }
     });
     sum_rows(dgxt, G, xhat_t, G, B, G, lengths, t, acc_lnw, acc_b);
+    if (lniw) sum_rows(dgxt, G, xhat_ih.data_ptr<T>(), G, B, G, lengths, t, acc_lniw, nullptr);
     if (lncw) sum_rows(dcn.data_ptr<T>(), H, xhc.data_ptr<T>(), H, B, H, lengths, t, acc_lncw, acc_lncb);
     if (pci) sum_rows(dgxt, G, cprev, H, B, H, lengths, t, acc_ci, nullptr);
     if (pcf) sum_rows(dgxt + s.off_f, G, cprev, H, B, H, lengths, t, acc_cf, nullptr);
@@ -339,31 +527,37 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
 }
 
 std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0,
-                                  const Tensor& c0, const Tensor& w_hh, const OptTensor& w_hr,
+                                  const Tensor& c0, const Tensor& w_hh, const OptTensor& b_hh,
+                                  const OptTensor& ln_hh_b, const OptTensor& ln_ih_s, double forget_bias,
+                                  const OptTensor& w_hr,
                                   const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
                                   const OptTensor& ln_hh_w, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-                                  bool coupled, const OptTensor& lengths, const Tensor& out, const Tensor& gates,
-                                  const Tensor& cs, const Tensor& xhat_hh, const Tensor& rstd_hh,
-                                  const Tensor& mean_c, const Tensor& rstd_c) {
-  const LSTMShape s = lstm_shape(gates, c0, h0, coupled);
+                                  const OptTensor& ln_ih_w, bool coupled, const OptTensor& lengths,
+                                  const Tensor& out, const Tensor& gates, const Tensor& cs, const Tensor& xhat_hh,
+                                  const Tensor& rstd_hh, const Tensor& mean_c, const Tensor& rstd_c,
+                                  const OptTensor& a_ih, const Tensor& stats_ih) {
+  auto given = [](const OptTensor& w) { return w.has_value() && w->defined(); };
+  TORCH_CHECK(given(ln_ih_w) == given(a_ih), "lstm_backward: a fused LN_ih needs W_ih x");
+  const LSTMShape s = lstm_shape(given(a_ih) ? *a_ih : gates, c0, h0, coupled);  // (T, B, G·H) either way
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool zero = len != nullptr;  // rows of ended sequences are never written
-  auto given = [](const OptTensor& w) { return w.has_value() && w->defined(); };
   auto opts = dout.options();
   Tensor dh = dh_n.clone(), dc = dc_n.clone();
   Tensor dgx = buffer({s.T, s.B, s.G}, opts, zero);
   const bool proj = given(w_hr), ln = given(ln_hh_w);
-  Tensor dgh = ln ? at::empty({chunk_steps(s.T, s.B), s.B, s.G}, opts) : dgx;
-  Tensor dw_hh = at::zeros({s.G, s.P}, opts);
+  TORCH_CHECK(ln || !given(ln_ih_w), "lstm_backward: a fused LN_ih comes with LN_hh (layer_norm)");
+  Tensor dgh = ln ? buffer({chunk_steps(s.T, s.B), s.B, s.G}, opts, false) : dgx;
+  Tensor dw_hh = buffer({s.G, s.P}, opts, true);
   Tensor dhp = proj ? buffer({s.T, s.B, s.P}, opts, zero) : none_like(dout);
-  // db, dln_hh_w, dln_c_w, dln_c_b, dci, dcf, dco (see above)
+  // db, dln_hh_w, dln_c_w, dln_c_b, dci, dcf, dco, dln_ih_w (see above)
   std::vector<Tensor> acc = {accumulator(s.G, true, opts),        accumulator(s.G, ln, opts),
                              accumulator(s.H, ln, opts),          accumulator(s.H, ln, opts),
                              accumulator(s.H, given(w_ci), opts), accumulator(s.H, given(w_cf), opts),
-                             accumulator(s.H, given(w_co), opts)};
+                             accumulator(s.H, given(w_co), opts), accumulator(s.G, given(ln_ih_w), opts)};
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_backward", [&] {
-    backward_impl<scalar_t>(s, dout, dh, dc, w_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, len, c0,
-                            gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, h0, out, dgx, dgh, dw_hh, dhp, acc);
+    backward_impl<scalar_t>(s, dout, dh, dc, w_hh, b_hh, ln_hh_b, ln_ih_s, forget_bias, w_hr, w_ci, w_cf, w_co,
+                            ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, len, c0, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c,
+                            a_ih, stats_ih, h0, out, dgx, dgh, dw_hh, dhp, acc);
   });
   std::vector<Tensor> result = {dgx, dw_hh, dhp, dh, dc};
   for (const Tensor& a : acc) result.push_back(a.to(dout.scalar_type()));

@@ -3,18 +3,22 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "team.h"
 
 namespace gatedrnn {
 namespace {
 
 template <typename T>
 void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
-                  const OptTensor& ln_b, bool relu, const int64_t* lengths, Tensor& h_state, Tensor& out,
-                  Tensor& xhat, Tensor& rstd, bool save) {
+                  const OptTensor& ln_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s, bool relu,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out, Tensor& xhat, Tensor& rstd,
+                  Tensor& stats_ih, bool save) {
   const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
   const T* bias = ptr_or_null<T>(b_hh);
   const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
-  Tensor gh = at::empty({B, H}, gx.options());  // (B, H)
+  const T *lniw = ptr_or_null<T>(ln_ih_w), *lnis = ptr_or_null<T>(ln_ih_s);  // fused LN_ih: gx holds W_ih x
+  Tensor gh = at::empty({B, H}, gx.options());                                 // (B, H)
+  Tensor gx_norm = lniw ? at::empty({B, H}, gx.options()) : Tensor();          // (B, H): LN_ih(W_ih x)
   T* hs = h_state.data_ptr<T>();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
   for (int64_t t = 0; t < T_; ++t) {
@@ -33,7 +37,12 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
           layer_norm_row(a, H, lnw, lnb, save ? xhat.data_ptr<T>() + (t * B + b) * H : nullptr,
                          save ? rstd.data_ptr<T>() + t * B + b : nullptr);
         }
-        add_(o, x_t + b * H, a, bias, H);
+        const T* x = x_t + b * H;
+        if (lniw) {
+          x = input_norm_row(x, H, lniw, lnis, gx_norm.data_ptr<T>() + b * H,
+                             save ? stats_ih.data_ptr<T>() + (t * B + b) * 2 : nullptr);
+        }
+        add_(o, x, a, bias, H);
         if (relu) {
           for (int64_t j = 0; j < H; ++j) o[j] = o[j] > T(0) ? o[j] : T(0);
         } else {
@@ -45,43 +54,109 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   }
 }
 
+// The small-batch recurrence (team.h), without layer norm (its statistics are over whole rows): member k computes
+// h' = act(x + W_hh h + b) for its units [j0, j1) from its own rows of W_hh. Outputs are those of forward_impl.
+template <typename T>
+void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, bool relu,
+                  const int64_t* lengths, Tensor& h_state, Tensor& out) {
+  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({H}, gx.options());
+  const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  Tensor h_other = at::empty({B, H}, gx.options());  // (B, H): h_t at odd t; h_state holds h_t at even t
+  T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
+  const T* gxp = gx.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+
+  run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
+    const int64_t j0 = m.j0, nk = m.units();
+    SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, {0}, j0, m.j1, B, /*slot=*/0);
+    const T* bj = bias + j0;
+    for (int64_t t = 0; t < T_; ++t) {
+      const T* hp = hbuf[t % 2];
+      T* hn = hbuf[(t + 1) % 2];
+      own_part_then_wait(recurrent, m, hp, B, H, lengths, t);  // W_hh h_{t-1} over the own units, then the wait
+      for (int64_t b = 0; b < B && nk > 0; ++b) {
+        T* h_new = hn + b * H + j0;
+        T* o_out = outp + (t * B + b) * H + j0;
+        if (!active(lengths, b, t)) {
+          std::copy(hp + b * H + j0, hp + b * H + j0 + nk, h_new);
+          std::fill(o_out, o_out + nk, T(0));
+          continue;
+        }
+        const T* y = recurrent.rest(hp + b * H, j0, m.j1, b);
+        const T* x = gxp + (t * B + b) * H + j0;
+        if (relu) {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) {
+            const T a = x[j] + y[j] + bj[j];
+            h_new[j] = o_out[j] = a > T(0) ? a : T(0);
+          }
+        } else {
+          #pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) h_new[j] = o_out[j] = std::tanh(x[j] + y[j] + bj[j]);
+        }
+      }
+      m.arrive();  // this member's units of h_t are written
+    }
+  });
+  if (T_ % 2) h_state.copy_(h_other);
+}
+
 // Saved tensors: out (T,B,H), the output itself (kept anyway): the activation's derivative is a function of
 // h_t, and h_{t-1} is the right factor of dW_hh; with layer_norm also xhat (T,B,H) and rstd (T,B) for LN backward.
+// With ln_ih_w and ln_ih_s (LN_ih's gain, and its shift + b_ih) given, gx is W_ih x and LN_ih runs in the kernel;
+// then stats_ih (T,B,2) holds the mean and 1/std of each row of W_ih x, from which (and from W_ih x, which the
+// caller keeps) backward rebuilds LN_ih's xhat.
 std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, const OptTensor& b_hh,
-                                const OptTensor& ln_w, const OptTensor& ln_b, bool relu, const OptTensor& lengths,
-                                bool save) {
+                                const OptTensor& ln_w, const OptTensor& ln_b, const OptTensor& ln_ih_w,
+                                const OptTensor& ln_ih_s, bool relu, const OptTensor& lengths, bool save) {
   const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool ln = ln_w.has_value() && ln_w->defined();
   auto opts = gx.options();
   Tensor h_state = h0.clone();
-  Tensor out = at::empty({T_, B, H}, opts);
+  Tensor out = buffer({T_, B, H}, opts, false);
   Tensor xhat = save && ln ? buffer({T_, B, H}, opts, len != nullptr) : none_like(gx);
   Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
+  const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
+  Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, len != nullptr) : none_like(gx);
+  const int team = ln || ln_ih ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
-    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, relu, len, h_state, out, xhat, rstd, save);
+    if (team) {
+      forward_team<scalar_t>(team, gx, w_hh, b_hh, relu, len, h_state, out);
+      return;
+    }
+    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, len, h_state, out, xhat, rstd,
+                           stats_ih, save);
   });
-  return {out, h_state, xhat, rstd};
+  return {out, h_state, xhat, rstd, stats_ih};
 }
 
 // Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dh0,
 // dw_hh (H,H) = sum_t dgh_t^T h_{t-1} as GEMMs over chunks of steps (add_weight_grad; dgh, the gradient of W_hh h_{t-1}
 // before LN, is dgx itself kept whole without layer norm, and with it a buffer of chunk_steps steps), and summed here
 // step by step (sum_rows): db (H) = sum of dgx (b_hh and LN's shift), dln_w (H) = sum of dgx * xhat (LN's gain,
-// layer_norm only).
+// layer_norm only). With LN_ih fused, dgx is the gradient of the step's LN_ih(W_ih x), in a (B,H) buffer, the (T,B,H)
+// result is instead the gradient of W_ih x, dln_ih_w (H) = sum of dgx * xhat_ih is LN_ih's gain's, and db is also
+// LN_ih's shift's (and b_ih's).
 template <typename T>
-void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const OptTensor& ln_w, bool relu,
-                   const int64_t* lengths, const Tensor& h0, const Tensor& out, const Tensor& xhat,
-                   const Tensor& rstd, Tensor& dgx, Tensor& dgh, Tensor& dw_hh, Tensor& acc_b, Tensor& acc_lnw) {
+void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const OptTensor& ln_w,
+                   const OptTensor& ln_ih_w, bool relu, const int64_t* lengths, const Tensor& h0, const Tensor& out,
+                   const Tensor& xhat, const Tensor& rstd, const OptTensor& a_ih, const Tensor& stats_ih, Tensor& dgx,
+                   Tensor& dgh, Tensor& dw_hh, Tensor& acc_b, Tensor& acc_lnw, Tensor& acc_lniw) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const int64_t chunk = dgh.size(0);  // steps held by dgh: all T, or chunk_steps with layer norm
   const T* lnw = ptr_or_null<T>(ln_w);
+  const T* lniw = ptr_or_null<T>(ln_ih_w);
+  // fused LN_ih: this step's dgx (the gradient of LN_ih(W_ih x)) and xhat_ih, each (B, H)
+  Tensor dgx_step = lniw ? at::empty({B, H}, dout.options()) : Tensor();
+  Tensor xhat_ih = lniw ? at::empty({B, H}, dout.options()) : Tensor();
   T* dhp = dh.data_ptr<T>();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
     const T* outt = out.data_ptr<T>() + t * B * H;
-    T* dgxt = dgx.data_ptr<T>() + t * B * H;
+    T* dgxt = lniw ? dgx_step.data_ptr<T>() : dgx.data_ptr<T>() + t * B * H;
     T* dght = dgh.data_ptr<T>() + (t % chunk) * B * H;
     const T* xh = lnw ? xhat.data_ptr<T>() + t * B * H : nullptr;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
@@ -101,31 +176,42 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
         if (lnw) {
           layer_norm_row_backward(da, xh + b * H, rstd.data_ptr<T>()[t * B + b], lnw, H, dght + b * H);
         }
+        if (lniw) {
+          input_norm_row_backward(da, ptr_or_null<T>(a_ih) + (t * B + b) * H, stats_ih.data_ptr<T>() + (t * B + b) * 2,
+                                  lniw, H, xhat_ih.data_ptr<T>() + b * H, dgx.data_ptr<T>() + (t * B + b) * H);
+        }
       }
     });
     sum_rows(dgxt, H, xh, H, B, H, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
+    if (lniw) sum_rows(dgxt, H, xhat_ih.data_ptr<T>(), H, B, H, lengths, t, acc_or_null(acc_lniw), nullptr);
     recurrent(dght, H, dhp, /*accumulate=*/true);  // (B,H) @ (H,H)
     if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
   }
 }
 
 std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
-                                 const OptTensor& ln_w, bool relu, const OptTensor& lengths, const Tensor& out,
-                                 const Tensor& xhat, const Tensor& rstd) {
+                                 const OptTensor& ln_w, const OptTensor& ln_ih_w, bool relu, const OptTensor& lengths,
+                                 const Tensor& out, const Tensor& xhat, const Tensor& rstd, const OptTensor& a_ih,
+                                 const Tensor& stats_ih) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool ln = ln_w.has_value() && ln_w->defined();
   const bool zero = len != nullptr;  // rows of ended sequences are never written
+  const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
+  TORCH_CHECK(ln || !ln_ih, "rnn_backward: a fused LN_ih comes with LN_hh (layer_norm)");
   auto opts = dout.options();
   Tensor dh = dh_n.clone();
   Tensor dgx = buffer(out.sizes(), opts, zero);
-  Tensor dgh = ln ? at::empty({chunk_steps(T_, B), B, H}, opts) : dgx;
-  Tensor dw_hh = at::zeros({H, H}, opts);
+  Tensor dgh = ln ? buffer({chunk_steps(T_, B), B, H}, opts, false) : dgx;
+  Tensor dw_hh = buffer({H, H}, opts, true);
   Tensor acc_b = accumulator(H, true, opts), acc_lnw = accumulator(H, ln, opts);
+  Tensor acc_lniw = accumulator(H, ln_ih, opts);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, relu, len, h0, out, xhat, rstd, dgx, dgh, dw_hh, acc_b, acc_lnw);
+    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, ln_ih_w, relu, len, h0, out, xhat, rstd, a_ih, stats_ih, dgx, dgh,
+                            dw_hh, acc_b, acc_lnw, acc_lniw);
   });
-  return {dgx, dw_hh, dh, acc_b.to(dout.scalar_type()), acc_lnw.to(dout.scalar_type())};
+  const auto dtype = dout.scalar_type();
+  return {dgx, dw_hh, dh, acc_b.to(dtype), acc_lnw.to(dtype), acc_lniw.to(dtype)};
 }
 
 }  // namespace
