@@ -139,24 +139,33 @@ def assert_parity(pairs, dtype: torch.dtype) -> None:
     assert error <= TOLERANCE[dtype], f"{worst}: relative error {error:.2e} ({dtype})"
 
 
+# How far the gpu engine in a half dtype may be from float64, as a multiple of the reference engine's own error in
+# that dtype, where the dtype's tolerance is out of reach. Over the 20 bfloat16 full-size tests of the H200 run
+# (2026-11-26) that needed it, the gpu engine's error was 0.27–1.01 of the reference's (median 0.53): two different
+# rounding sequences through the same ill-conditioned recurrence, with no order between them.
+HALF_MARGIN = 1.25
+
+
 def assert_half_parity(layer_cls, options: dict, engine_name: str, dtype: torch.dtype,
                        record: Callable[[str, object], None] = lambda *_: None, **sizes) -> None:
-    """``assert_parity`` in a half-precision ``dtype``, where the dtype itself allows it: a layer norm carried
-    through time amplifies the rounding of the stored state, so that the reference engine run in bfloat16 is itself
-    up to ~9e-2 from float64 (lstm-layernorm, T=6, H=24). There the bound is the reference engine's own error in
-    ``dtype`` at the same inputs: the gpu engine, accumulating in float32, must be no further from float64.
+    """``assert_parity`` in a half-precision ``dtype``, where the dtype itself allows it.
+
+    Rounding the stored values (``gx``, ``h_t``, the gradients of the gates) to bfloat16 costs ~4e-3 each; a layer
+    norm carried through time amplifies it, and so do sums whose terms cancel (a bias's gradient over ``T·B``
+    steps). The reference engine run in bfloat16 is then itself further than the tolerance from float64: up to ~9e-2
+    for lstm-layernorm at T=6, H=24, and 2.2e-1 for rnn-relu's bias gradient at B16, T32, H512. There the bound is
+    ``HALF_MARGIN`` times the reference engine's own error in ``dtype`` at the same inputs.
     ``record(name, value)`` receives the errors (the full-size tests put them in the JUnit report)."""
     pairs = run_both(layer_cls, options, engine_name, dtype=dtype, **sizes)
     worst, error = worst_error(pairs)
     record("worst", f"{worst}: {error:.3e}")
-    if error <= TOLERANCE[dtype] or not options.get("layer_norm"):
-        assert_parity(pairs, dtype)
+    if error <= TOLERANCE[dtype]:
         return
     reference = max(relative_error(a, b) for _, a, b in run_both(layer_cls, options, "reference", dtype=dtype,
                                                                  **sizes))
     record("reference engine in dtype", f"{reference:.3e}")
-    assert error <= reference, (f"{worst}: relative error {error:.2e} ({dtype}), the reference "
-                                        f"engine in {dtype}: {reference:.2e}")
+    assert error <= HALF_MARGIN * reference, (f"{worst}: relative error {error:.2e} ({dtype}), the reference "
+                                              f"engine in {dtype}: {reference:.2e}")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
