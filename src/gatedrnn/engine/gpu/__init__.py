@@ -24,22 +24,13 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def unsupported(spec: CellSpec) -> str | None:
-    """Why the kernels do not run ``spec``, or None when they do."""
-    if spec.layer_norm:
-        return "layer_norm"
-    if isinstance(spec, LSTMSpec) and spec.proj_size:
-        return "proj_size"
-    return None
-
-
 class GPUEngine(Engine):
     """Fused Triton kernels, forward and backward, for CUDA tensors in float32, bfloat16 and float16.
 
-    Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias) and GRUs (reset after or before);
-    layer-norm cells and projected LSTMs are left to other engines, and so is a reset-before GRU whose grid would
-    not fit on the device at once (its kernel synchronises inside each step). Products accumulate in float32 and
-    the LSTM cell state stays in float32 through the sequence.
+    Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias, proj_size) and GRUs (reset after or
+    before), each with or without layer norm; a reset-before GRU whose grid would not fit on the device at once is
+    left to other engines (its kernel synchronises inside each step).
+    Products accumulate in float32 and the LSTM cell state stays in float32 through the sequence.
     """
 
     name = "gpu"
@@ -55,7 +46,7 @@ class GPUEngine(Engine):
         return False, "needs a CUDA device (none found)"
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        if not (x.is_cuda and x.dtype in DTYPES and unsupported(spec) is None):
+        if not (x.is_cuda and x.dtype in DTYPES):
             return False
         if isinstance(spec, GRUSpec) and spec.reset == "before" and x.dim() == 3:  # x: (T, B, I)
             return choose_tiling(x.shape[1], spec.hidden_size, x.device).persistent
@@ -64,9 +55,6 @@ class GPUEngine(Engine):
     def run(
         self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
     ) -> tuple[Tensor, State]:
-        reason = unsupported(spec)
-        if reason is not None:
-            raise ValueError(f"engine: 'gpu' does not run {reason}")
         from . import ops  # the kernels are compiled (or interpreted) from here on
 
         device = gx.device.type
@@ -79,15 +67,24 @@ class GPUEngine(Engine):
             # (3, H): p_i | p_f | p_o; a coupled cell has no forget gate, so its row stays zero.
             p_f = params["weight_ci"].new_zeros(spec.hidden_size) if spec.coupled else params["weight_cf"]
             peephole = torch.stack([params["weight_ci"], p_f, params["weight_co"]]).float()
+        ln = None
+        if spec.layer_norm:
+            # LN_hh's weight and bias (G·H each), then LN_c's (H each, LSTM only), float32 as the kernels read them.
+            names = ["ln_hh_weight", "ln_hh_bias", *(["ln_c_weight", "ln_c_bias"] if lstm else [])]
+            ln = torch.cat([params[name] for name in names]).float()
         bias = params.get("bias_hh")
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (gx, params["weight_hh"], bias, peephole, *state)
+            t is not None and t.requires_grad
+            for t in (gx, params["weight_hh"], params.get("weight_hr"), bias, peephole, ln, *state)
         )
-        out, hs, cs, _, _ = ops.recurrence(
+        weight_hr = params.get("weight_hr")
+        out, hs, cs, *_ = ops.recurrence(
             gx.to(dtype).contiguous(),
             params["weight_hh"].to(dtype).contiguous(),
+            None if weight_hr is None else weight_hr.to(dtype).contiguous(),
             None if bias is None else bias.to(dtype),
             peephole,
+            ln,
             state[0].to(dtype).contiguous(),
             state[1].to(torch.float32).contiguous() if lstm else None,
             None if lengths is None else lengths.to(device=gx.device, dtype=torch.int64).contiguous(),
