@@ -523,6 +523,20 @@ def _ln_hh_grad_tile(gate, dgh_t, dy_t, xhat_t, ln_ptr, rows, cols, row_mask, co
 
 
 @triton.jit
+def _gru_gate_grads(saved_t, h_prev_ptr, dh, active, rows, cols, row_mask, col_mask, H, SH):
+    """A GRU step's saved gates ``r, z, n``, ``h_{t-1}``, and the gradients of the pre-activations of ``n`` and ``z``
+    from ``h = (1 - z) n + z h_{t-1}`` (zero past a row's length): ``da_n = dh (1 - z)(1 - n²)``,
+    ``da_z = dh (h_{t-1} - n) z (1 - z)``; both reset forms."""
+    r = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
+    z = _gate_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, SH)
+    n = _gate_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, SH)
+    h_prev = _gate_tile(h_prev_ptr, 0, rows, cols, row_mask, col_mask, H, H)
+    da_n = tl.where(active, dh * (1.0 - z) * (1.0 - n * n), 0.0)
+    da_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
+    return r, z, n, h_prev, da_n, da_z
+
+
+@triton.jit
 def _recurrent_grad(dgh_ptr, w_ptr, rows, cols, row_mask, col_mask, H, K, GH,
                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                     DOT_DTYPE: tl.constexpr):
@@ -725,12 +739,8 @@ def backward_kernel(
                 _store_tile(dgx_t, 0, rows, cols, row_mask, col_mask, H, GH, d0)
                 dh_direct = tl.where(active, 0.0, dh)
             elif CELL == 3:
-                r = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
-                z = _gate_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, SH)
-                n = _gate_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, SH)
-                h_prev = _gate_tile(hs_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H)
-                da_n = tl.where(active, dh * (1.0 - z) * (1.0 - n * n), 0.0)
-                da_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
+                r, z, n, h_prev, da_n, da_z = _gru_gate_grads(saved_t, hs_ptr + t * BH, dh, active, rows, cols,
+                                                              row_mask, col_mask, H, SH)
                 _store_tile(dgx_t, 1, rows, cols, row_mask, col_mask, H, GH, da_z)
                 _store_tile(dgx_t, 2, rows, cols, row_mask, col_mask, H, GH, da_n)
                 dgx_n = dgx_t + 2 * H  # ∂L/∂(W_hn q), rows GH apart
@@ -761,13 +771,9 @@ def backward_kernel(
                     d2 = da_z
                     d3 = da_z
             else:
-                r = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
-                z = _gate_tile(saved_t, 1, rows, cols, row_mask, col_mask, H, SH)
-                n = _gate_tile(saved_t, 2, rows, cols, row_mask, col_mask, H, SH)
+                r, z, n, h_prev, da_n, da_z = _gru_gate_grads(saved_t, hs_ptr + t * BH, dh, active, rows, cols,
+                                                              row_mask, col_mask, H, SH)
                 m = _gate_tile(saved_t, 3, rows, cols, row_mask, col_mask, H, SH)
-                h_prev = _gate_tile(hs_ptr + t * BH, 0, rows, cols, row_mask, col_mask, H, H)
-                da_n = tl.where(active, dh * (1.0 - z) * (1.0 - n * n), 0.0)
-                da_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
                 da_r = da_n * m * r * (1.0 - r)
                 d0 = da_r
                 d1 = da_z
