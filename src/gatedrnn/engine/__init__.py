@@ -56,7 +56,9 @@ def check_name(name: object) -> str:
 def resolve(name: str, spec: CellSpec, x: Tensor) -> Engine:
     """The engine that runs ``spec`` on tensors like ``x``: the named one, or for ``"auto"`` the best available."""
     if name == "auto":
-        candidates = [e for e in _REGISTRY.values() if e.status()[0] and e.covers(spec, x)]
+        # covers() first: it reads only the spec and x, where status() may probe the machine (the gpu engine asks
+        # torch.cuda on every call), and this runs on every forward call, one-step generation calls included.
+        candidates = [e for e in _REGISTRY.values() if e.covers(spec, x) and e.status()[0]]
         if not candidates:
             raise RuntimeError(f"engine: no engine runs {spec} on {x.device} {x.dtype}")
         return max(candidates, key=lambda e: e.priority)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp", "team.cpp")
+SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp", "team.cpp", "short.cpp")
 HEADERS = ("common.h", "team.h")
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 """``-march=native`` and ``-ffast-math`` let the compiler vectorise the gate loops (with glibc's vector exp and
@@ -150,8 +150,8 @@ def status() -> tuple[bool, str]:
         if _result is None:
             try:
                 compile_and_load()
-                _result = (True, "fused C++ kernels (packed matrix-vector products at batch 1, MKL packed or ATen "
-                                 "GEMMs above), forward and backward")
+                _result = (True, "fused C++ kernels (direct products for calls of few steps, packed matrix-vector "
+                                 "products at batch 1, MKL packed or ATen GEMMs above), forward and backward")
             except Exception as error:  # a missing compiler, ninja or header, a failed build or load
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 _result = (False, f"the C++ extension could not be built or loaded: {type(error).__name__}: {first}")

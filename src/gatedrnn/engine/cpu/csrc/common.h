@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -237,6 +238,7 @@ inline void advise_huge_pages(const Tensor& t) {
 //   B > 1, float32, torch built with MKL: MKL's packed GEMM (cblas_sgemm_pack once per call, cblas_sgemm_compute
 //          per step): a plain GEMM would re-pack the whole weight matrix on every step.
 //   otherwise: ATen's mm on tensors wrapping the raw pointers.
+// A call of few steps at small batch (short_call) prepares nothing: its products are direct, from W as stored.
 
 // Native SIMD width: the packed kernels are written with GCC/Clang vector types of this size, which the compiler
 // lowers to whatever instructions the target has (-march=native), so there is one portable code path.
@@ -322,6 +324,122 @@ inline void pack_transposed_block(Row&& row, int64_t width, int64_t rows, int64_
   }
 }
 
+// Direct products, for calls of few steps (ShortRule below): y = x @ A read from the weight W as stored (row-major,
+// N x K with leading dimension ld), where packing W (a pass that reads and writes all of it) would cost more than
+// the steps it speeds up. A one-step generation call at B = 1, H = 256 packs a 1 MiB W_hh for one product.
+
+// Sum of a vector's lanes.
+template <typename T>
+inline T lane_sum(typename Simd<T>::Vec v) {
+  T s = 0;
+  for (int64_t l = 0; l < Simd<T>::kLanes; ++l) s += v[l];
+  return s;
+}
+
+// A = W^T, R rows of W at once: y_b[c] (+)= dot(W[c, 0:K], x_b) for the R rows c = 0..R-1 from w, for each of the
+// B rows x_b of x (row stride ldx) into y_b (row stride ldy). The R rows are R independent accumulator chains (the
+// FMA latency is hidden) and stay in L1 while every x_b is multiplied with them.
+template <typename T, int64_t R>
+inline void dot_rows(const T* __restrict w, int64_t ld, int64_t K, const T* __restrict x, int64_t ldx, int64_t B,
+                     T* __restrict y, int64_t ldy, bool accumulate) {
+  using V = typename Simd<T>::Vec;
+  constexpr int64_t L = Simd<T>::kLanes;
+  const int64_t Kv = K / L * L;
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + b * ldx;
+    V acc[R] = {};
+    for (int64_t k = 0; k < Kv; k += L) {
+      V xv;
+      std::memcpy(&xv, xb + k, sizeof(V));
+      for (int64_t r = 0; r < R; ++r) {
+        V a;
+        std::memcpy(&a, w + r * ld + k, sizeof(V));
+        acc[r] += a * xv;
+      }
+    }
+    T* yb = y + b * ldy;
+    for (int64_t r = 0; r < R; ++r) {
+      T s = lane_sum<T>(acc[r]);
+      for (int64_t k = Kv; k < K; ++k) s += w[r * ld + k] * xb[k];
+      yb[r] = accumulate ? yb[r] + s : s;
+    }
+  }
+}
+
+// A = W^T over W's rows [c0, c1) (the columns of y): groups of 8 rows, then 4, 2, 1.
+template <typename T>
+inline void direct_product_t(const T* w, int64_t ld, int64_t K, int64_t c0, int64_t c1, const T* x, int64_t ldx,
+                             int64_t B, T* y, int64_t ldy, bool accumulate) {
+  int64_t c = c0;
+  for (; c + 8 <= c1; c += 8) dot_rows<T, 8>(w + c * ld, ld, K, x, ldx, B, y + c, ldy, accumulate);
+  for (; c + 4 <= c1; c += 4) dot_rows<T, 4>(w + c * ld, ld, K, x, ldx, B, y + c, ldy, accumulate);
+  for (; c + 2 <= c1; c += 2) dot_rows<T, 2>(w + c * ld, ld, K, x, ldx, B, y + c, ldy, accumulate);
+  for (; c < c1; ++c) dot_rows<T, 1>(w + c * ld, ld, K, x, ldx, B, y + c, ldy, accumulate);
+}
+
+// A = W, NV vectors of columns at once: y[0 : NV*L] (+)= sum_r x[r] * W[r, 0 : NV*L] over W's K rows, the block's
+// accumulators in registers (gemv_block over W's rows where they are stored instead of a packed copy).
+template <typename T, int64_t NV>
+inline void axpy_rows(const T* __restrict w, int64_t ld, int64_t K, const T* __restrict x, T* __restrict y,
+                      bool accumulate) {
+  using V = typename Simd<T>::Vec;
+  constexpr int64_t L = Simd<T>::kLanes;
+  V acc[NV] = {};
+  if (accumulate) std::memcpy(acc, y, sizeof(acc));
+  for (int64_t r = 0; r < K; ++r) {
+    const T xr = x[r];
+    for (int64_t j = 0; j < NV; ++j) {
+      V a;
+      std::memcpy(&a, w + r * ld + j * L, sizeof(V));
+      acc[j] += xr * a;
+    }
+  }
+  std::memcpy(y, acc, sizeof(acc));
+}
+
+// A = W over W's columns [c0, c1), c0 and c1 multiples of the vector width or c1 = N: whole vectors in blocks of
+// kBlockVecs, 4, 2, 1 (for_each_block), then the last columns that fill no vector one at a time.
+template <typename T>
+inline void direct_product(const T* w, int64_t ld, int64_t K, int64_t c0, int64_t c1, const T* x, int64_t ldx,
+                           int64_t B, T* y, int64_t ldy, bool accumulate) {
+  constexpr int64_t L = Simd<T>::kLanes;
+  const int64_t whole = (c1 - c0) / L * L;
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + b * ldx;
+    T* yb = y + b * ldy;
+    for_each_block<T>(whole, [&](int64_t col0, int64_t nv) {
+      const int64_t c = c0 + col0;
+      switch (nv) {
+        case kBlockVecs: axpy_rows<T, kBlockVecs>(w + c, ld, K, xb, yb + c, accumulate); break;
+        case 4: axpy_rows<T, 4>(w + c, ld, K, xb, yb + c, accumulate); break;
+        case 2: axpy_rows<T, 2>(w + c, ld, K, xb, yb + c, accumulate); break;
+        default: axpy_rows<T, 1>(w + c, ld, K, xb, yb + c, accumulate); break;
+      }
+    });
+    for (int64_t c = c0 + whole; c < c1; ++c) {
+      T s = 0;
+      for (int64_t r = 0; r < K; ++r) s += xb[r] * w[r * ld + c];
+      yb[c] = accumulate ? yb[c] + s : s;
+    }
+  }
+}
+
+// When a call's products are direct (no packing): when its steps times its batch rows, the rows that go through
+// the recurrent product, are at most max_rows. The recurrent loops then also stay on the single-thread path
+// (team.h packs its slices of W_hh per call as well). The default is measured: see short.cpp.
+struct ShortRule {
+  std::atomic<int64_t> max_rows;
+};
+ShortRule& short_rule();
+
+inline bool short_call(int64_t steps, int64_t batch) {
+  return steps * batch <= short_rule().max_rows.load();
+}
+
+// Columns of y per thread in a direct product: enough rows of W (at least kDirectGrainBytes of it) that waking a
+// second thread pays; a product under that stays on the calling thread.
+constexpr int64_t kDirectGrainBytes = int64_t(256) << 10;
+
 // The MKL packed-GEMM entry points, weak so that the library loads (and falls back to ATen) with a torch built
 // without MKL; torch with MKL exports them from libtorch_cpu. CBLAS constants: RowMajor 101, NoTrans 111, Trans 112,
 // Packed 151, CblasBMatrix 162.
@@ -342,12 +460,16 @@ class StepProduct {
  public:
   // A = w^T (transposed) or w, for w (N, K) with unit column stride (a weight or a block of its rows); batch rows
   // of x per call.
-  StepProduct(const Tensor& w, bool transposed, int64_t batch)
-      : rows_(transposed ? w.size(1) : w.size(0)), cols_(transposed ? w.size(0) : w.size(1)), batch_(batch) {
+  // `steps`: how many products the call will form (its time steps).
+  StepProduct(const Tensor& w, bool transposed, int64_t batch, int64_t steps)
+      : rows_(transposed ? w.size(1) : w.size(0)), cols_(transposed ? w.size(0) : w.size(1)), batch_(batch),
+        transposed_(transposed), direct_(short_call(steps, batch)) {
     TORCH_CHECK(w.stride(1) == 1, "StepProduct: the weight's rows must be contiguous");
     const T* src = w.data_ptr<T>();
     const int64_t ld = w.stride(0);
-    if (batch == 1) {
+    if (direct_) {
+      a_ = w;
+    } else if (batch == 1) {
       constexpr int64_t L = Simd<T>::kLanes;
       const int64_t padded = (cols_ + L - 1) / L * L;
       packed_ = at::empty({rows_ * padded}, w.options());
@@ -381,7 +503,9 @@ class StepProduct {
 
   // y (batch, cols) = x @ A, or y += x @ A when accumulate; x (batch, rows) with row stride ldx, y contiguous.
   void operator()(const T* x, int64_t ldx, T* y, bool accumulate) const {
-    if (batch_ == 1) {
+    if (direct_) {
+      direct(x, ldx, y, accumulate);
+    } else if (batch_ == 1) {
       T* out = out_.data_ptr<T>();
       gemv_packed(packed_.data_ptr<T>(), x, rows_, cols_, 0, rows_, out, /*accumulate=*/false);
       if (accumulate) {
@@ -406,7 +530,27 @@ class StepProduct {
   }
 
  private:
+  // The direct product, its columns split among threads where W is large (kDirectGrainBytes): a column of y is a
+  // row of W (A = W^T) or a column of W (A = W), rows_ elements of W either way. Without transposing, each thread's
+  // columns start on a whole vector.
+  void direct(const T* x, int64_t ldx, T* y, bool accumulate) const {
+    constexpr int64_t L = Simd<T>::kLanes;
+    const T* w = a_.data_ptr<T>();
+    const int64_t ld = a_.stride(0), K = rows_;
+    const int64_t grain = std::max<int64_t>(1, kDirectGrainBytes / (K * int64_t(sizeof(T))));
+    if (transposed_) {
+      at::parallel_for(0, cols_, grain, [&](int64_t c0, int64_t c1) {
+        direct_product_t(w, ld, K, c0, c1, x, ldx, batch_, y, cols_, accumulate);
+      });
+    } else {
+      at::parallel_for(0, (cols_ + L - 1) / L, (grain + L - 1) / L, [&](int64_t v0, int64_t v1) {
+        direct_product(w, ld, K, v0 * L, std::min(cols_, v1 * L), x, ldx, batch_, y, cols_, accumulate);
+      });
+    }
+  }
+
   int64_t rows_, cols_, batch_;
+  bool transposed_, direct_;
   bool mkl_ = false;
   Tensor packed_, out_, a_;
 };

@@ -29,9 +29,9 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   Tensor aux_scratch = save ? Tensor() : at::empty({B, H}, opts);
   T* hs = h_state.data_ptr<T>();
   const int64_t ghw = gh.size(1);
-  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/true, B);  // h W_hh^T (r|z rows if before)
-  std::optional<StepProduct<T>> candidate;                                         // reset-before: (r*h) W_hn^T
-  if (before) candidate.emplace(w_n, /*transposed=*/true, B);
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/true, B, T_);  // h W_hh^T (r|z if before)
+  std::optional<StepProduct<T>> candidate;                                             // reset-before: (r*h) W_hn^T
+  if (before) candidate.emplace(w_n, /*transposed=*/true, B, T_);
 
   for (int64_t t = 0; t < T_; ++t) {
     recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
@@ -245,7 +245,7 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor rstd = save && ln ? buffer({T_, B, 2}, opts, zero) : none;
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
   Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, zero) : none;
-  const int team = ln || ln_ih ? 0 : team_size(B, H);
+  const int team = ln || ln_ih || short_call(T_, B) ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
     if (team) {
       forward_team<scalar_t>(team, gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);
@@ -298,9 +298,9 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
   Tensor dgp_step = !before && lnw ? at::empty({B, G}, opts) : Tensor();
   T* dhp = dh.data_ptr<T>();
   // dgh W_hh (all rows for reset-after, the r|z rows for reset-before) and, reset-before only, dgh_n W_hn.
-  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/false, B);
+  const StepProduct<T> recurrent(before ? w_rz : w_hh, /*transposed=*/false, B, T_);
   std::optional<StepProduct<T>> candidate;
-  if (before) candidate.emplace(w_n, /*transposed=*/false, B);
+  if (before) candidate.emplace(w_n, /*transposed=*/false, B, T_);
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;

@@ -92,9 +92,9 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   T* hs = h_state.data_ptr<T>();
   T* cst = c_state.data_ptr<T>();
   T* ghp = gh.data_ptr<T>();
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
-  std::optional<StepProduct<T>> projection;                       // (o*tanh(c)) W_hr^T
-  if (proj) projection.emplace(w_hr.value(), /*transposed=*/true, B);
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B, s.T);  // h W_hh^T
+  std::optional<StepProduct<T>> projection;                           // (o*tanh(c)) W_hr^T
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/true, B, s.T);
 
   for (int64_t t = 0; t < s.T; ++t) {
     recurrent(hs, P, ghp, /*accumulate=*/false);
@@ -312,7 +312,7 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   Tensor mean_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor rstd_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor stats_ih = save && ln_ih ? buffer({s.T, s.B, 2}, opts, zero) : none;
-  const int team = proj || ln || ln_ih ? 0 : team_size(s.B, s.H);
+  const int team = proj || ln || ln_ih || short_call(s.T, s.B) ? 0 : team_size(s.B, s.H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
     if (team) {
       forward_team<scalar_t>(team, s, gx, w_hh, b_hh, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state, out,
@@ -382,9 +382,9 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   Tensor gate_step = recompute ? at::empty({B, G}, opts) : Tensor();
   T* dhp_ = dh.data_ptr<T>();
   T* dcp_ = dc.data_ptr<T>();
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
-  std::optional<StepProduct<T>> projection;                        // dh W_hr
-  if (proj) projection.emplace(w_hr.value(), /*transposed=*/false, B);
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B, s.T);  // dgh W_hh
+  std::optional<StepProduct<T>> projection;                            // dh W_hr
+  if (proj) projection.emplace(w_hr.value(), /*transposed=*/false, B, s.T);
 
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * P;

@@ -20,7 +20,7 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
   Tensor gh = at::empty({B, H}, gx.options());                                 // (B, H)
   Tensor gx_norm = lniw ? at::empty({B, H}, gx.options()) : Tensor();          // (B, H): LN_ih(W_ih x)
   T* hs = h_state.data_ptr<T>();
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);  // h W_hh^T
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B, T_);  // h W_hh^T
   for (int64_t t = 0; t < T_; ++t) {
     recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = gx.data_ptr<T>() + t * B * H;
@@ -120,7 +120,7 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
   Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, len != nullptr) : none_like(gx);
-  const int team = ln || ln_ih ? 0 : team_size(B, H);
+  const int team = ln || ln_ih || short_call(T_, B) ? 0 : team_size(B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
     if (team) {
       forward_team<scalar_t>(team, gx, w_hh, b_hh, relu, len, h_state, out);
@@ -152,7 +152,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
   Tensor dgx_step = lniw ? at::empty({B, H}, dout.options()) : Tensor();
   Tensor xhat_ih = lniw ? at::empty({B, H}, dout.options()) : Tensor();
   T* dhp = dh.data_ptr<T>();
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);  // dgh W_hh
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B, T_);  // dgh W_hh
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* doutt = dout.data_ptr<T>() + t * B * H;
     const T* outt = out.data_ptr<T>() + t * B * H;
