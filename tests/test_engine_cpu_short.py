@@ -17,8 +17,8 @@ from torch import Tensor
 
 import gatedrnn
 from gatedrnn.engine.cpu import build
-from numerics import layer_as_function, relative_error
-from test_engine_cpu import run_with
+from numerics import relative_error
+from test_engine_cpu import assert_cpu_matches_reference, assert_gradcheck
 from test_variants import case_id, randomize_
 
 MAX_ROWS = 8  # short.cpp's default rule
@@ -72,12 +72,7 @@ def check_against_reference(case: tuple[str, dict], seed: str, T: int, B: int, I
     """Outputs, final states and every gradient (the forward saving for backward), then the forward without
     autograd, of the cpu engine against the reference engine."""
     module, x, hx, lengths, weights = make_case(case, seed, T, B, I, H, layers, dtype)
-    names = ["output", *module.spec.state_names, "input", *["hx"] * len(hx), *(n for n, _ in module.named_parameters())]
-    want = run_with(module, "reference", x, hx, lengths, weights)
-    got = run_with(module, "cpu", x, hx, lengths, weights)
-    bound = 1e-5 if dtype == torch.float32 else 1e-10
-    for name, g, w in zip(names, got, want):
-        assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
+    names, want, bound = assert_cpu_matches_reference(module, x, hx, lengths, weights)
     with torch.no_grad():
         out, state = module(x, hx if len(hx) > 1 else hx[0], lengths=lengths)
     for name, g, w in zip(names, (out, *(state if isinstance(state, tuple) else (state,))), want):
@@ -123,14 +118,8 @@ def test_direct_products_at_every_width_match_reference(case: tuple[str, dict], 
 def test_gradcheck_both_paths(case: tuple[str, dict], max_rows: int) -> None:
     """float64 gradcheck of input, initial state and every parameter, bidirectional, uneven lengths, at a shape that
     the rule moved puts on either path."""
-    kind, options = case
-    gen = torch.Generator().manual_seed(random.Random("cpu-short-grad-" + case_id(case)).randrange(2**31))
-    T, B, I, H = 3, 2, 2, 6
-    module = getattr(gatedrnn, kind)(I, H, **options, bidirectional=True, dtype=torch.float64, engine="cpu")
-    randomize_(module, gen)
-    f, inputs = layer_as_function(module, module.spec.state_widths(), T, B, I, gen)
     with short_rule(max_rows):
-        assert torch.autograd.gradcheck(f, inputs)
+        assert_gradcheck(case, "cpu-short-grad-" + case_id(case), T=3, B=2, I=2, H=6)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
