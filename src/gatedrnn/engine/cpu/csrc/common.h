@@ -271,16 +271,17 @@ inline void for_each_block(int64_t cols, F&& f) {
 }
 
 // One column block of y = x @ A over A's rows [r0, r1): y[0 : NV*L] (+)= sum_r x[r] * A[r, block], reading the
-// block's rows from p in turn (a product formed in parts, over ranges of rows, accumulates).
+// block's rows from p in turn, ld elements apart (NV*L in a packed block; a weight's row stride where the product
+// reads the weight as stored). A product formed in parts, over ranges of rows, accumulates.
 template <typename T, int64_t NV>
-inline void gemv_block(const T* __restrict p, const T* __restrict x, int64_t r0, int64_t r1, T* __restrict y,
-                       bool accumulate) {
+inline void gemv_block(const T* __restrict p, int64_t ld, const T* __restrict x, int64_t r0, int64_t r1,
+                       T* __restrict y, bool accumulate) {
   using V = typename Simd<T>::Vec;
   constexpr int64_t L = Simd<T>::kLanes;
   V acc[NV] = {};
   if (accumulate) std::memcpy(acc, y, sizeof(acc));
-  p += r0 * NV * L;
-  for (int64_t r = r0; r < r1; ++r, p += NV * L) {
+  p += r0 * ld;
+  for (int64_t r = r0; r < r1; ++r, p += ld) {
     const T xr = x[r];
     for (int64_t j = 0; j < NV; ++j) {
       V a;
@@ -299,10 +300,10 @@ inline void gemv_packed(const T* packed, const T* x, int64_t rows, int64_t cols,
   for_each_block<T>(cols, [&](int64_t col0, int64_t nv) {
     const T* block = packed + col0 * rows;
     switch (nv) {
-      case kBlockVecs: gemv_block<T, kBlockVecs>(block, x, r0, r1, y + col0, accumulate); break;
-      case 4: gemv_block<T, 4>(block, x, r0, r1, y + col0, accumulate); break;
-      case 2: gemv_block<T, 2>(block, x, r0, r1, y + col0, accumulate); break;
-      default: gemv_block<T, 1>(block, x, r0, r1, y + col0, accumulate); break;
+      case kBlockVecs: gemv_block<T, kBlockVecs>(block, kBlockVecs * Simd<T>::kLanes, x, r0, r1, y + col0, accumulate); break;
+      case 4: gemv_block<T, 4>(block, 4 * Simd<T>::kLanes, x, r0, r1, y + col0, accumulate); break;
+      case 2: gemv_block<T, 2>(block, 2 * Simd<T>::kLanes, x, r0, r1, y + col0, accumulate); break;
+      default: gemv_block<T, 1>(block, 1 * Simd<T>::kLanes, x, r0, r1, y + col0, accumulate); break;
     }
   });
 }
@@ -377,28 +378,9 @@ inline void direct_product_t(const T* w, int64_t ld, int64_t K, int64_t c0, int6
   for (; c < c1; ++c) dot_rows<T, 1>(w + c * ld, ld, K, x, ldx, B, y + c, ldy, accumulate);
 }
 
-// A = W, NV vectors of columns at once: y[0 : NV*L] (+)= sum_r x[r] * W[r, 0 : NV*L] over W's K rows, the block's
-// accumulators in registers (gemv_block over W's rows where they are stored instead of a packed copy).
-template <typename T, int64_t NV>
-inline void axpy_rows(const T* __restrict w, int64_t ld, int64_t K, const T* __restrict x, T* __restrict y,
-                      bool accumulate) {
-  using V = typename Simd<T>::Vec;
-  constexpr int64_t L = Simd<T>::kLanes;
-  V acc[NV] = {};
-  if (accumulate) std::memcpy(acc, y, sizeof(acc));
-  for (int64_t r = 0; r < K; ++r) {
-    const T xr = x[r];
-    for (int64_t j = 0; j < NV; ++j) {
-      V a;
-      std::memcpy(&a, w + r * ld + j * L, sizeof(V));
-      acc[j] += xr * a;
-    }
-  }
-  std::memcpy(y, acc, sizeof(acc));
-}
-
 // A = W over W's columns [c0, c1), c0 and c1 multiples of the vector width or c1 = N: whole vectors in blocks of
-// kBlockVecs, 4, 2, 1 (for_each_block), then the last columns that fill no vector one at a time.
+// kBlockVecs, 4, 2, 1 (for_each_block; gemv_block reading W's rows where they are stored), then the last columns
+// that fill no vector one at a time.
 template <typename T>
 inline void direct_product(const T* w, int64_t ld, int64_t K, int64_t c0, int64_t c1, const T* x, int64_t ldx,
                            int64_t B, T* y, int64_t ldy, bool accumulate) {
@@ -410,10 +392,10 @@ inline void direct_product(const T* w, int64_t ld, int64_t K, int64_t c0, int64_
     for_each_block<T>(whole, [&](int64_t col0, int64_t nv) {
       const int64_t c = c0 + col0;
       switch (nv) {
-        case kBlockVecs: axpy_rows<T, kBlockVecs>(w + c, ld, K, xb, yb + c, accumulate); break;
-        case 4: axpy_rows<T, 4>(w + c, ld, K, xb, yb + c, accumulate); break;
-        case 2: axpy_rows<T, 2>(w + c, ld, K, xb, yb + c, accumulate); break;
-        default: axpy_rows<T, 1>(w + c, ld, K, xb, yb + c, accumulate); break;
+        case kBlockVecs: gemv_block<T, kBlockVecs>(w + c, ld, xb, 0, K, yb + c, accumulate); break;
+        case 4: gemv_block<T, 4>(w + c, ld, xb, 0, K, yb + c, accumulate); break;
+        case 2: gemv_block<T, 2>(w + c, ld, xb, 0, K, yb + c, accumulate); break;
+        default: gemv_block<T, 1>(w + c, ld, xb, 0, K, yb + c, accumulate); break;
       }
     });
     for (int64_t c = c0 + whole; c < c1; ++c) {
