@@ -73,11 +73,10 @@ class GPUEngine(Engine):
             names = ["ln_hh_weight", "ln_hh_bias", *(["ln_c_weight", "ln_c_bias"] if lstm else [])]
             ln = torch.cat([params[name] for name in names]).float()
         bias = params.get("bias_hh")
-        save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (gx, params["weight_hh"], params.get("weight_hr"), bias, peephole, ln, *state)
-        )
         weight_hr = params.get("weight_hr")
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (gx, params["weight_hh"], weight_hr, bias, peephole, ln, *state)
+        )
         out, hs, cs, *_ = ops.recurrence(
             gx.to(dtype).contiguous(),
             params["weight_hh"].to(dtype).contiguous(),
