@@ -210,7 +210,8 @@ def test_no_grad_saves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     gru = gatedrnn.GRU(3, 5, reset="before")
     x = torch.randn(4, 2, 3)
     with_grad = [lstm(x)[0].detach(), gru(x)[0].detach()]
-    for function in (functions.LSTMFunction, functions.GRUFunction, functions.RNNFunction):
+    for function in (functions.LSTMFunction, functions.GRUFunction, functions.RNNFunction,
+                     functions.InputProductFunction):
         monkeypatch.setattr(function, "apply", refuse)
     with torch.no_grad():
         without = [lstm(x)[0], gru(x)[0]]
@@ -359,6 +360,60 @@ def test_buffers_of_several_huge_pages_match_reference(case: tuple[str, dict]) -
         for p in module.parameters():
             p.copy_((torch.rand(p.shape, generator=gen, dtype=p.dtype) * 2 - 1) / H**0.5)
     check_uneven_lengths_against_reference(module, gen, T, B, I)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", [(3, 2, 5, 8), (40, 64, 7, 1024)], ids=["small", "huge-pages"])
+def test_input_product_equals_linear(shape: tuple[int, int, int, int], bias: bool) -> None:
+    """The cpu engine's input projection (csrc/input.cpp: one GEMM into a buffer on huge pages; 40·64·1024 float64 is
+    20 MiB) equals F.linear in value and in the gradients of x, W_ih and b_ih, for a contiguous x and for the
+    transposed view that batch_first input gives."""
+    T, B, I, G = shape
+    gen = torch.Generator().manual_seed(T * B + bias)
+    w = torch.randn(G, I, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(G, generator=gen, dtype=torch.float64, requires_grad=True) if bias else None
+    da = torch.randn(T, B, G, generator=gen, dtype=torch.float64)
+    for x0 in (torch.randn(T, B, I, generator=gen, dtype=torch.float64),
+               torch.randn(B, T, I, generator=gen, dtype=torch.float64).transpose(0, 1)):
+        x = x0.clone().requires_grad_() if x0.is_contiguous() else x0.requires_grad_()
+        leaves = [x, w] + ([b] if bias else [])
+        want = torch.nn.functional.linear(x, w, b)
+        want_grads = torch.autograd.grad(want, leaves, da)
+        got = functions.InputProductFunction.apply(x, w, b)
+        got_grads = torch.autograd.grad(got, leaves, da)
+        assert got.shape == (T, B, G) and got.is_contiguous()
+        assert relative_error(got, want) <= 1e-12
+        for name, g, e in zip(["x", "weight_ih", "bias_ih"], got_grads, want_grads):
+            assert relative_error(g, e) <= 1e-12, f"{name}: {relative_error(g, e):.2e}"
+        with torch.no_grad():
+            assert relative_error(torch.ops.gatedrnn_cpu.input_product(x, w, b), want) <= 1e-12
+
+
+def test_input_product_gradcheck() -> None:
+    gen = torch.Generator().manual_seed(5)
+    x, w, b = (torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in [(3, 2, 4), (6, 4), (6,)])
+    assert torch.autograd.gradcheck(functions.InputProductFunction.apply, (x, w, b))
+    assert torch.autograd.gradcheck(functions.InputProductFunction.apply, (x, w, None))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_gradient_of_output_with_any_strides(kind: str) -> None:
+    """The backward kernels read the output's gradient row by row; the one out.sum() gives is a single value
+    expanded (stride 0), and a transposed one is not contiguous either: both equal the reference engine's."""
+    gen = torch.Generator().manual_seed(3)
+    T, B, I, H = 6, 3, 4, 5
+    module = getattr(gatedrnn, kind)(I, H, dtype=torch.float64)
+    randomize_(module, gen)
+    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
+    scale = torch.randn(B, T, H, generator=gen, dtype=torch.float64).transpose(0, 1)
+    for loss in (lambda out: out.sum(), lambda out: (out * scale).sum()):
+        grads = {}
+        for engine in ("reference", "cpu"):
+            module.engine = engine
+            out = module(x)[0]
+            grads[engine] = torch.autograd.grad(loss(out), list(module.parameters()))
+        for (name, _), g, e in zip(module.named_parameters(), grads["cpu"], grads["reference"]):
+            assert relative_error(g, e) <= 1e-10, f"{name}: {relative_error(g, e):.2e}"
 
 
 # The small-batch loop (csrc/team.h): a team of threads that split the hidden units and meet once per step, or one

@@ -4,7 +4,8 @@ Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused 
 around one recurrent product), ``csrc/common.h`` (what they share; each weight is prepared once per call: packed
 for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above), ``csrc/team.h`` and ``csrc/team.cpp`` (the
 forward at batch 1: a team of threads that split the hidden units, each with its own rows of W_hh, meeting once per
-step; the measured rule that chooses it), ``build.py`` (compile once, cache, explain failures), ``functions.py`` (the
+step; the measured rule that chooses it), ``csrc/input.cpp`` (the input projection of all steps, one GEMM into
+memory on huge pages), ``build.py`` (compile once, cache, explain failures), ``functions.py`` (the
 ``torch.autograd.Function`` of each family), and the engine here.
 """
 
@@ -44,6 +45,11 @@ class CPUEngine(Engine):
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
         return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+    def input_product(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        from .functions import input_product
+
+        return input_product(spec, x, params)
 
     def run(self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
             lengths: Tensor | None) -> tuple[Tensor, State]:

@@ -61,7 +61,7 @@ class LSTMFunction(torch.autograd.Function):
          out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih) = ctx.saved_tensors
         (dgx, d_w_hh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co,
          d_ln_ih_w) = _ops().lstm_backward(
-            dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s,
+            dout, dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s,
             ctx.forget_bias, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, ctx.coupled, lengths, out,
             gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih)
         H = c0.shape[1]
@@ -96,7 +96,7 @@ class GRUFunction(torch.autograd.Function):
         _refuse_second_derivatives()
         h0, w_hh, ln_w, ln_ih_w, lengths, out, gates, aux, xhat, rstd, a_ih, stats_ih = ctx.saved_tensors
         dgx, d_w_hh, dh0, db, d_ln_w, d_ln_ih_w, d_ln_ih_s = _ops().gru_backward(
-            dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.before, lengths, out, gates, aux, xhat,
+            dout, dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.before, lengths, out, gates, aux, xhat,
             rstd, a_ih, stats_ih)
         ln, ln_ih = ln_w is not None, ln_ih_w is not None
         return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
@@ -121,11 +121,38 @@ class RNNFunction(torch.autograd.Function):
         _refuse_second_derivatives()
         h0, w_hh, ln_w, ln_ih_w, lengths, out, xhat, rstd, a_ih, stats_ih = ctx.saved_tensors
         dgx, d_w_hh, dh0, db, d_ln_w, d_ln_ih_w = _ops().rnn_backward(
-            dout.contiguous(), dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.relu, lengths, out, xhat, rstd, a_ih,
+            dout, dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.relu, lengths, out, xhat, rstd, a_ih,
             stats_ih)
         ln, ln_ih = ln_w is not None, ln_ih_w is not None
         return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
                 d_ln_ih_w if ln_ih else None, db if ln_ih else None, None, None)
+
+
+class InputProductFunction(torch.autograd.Function):
+    """``a = x W_ih^T (+ b_ih)`` into a buffer on huge pages (see input.cpp for why); the gradients are F.linear's."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, w)  # x is the right factor of dW_ih, W_ih the right factor of dx
+        return _ops().input_product(x, w, b)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, da: Tensor) -> tuple[Tensor | None, ...]:
+        x, w = ctx.saved_tensors
+        da2 = da.reshape(-1, w.shape[0])  # (T·B, G·H)
+        need = ctx.needs_input_grad
+        return ((da2 @ w).reshape(x.shape) if need[0] else None,
+                da2.t() @ x.reshape(-1, x.shape[-1]) if need[1] else None,
+                da2.sum(0) if need[2] else None)
+
+
+def input_product(spec: CellSpec, x: Tensor, p: Mapping[str, Tensor]) -> Tensor:
+    """``spec.input_product(x, p)`` (``W_ih x``, plus ``b_ih`` where there is no layer norm), on huge pages."""
+    b = None if spec.layer_norm else p.get("bias_ih")
+    w = p["weight_ih"]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
+        return InputProductFunction.apply(x, w, b)
+    return _ops().input_product(x, w, b)
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:

@@ -546,6 +546,15 @@ inline Tensor buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool 
   return t;
 }
 
+// t itself where contiguous, else a contiguous copy in a buffer. The gradient of the output often is not: after
+// out.sum().backward() it is one value expanded to (T,B,·), whose .contiguous() would be fresh 4 KiB-faulted memory.
+inline Tensor contiguous_buffer(const Tensor& t) {
+  if (t.is_contiguous()) return t;
+  Tensor c = buffer(t.sizes(), t.options(), false);
+  c.copy_(t);
+  return c;
+}
+
 inline Tensor none_like(const Tensor& like) {
   return at::empty({0}, like.options());
 }

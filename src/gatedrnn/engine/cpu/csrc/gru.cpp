@@ -417,11 +417,12 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
   }
 }
 
-std::vector<Tensor> gru_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
+std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
                                  const OptTensor& ln_w, const OptTensor& ln_ih_w, bool before,
                                  const OptTensor& lengths, const Tensor& out, const Tensor& gates, const Tensor& aux,
                                  const Tensor& xhat, const Tensor& rstd, const OptTensor& a_ih,
                                  const Tensor& stats_ih) {
+  const Tensor dout = contiguous_buffer(dout_in);  // (T,B,·), read row by row
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool zero = len != nullptr;  // rows of ended sequences are never written

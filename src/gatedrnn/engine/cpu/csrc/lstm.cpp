@@ -526,7 +526,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   }
 }
 
-std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0,
+std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0,
                                   const Tensor& c0, const Tensor& w_hh, const OptTensor& b_hh,
                                   const OptTensor& ln_hh_b, const OptTensor& ln_ih_s, double forget_bias,
                                   const OptTensor& w_hr,
@@ -536,6 +536,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout, const Tensor& dh_n, const 
                                   const Tensor& out, const Tensor& gates, const Tensor& cs, const Tensor& xhat_hh,
                                   const Tensor& rstd_hh, const Tensor& mean_c, const Tensor& rstd_c,
                                   const OptTensor& a_ih, const Tensor& stats_ih) {
+  const Tensor dout = contiguous_buffer(dout_in);  // (T,B,·), read row by row
   auto given = [](const OptTensor& w) { return w.has_value() && w->defined(); };
   TORCH_CHECK(given(ln_ih_w) == given(a_ih), "lstm_backward: a fused LN_ih needs W_ih x");
   const LSTMShape s = lstm_shape(given(a_ih) ? *a_ih : gates, c0, h0, coupled);  // (T, B, G·H) either way

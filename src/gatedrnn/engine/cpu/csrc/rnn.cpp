@@ -189,10 +189,11 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
   }
 }
 
-std::vector<Tensor> rnn_backward(const Tensor& dout, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
+std::vector<Tensor> rnn_backward(const Tensor& dout_in, const Tensor& dh_n, const Tensor& h0, const Tensor& w_hh,
                                  const OptTensor& ln_w, const OptTensor& ln_ih_w, bool relu, const OptTensor& lengths,
                                  const Tensor& out, const Tensor& xhat, const Tensor& rstd, const OptTensor& a_ih,
                                  const Tensor& stats_ih) {
+  const Tensor dout = contiguous_buffer(dout_in);  // (T,B,·), read row by row
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   const bool ln = ln_w.has_value() && ln_w->defined();
