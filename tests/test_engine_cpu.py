@@ -505,6 +505,26 @@ def test_team_equals_the_single_thread_loop(case: tuple[str, dict]) -> None:
     assert relative_error(team, single) <= 1e-5
 
 
+@pytest.mark.parametrize("case", [("LSTM", {}), ("LSTM", dict(bias=False)), ("LSTM", dict(coupled=True, peephole=True))],
+                         ids=case_id)
+def test_team_input_projection_from_batch_first_input(case: tuple[str, dict]) -> None:
+    """Without autograd the batch-1 team forms each member's part of x W_ih^T itself (lstm_forward_input); batch_first
+    input reaches it as a transposed view of (B, T, I). Two threads, the default rule, against the reference."""
+    gen = torch.Generator().manual_seed(13)
+    module = gatedrnn.LSTM(6, 64, batch_first=True, dtype=torch.float64, **case[1])
+    randomize_(module, gen)
+    x = torch.randn(1, 30, 6, generator=gen, dtype=torch.float64)
+    hx = tuple(torch.randn(1, 1, 64, generator=gen, dtype=torch.float64) for _ in range(2))
+    results = {}
+    with torch.no_grad(), team_rule(1, 64, 2):
+        for engine in ("cpu", "reference"):
+            module.engine = engine
+            out, (h, c) = module(x, hx)
+            results[engine] = (out, h, c)
+    for name, g, w in zip(["output", "h", "c"], results["cpu"], results["reference"]):
+        assert relative_error(g, w) <= 1e-10, f"{name}: relative error {relative_error(g, w):.2e}"
+
+
 def test_team_called_from_two_python_threads_at_once() -> None:
     """Two callers each form their own team of two (four threads on this machine's two cores): both finish, and
     right."""

@@ -268,8 +268,7 @@ class _Recurrent(_TorchConversion, nn.Module):
                 p = self.layer_params(layer, direction) if finals else first
                 layer_x = reverse_padded(x, mask) if direction else x
                 if self._tap is None:
-                    a = engine.input_product(self.spec, layer_x, p)  # (T, B, G·H)
-                    out, final = engine.run_product(self.spec, a, p, states[len(finals)], mask)
+                    out, final = engine.run_input(self.spec, layer_x, p, states[len(finals)], mask)
                 else:  # the tap replays the cells from the normalised gx
                     gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
                     out, final = self._tap(engine, layer, direction, gx, p, states[len(finals)], mask)

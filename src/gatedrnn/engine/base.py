@@ -29,8 +29,9 @@ class Engine(ABC):
     differentiable with respect to ``gx``, every tensor in ``params`` and ``state``, and equal (up to rounding)
     to looping ``spec.step`` over time.
 
-    Layers call :meth:`run_product` instead, with ``a = self.input_product(spec, x)`` (``spec.input_product(x)``):
-    ``W_ih x`` for a layer-norm spec (``spec.normalise_input`` applies LN_ih and ``b_ih``), else ``gx`` itself. Its default normalises ``a`` and
+    Layers call :meth:`run_input` with their input ``x``, which by default calls :meth:`run_product` with
+    ``a = self.input_product(spec, x)`` (``spec.input_product(x)``): ``W_ih x`` for a layer-norm spec
+    (``spec.normalise_input`` applies LN_ih and ``b_ih``), else ``gx`` itself. Its default normalises ``a`` and
     calls :meth:`run`; an engine that fuses LN_ih into its kernels overrides it and then also returns the
     gradient of ``a`` and of LN_ih's parameters. ``run`` itself always receives the normalised ``gx``, which is
     what :mod:`gatedrnn.inspect`'s taps replay the cells from.
@@ -58,6 +59,13 @@ class Engine(ABC):
         """``spec.input_product(x, params)`` ``(T, B, G·H)``, the one GEMM over all steps; an engine may place it in
         memory of its choosing (same values, same gradients)."""
         return spec.input_product(x, params)
+
+    def run_input(
+        self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
+    ) -> tuple[Tensor, State]:
+        """:meth:`run_product` from the layer's input ``x`` ``(T, B, I)``: what layers call. An engine that forms the
+        input projection inside its kernels overrides it."""
+        return self.run_product(spec, self.input_product(spec, x, params), params, state, lengths)
 
     def run_product(
         self, spec: CellSpec, a: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None

@@ -46,6 +46,13 @@ class CPUEngine(Engine):
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
         return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
+    def run_input(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
+                  lengths: Tensor | None) -> tuple[Tensor, State]:
+        from .functions import run_input
+
+        fused = run_input(spec, x, params, state, lengths)
+        return fused if fused is not None else super().run_input(spec, x, params, state, lengths)
+
     def input_product(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         from .functions import input_product
 

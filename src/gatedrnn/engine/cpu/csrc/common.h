@@ -555,6 +555,9 @@ inline Tensor contiguous_buffer(const Tensor& t) {
   return c;
 }
 
+// The input projection of every step, x (..., I) W^T (G·H, I) (+ b (G·H)) -> (..., G·H), in a buffer (input.cpp).
+Tensor input_product(const Tensor& x, const Tensor& w, const OptTensor& b);
+
 inline Tensor none_like(const Tensor& like) {
   return at::empty({0}, like.options());
 }

@@ -12,9 +12,7 @@
 #include "common.h"
 
 namespace gatedrnn {
-namespace {
 
-// x (..., I), w (G·H, I), b (G·H) or none -> (..., G·H).
 Tensor input_product(const Tensor& x, const Tensor& w, const OptTensor& b) {
   TORCH_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1),
               "input_product: x (..., I) and w (G·H, I) expected, got ", x.sizes(), " and ", w.sizes());
@@ -30,8 +28,6 @@ Tensor input_product(const Tensor& x, const Tensor& w, const OptTensor& b) {
   }
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
   m.def("input_product", &input_product);

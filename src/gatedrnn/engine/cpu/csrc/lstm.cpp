@@ -17,14 +17,19 @@ struct LSTMShape {
   int64_t off_f, off_g, off_o;  // column offsets of the f, g, o blocks (off_f unused when coupled)
 };
 
-LSTMShape lstm_shape(const Tensor& gx, const Tensor& c0, const Tensor& h0, bool coupled) {
+// T steps, B rows, G·H gate width; H and P from the initial state.
+LSTMShape lstm_shape(int64_t T, int64_t B, int64_t G, const Tensor& c0, const Tensor& h0, bool coupled) {
   const int64_t H = c0.size(1);
-  LSTMShape s{gx.size(0), gx.size(1), H, h0.size(1), gx.size(2), coupled, H, 2 * H, 3 * H};
+  LSTMShape s{T, B, H, h0.size(1), G, coupled, H, 2 * H, 3 * H};
   if (coupled) {
     s.off_g = H;
     s.off_o = 2 * H;
   }
   return s;
+}
+
+LSTMShape lstm_shape(const Tensor& gx, const Tensor& c0, const Tensor& h0, bool coupled) {
+  return lstm_shape(gx.size(0), gx.size(1), gx.size(2), c0, h0, coupled);
 }
 
 // Whether backward recomputes the gates (activate_ifg, activate_o) instead of reading them saved. With LN_ih fused
@@ -178,31 +183,61 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
 //   o = σ(x_o + W_ho h + b_o + p_o ⊙ c')     h' = o ⊙ tanh(c')
 // c is private to its member; h' goes to the buffer that every member reads at the next step, after the step's
 // sync. Outputs and saved tensors are those of forward_impl.
+// With `x` given (the layer's input (T, B, I), and w_ih (G·H, I)), gx is undefined and x_g is each member's own
+// product of x with its rows of W_ih, formed for all steps before the first (lstm_forward_input): no separate GEMM
+// call and parallel region before the team, and every x_g is read from the cache of the core that wrote it. Then
+// b_hh holds b_ih + b_hh.
 template <typename T>
 void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
                   const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co, double forget_bias,
                   const int64_t* lengths, Tensor& h_state, Tensor& c_state, Tensor& out, Tensor& gates, Tensor& cs,
-                  bool save) {
+                  bool save, const Tensor& x = Tensor(), const Tensor& w_ih = Tensor()) {
   const int64_t B = s.B, H = s.H, G = s.G;
-  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({G}, gx.options());
+  const Tensor zero_bias = b_hh.has_value() && b_hh->defined() ? Tensor() : at::zeros({G}, h_state.options());
   const T* bias = zero_bias.defined() ? zero_bias.data_ptr<T>() : b_hh->data_ptr<T>();
+  const bool fused = x.defined();
   const T *pci = ptr_or_null<T>(w_ci), *pcf = ptr_or_null<T>(w_cf), *pco = ptr_or_null<T>(w_co);
   const T fb = T(forget_bias);
-  Tensor h_other = at::empty({B, H}, gx.options());  // (B, H): h_t at odd t; h_state holds h_t at even t
+  Tensor h_other = at::empty({B, H}, h_state.options());  // (B, H): h_t at odd t; h_state holds h_t at even t
   T* hbuf[2] = {h_state.data_ptr<T>(), h_other.data_ptr<T>()};
   T* cst = c_state.data_ptr<T>();
-  const T* gxp = gx.data_ptr<T>();
+  const T* gxp = fused ? nullptr : gx.data_ptr<T>();
   T* outp = out.data_ptr<T>();
   T* gp = save ? gates.data_ptr<T>() : nullptr;
   T* csp = save ? cs.data_ptr<T>() : nullptr;
   // Column blocks of the member's product, gate by gate: i|f|g|o (i|g|o when coupled).
   const std::vector<int64_t> firsts =
       s.coupled ? std::vector<int64_t>{0, s.off_g, s.off_o} : std::vector<int64_t>{0, s.off_f, s.off_g, s.off_o};
+  const int64_t gate_count = int64_t(firsts.size());
 
   run_team(threads, H, line_units<T>(), [&](TeamMember& m) {
     const int64_t j0 = m.j0, nk = m.units();
     SliceProduct<T> recurrent(w_hh.data_ptr<T>(), w_hh.stride(0), H, firsts, j0, m.j1, B, /*slot=*/0);
     const int64_t yf = nk, yg = s.coupled ? nk : 2 * nk, yo = s.coupled ? 2 * nk : 3 * nk;  // blocks of y
+    // x_g of row (t, b) for this member's units: gx's row with gx's gate offsets, or the member's own product
+    // (T·B, gate_count·nk), its gate blocks laid out as y's.
+    const T* xg_base = fused ? nullptr : gxp + j0;
+    int64_t xg_ld = G, xf = s.off_f, xgo = s.off_g, xo = s.off_o;
+    std::vector<T>& own_input = input_workspace<T>(0);
+    if (fused && nk > 0) {
+      // This member's rows of W_ih, gate by gate (gate_count·nk, I), then x_g of every step in one GEMM.
+      const int64_t I = x.size(2), width = gate_count * nk;
+      std::vector<T>& own_rows = input_workspace<T>(1);
+      own_rows.resize(size_t(width * I));
+      const T* wp = w_ih.data_ptr<T>();
+      for (int64_t q = 0; q < gate_count; ++q) {
+        std::copy(wp + (firsts[q] + j0) * I, wp + (firsts[q] + m.j1) * I, own_rows.data() + q * nk * I);
+      }
+      own_input.resize(size_t(s.T * B * width));
+      const at::NoGradGuard no_grad;  // grad mode is per thread: the caller's no_grad does not reach this one
+      Tensor product = at::from_blob(own_input.data(), {s.T * B, width}, x.options());
+      at::mm_out(product, x.view({s.T * B, I}), at::from_blob(own_rows.data(), {width, I}, x.options()).t());
+      xg_base = own_input.data();
+      xg_ld = width;
+      xf = yf;
+      xgo = yg;
+      xo = yo;
+    }
     const T *bi = bias + j0, *bf = bias + s.off_f + j0, *bg = bias + s.off_g + j0, *bo = bias + s.off_o + j0;
     const T *qi = pci ? pci + j0 : nullptr, *qf = pcf ? pcf + j0 : nullptr, *qo = pco ? pco + j0 : nullptr;
     for (int64_t t = 0; t < s.T; ++t) {
@@ -223,7 +258,7 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
           continue;
         }
         const T* y = recurrent.rest(hp + b * H, j0, m.j1, b);
-        const T* x = gxp + row * G + j0;
+        const T* x = xg_base + row * xg_ld;
         T* gr = save ? gp + row * G + j0 : nullptr;
         // Compiled once per combination of flags, so that the loop vectorises (as gates_backward below).
         auto cell = [&](auto coupled_flag, auto peephole_flag, auto save_flag) {
@@ -239,13 +274,13 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
             if constexpr (coupled) {
               f = T(1) - i;
             } else {
-              T af = x[s.off_f + j] + y[yf + j] + bf[j] + fb;
+              T af = x[xf + j] + y[yf + j] + bf[j] + fb;
               if constexpr (peephole) af += qf[j] * cp;
               f = T(1) / (T(1) + std::exp(-af));
             }
-            const T g = std::tanh(x[s.off_g + j] + y[yg + j] + bg[j]);
+            const T g = std::tanh(x[xgo + j] + y[yg + j] + bg[j]);
             const T cn = f * cp + i * g;
-            T ao = x[s.off_o + j] + y[yo + j] + bo[j];
+            T ao = x[xo + j] + y[yo + j] + bo[j];
             if constexpr (peephole) ao += qo[j] * cn;
             const T o = T(1) / (T(1) + std::exp(-ao));
             const T hj = o * std::tanh(cn);
@@ -324,6 +359,35 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
                            mean_c, rstd_c, stats_ih, save);
   });
   return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c, stats_ih};
+}
+
+// lstm_forward without saving, from the layer's input x (T, B, I) rather than gx, for the variants the team runs
+// (no layer norm, no proj_size): where the team runs the call, each member forms its own part of x W_ih^T
+// (forward_team), else gx = x W_ih^T + b_ih is one GEMM (input_product) and lstm_forward runs. Returns out, h_n, c_n.
+std::vector<Tensor> lstm_forward_input(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& h0,
+                                       const Tensor& c0, const Tensor& w_hh, const OptTensor& b_hh,
+                                       const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
+                                       double forget_bias, bool coupled, const OptTensor& lengths) {
+  TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1),
+              "lstm_forward_input: x (T, B, I) and w_ih (G·H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
+  const LSTMShape s = lstm_shape(x.size(0), x.size(1), w_ih.size(0), c0, h0, coupled);
+  const int team = short_call(s.T, s.B) ? 0 : team_size(s.B, s.H);
+  const OptTensor none;
+  if (!team) {
+    std::vector<Tensor> r = lstm_forward(input_product(x, w_ih, b_ih), h0, c0, w_hh, b_hh, none, w_ci, w_cf, w_co,
+                                         none, none, none, none, none, none, forget_bias, coupled, lengths, false);
+    return {r[0], r[1], r[2]};
+  }
+  const bool has_ih = b_ih.has_value() && b_ih->defined(), has_hh = b_hh.has_value() && b_hh->defined();
+  const OptTensor bias = has_ih && has_hh ? OptTensor(*b_ih + *b_hh) : has_ih ? b_ih : b_hh;
+  Tensor h_state = h0.clone(), c_state = c0.clone();
+  Tensor out = buffer({s.T, s.B, s.P}, x.options(), false);
+  Tensor unsaved = none_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_input", [&] {
+    forward_team<scalar_t>(team, s, Tensor(), w_hh, bias, w_ci, w_cf, w_co, forget_bias, ptr_or_null<int64_t>(lengths),
+                           h_state, c_state, out, unsaved, unsaved, false, x.contiguous(), w_ih.contiguous());
+  });
+  return {out, h_state, c_state};
 }
 
 // Backward through time. Returns the gradients of gx, of the initial state and of every recurrent parameter but
@@ -569,6 +633,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dh_n, con
 
 TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
   m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_forward_input", &lstm_forward_input);
   m.def("lstm_backward", &lstm_backward);
 }
 

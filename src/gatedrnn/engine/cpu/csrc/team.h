@@ -216,6 +216,14 @@ class SliceProduct {
   T* out_;
 };
 
+// A member's own input projection (lstm.cpp forward_team): slot 0 its product, slot 1 its rows of W_ih. Per
+// thread, like SliceProduct's workspace, so that the pages are already this thread's on the next call.
+template <typename T>
+std::vector<T>& input_workspace(int slot) {
+  thread_local std::vector<T> ws[2];
+  return ws[slot];
+}
+
 // The head of a team step whose product reads all of h_{t-1} (B rows of width H): each active row's part over the
 // member's own units of h_{t-1}, which it wrote itself, while the others finish theirs; then the wait until all of
 // h_{t-1} is written. SliceProduct::rest adds the other units' part after it.
