@@ -396,6 +396,37 @@ def test_input_product_gradcheck() -> None:
     assert torch.autograd.gradcheck(functions.InputProductFunction.apply, (x, w, None))
 
 
+CHUNKED_INPUT_CASES = [
+    ("LSTM", {}), ("LSTM", dict(bias=False)), ("LSTM", dict(peephole=True, coupled=True)),
+    ("LSTM", dict(layer_norm=True)), ("LSTM", dict(layer_norm=True, bias=False)), ("LSTM", dict(proj_size=5)),
+    ("LSTM", dict(layer_norm=True, proj_size=5, peephole=True, forget_bias=0.5)),
+]
+
+
+@pytest.mark.parametrize("case", CHUNKED_INPUT_CASES, ids=case_id)
+def test_forward_without_autograd_forms_the_input_projection_in_chunks(case: tuple[str, dict]) -> None:
+    """Without autograd an LSTM layer never makes its whole input projection (lstm_forward_input): at B = 64 the time
+    loop forms it 8 steps at a time (StepInput: 512 rows a chunk), so 37 steps are four whole chunks and a partial
+    one; both directions, two layers, uneven lengths, against the reference engine in float64."""
+    kind, options = case
+    gen = torch.Generator().manual_seed(17)
+    T, B, I, H = 37, 64, 5, 16
+    module = getattr(gatedrnn, kind)(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **options)
+    randomize_(module, gen)
+    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    lengths[0] = T
+    hx = tuple(torch.randn(4, B, w, generator=gen, dtype=torch.float64) for w in module.spec.state_widths())
+    results = {}
+    with torch.no_grad():
+        for engine in ("cpu", "reference"):
+            module.engine = engine
+            out, state = module(x, hx, lengths=lengths)
+            results[engine] = (out, *state)
+    for name, g, w in zip(["output", *module.spec.state_names], results["cpu"], results["reference"], strict=True):
+        assert relative_error(g, w) <= 1e-10, f"{name}: relative error {relative_error(g, w):.2e}"
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_gradient_of_output_with_any_strides(kind: str) -> None:
     """The backward kernels read the output's gradient row by row; the one out.sum() gives is a single value

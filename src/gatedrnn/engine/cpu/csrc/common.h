@@ -558,6 +558,55 @@ inline Tensor contiguous_buffer(const Tensor& t) {
 // The input projection of every step, x (..., I) W^T (G·H, I) (+ b (G·H)) -> (..., G·H), in a buffer (input.cpp).
 Tensor input_product(const Tensor& x, const Tensor& w, const OptTensor& b);
 
+// The input projection's rows of step t for a kernel's time loop: a slice of the caller's (T, B, W) gx, or, for a
+// forward without saving from the layer's input x (T, B, I), formed a chunk of steps at a time (x W^T (+ b), one
+// GEMM of about kChunkRows rows per chunk) into one small buffer that each chunk reuses. The whole (T, B, W) tensor
+// is then never made: at B 32, T 100, W 1024 that is 13 MiB of fresh memory a call, and its rows are read back
+// from L2 soon after they are written. Steps are asked for in order (t = 0, 1, ...).
+template <typename T>
+class StepInput {
+ public:
+  explicit StepInput(const Tensor& gx) : full_(gx.data_ptr<T>()), batch_(gx.size(1)), width_(gx.size(2)) {}
+
+  StepInput(const Tensor& x, const Tensor& w, const OptTensor& b)
+      : x_(x.contiguous()), w_(w.contiguous()), b_(b), batch_(x.size(1)), width_(w.size(0)) {
+    const int64_t max_steps = std::max<int64_t>(1, kChunkBytes / (batch_ * width_ * int64_t(sizeof(T))));
+    steps_ = std::clamp<int64_t>((kChunkRows + batch_ - 1) / batch_, 1, max_steps);
+    steps_ = std::min(steps_, x.size(0));
+    chunk_ = at::empty({steps_ * batch_, width_}, x.options());
+  }
+
+  // (B, W): row b of step t at b * W.
+  const T* operator()(int64_t t) {
+    if (full_) return full_ + t * batch_ * width_;
+    if (t < first_ || t >= first_ + count_) fill(t);
+    return chunk_.data_ptr<T>() + (t - first_) * batch_ * width_;
+  }
+
+ private:
+  static constexpr int64_t kChunkRows = 512;       // rows of one GEMM: as fast as one over all steps (MKL, measured)
+  static constexpr int64_t kChunkBytes = 2 << 20;  // at most about one core's L2
+
+  void fill(int64_t t) {
+    const at::NoGradGuard no_grad;
+    first_ = t;
+    count_ = std::min(steps_, x_.size(0) - t);
+    Tensor rows = chunk_.narrow(0, 0, count_ * batch_);
+    const Tensor xs = x_.narrow(0, t, count_).reshape({count_ * batch_, x_.size(2)});
+    if (b_.has_value() && b_->defined()) {
+      at::addmm_out(rows, *b_, xs, w_.t());
+    } else {
+      at::mm_out(rows, xs, w_.t());
+    }
+  }
+
+  const T* full_ = nullptr;
+  Tensor x_, w_;
+  OptTensor b_;
+  int64_t batch_, width_, steps_ = 0, first_ = 0, count_ = 0;
+  Tensor chunk_;
+};
+
 inline Tensor none_like(const Tensor& like) {
   return at::empty({0}, like.options());
 }

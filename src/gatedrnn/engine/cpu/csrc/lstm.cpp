@@ -71,7 +71,7 @@ inline void activate_o(const LSTMShape& s, T* gr, const T* c, const T* pco) {
 }
 
 template <typename T>
-void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh,
+void forward_impl(const LSTMShape& s, StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh,
                   const OptTensor& w_hr, const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
                   const OptTensor& ln_hh_w, const OptTensor& ln_hh_b, const OptTensor& ln_c_w,
                   const OptTensor& ln_c_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s, double forget_bias,
@@ -87,7 +87,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
   const T *lncw = ptr_or_null<T>(ln_c_w), *lncb = ptr_or_null<T>(ln_c_b);
   const T *lniw = ptr_or_null<T>(ln_ih_w), *lnis = ptr_or_null<T>(ln_ih_s);  // fused LN_ih: gx holds W_ih x
   const T fb = T(forget_bias);
-  auto opts = gx.options();
+  auto opts = h_state.options();
   Tensor gh = at::empty({B, G}, opts);                                // (B, G·H)
   Tensor gx_norm = lniw ? at::empty({B, G}, opts) : Tensor();         // (B, G·H): this step's LN_ih(W_ih x)
   const bool keep_gates = save && !recompute_gates(lniw != nullptr, B);
@@ -103,7 +103,7 @@ void forward_impl(const LSTMShape& s, const Tensor& gx, const Tensor& w_hh, cons
 
   for (int64_t t = 0; t < s.T; ++t) {
     recurrent(hs, P, ghp, /*accumulate=*/false);
-    const T* gxt = gx.data_ptr<T>() + t * B * G;
+    const T* gxt = input(t);
     T* gt = keep_gates ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     T* cst_save = save ? cs.data_ptr<T>() + t * B * H : nullptr;
     T* hht = proj ? (save ? hh_all.data_ptr<T>() + t * B * H : hh_scratch.data_ptr<T>()) : nullptr;
@@ -354,38 +354,46 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
                              gates, cs, save);
       return;
     }
-    forward_impl<scalar_t>(s, gx, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w,
+    StepInput<scalar_t> input(gx);
+    forward_impl<scalar_t>(s, input, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w,
                            ln_ih_s, forget_bias, len, h_state, c_state, out, gates, cs, hh_all, xhat_hh, rstd_hh,
                            mean_c, rstd_c, stats_ih, save);
   });
   return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c, stats_ih};
 }
 
-// lstm_forward without saving, from the layer's input x (T, B, I) rather than gx, for the variants the team runs
-// (no layer norm, no proj_size): where the team runs the call, each member forms its own part of x W_ih^T
-// (forward_team), else gx = x W_ih^T + b_ih is one GEMM (input_product) and lstm_forward runs. Returns out, h_n, c_n.
+// lstm_forward without saving, from the layer's input x (T, B, I) rather than gx: the input projection
+// a = x W_ih^T (+ b_ih, which the caller leaves out with LN_ih given, as for lstm_forward) is never made whole.
+// Where the team runs the call, each member forms its own part of it (forward_team); elsewhere the time loop forms
+// it a chunk of steps at a time (StepInput). Returns out, h_n, c_n.
 std::vector<Tensor> lstm_forward_input(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& h0,
                                        const Tensor& c0, const Tensor& w_hh, const OptTensor& b_hh,
-                                       const OptTensor& w_ci, const OptTensor& w_cf, const OptTensor& w_co,
-                                       double forget_bias, bool coupled, const OptTensor& lengths) {
+                                       const OptTensor& w_hr, const OptTensor& w_ci, const OptTensor& w_cf,
+                                       const OptTensor& w_co, const OptTensor& ln_hh_w, const OptTensor& ln_hh_b,
+                                       const OptTensor& ln_c_w, const OptTensor& ln_c_b, const OptTensor& ln_ih_w,
+                                       const OptTensor& ln_ih_s, double forget_bias, bool coupled,
+                                       const OptTensor& lengths) {
   TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1),
               "lstm_forward_input: x (T, B, I) and w_ih (G·H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
   const LSTMShape s = lstm_shape(x.size(0), x.size(1), w_ih.size(0), c0, h0, coupled);
-  const int team = short_call(s.T, s.B) ? 0 : team_size(s.B, s.H);
-  const OptTensor none;
-  if (!team) {
-    std::vector<Tensor> r = lstm_forward(input_product(x, w_ih, b_ih), h0, c0, w_hh, b_hh, none, w_ci, w_cf, w_co,
-                                         none, none, none, none, none, none, forget_bias, coupled, lengths, false);
-    return {r[0], r[1], r[2]};
-  }
-  const bool has_ih = b_ih.has_value() && b_ih->defined(), has_hh = b_hh.has_value() && b_hh->defined();
-  const OptTensor bias = has_ih && has_hh ? OptTensor(*b_ih + *b_hh) : has_ih ? b_ih : b_hh;
+  auto given = [](const OptTensor& t) { return t.has_value() && t->defined(); };
+  const bool row_wide = given(w_hr) || given(ln_hh_w) || given(ln_ih_w);  // proj_size or layer norm
+  const int team = row_wide || short_call(s.T, s.B) ? 0 : team_size(s.B, s.H);
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
   Tensor h_state = h0.clone(), c_state = c0.clone();
   Tensor out = buffer({s.T, s.B, s.P}, x.options(), false);
   Tensor unsaved = none_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_input", [&] {
-    forward_team<scalar_t>(team, s, Tensor(), w_hh, bias, w_ci, w_cf, w_co, forget_bias, ptr_or_null<int64_t>(lengths),
-                           h_state, c_state, out, unsaved, unsaved, false, x.contiguous(), w_ih.contiguous());
+    if (team) {
+      const OptTensor bias = given(b_ih) && given(b_hh) ? OptTensor(*b_ih + *b_hh) : given(b_ih) ? b_ih : b_hh;
+      forward_team<scalar_t>(team, s, Tensor(), w_hh, bias, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state,
+                             out, unsaved, unsaved, false, x.contiguous(), w_ih.contiguous());
+      return;
+    }
+    StepInput<scalar_t> input(x, w_ih, b_ih);
+    forward_impl<scalar_t>(s, input, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w,
+                           ln_ih_s, forget_bias, len, h_state, c_state, out, unsaved, unsaved, unsaved, unsaved,
+                           unsaved, unsaved, unsaved, unsaved, false);
   });
   return {out, h_state, c_state};
 }
