@@ -157,21 +157,32 @@ def input_product(spec: CellSpec, x: Tensor, p: Mapping[str, Tensor]) -> Tensor:
 
 def run_input(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
               lengths: Tensor | None) -> tuple[Tensor, State] | None:
-    """The recurrence of one layer and direction from its input ``x`` in one op that never makes the whole input
-    projection, where that op exists: an LSTM without autograd (lstm_forward_input: inside the batch-1 team, or a
-    chunk of steps at a time). None elsewhere, where the caller runs :func:`input_product` and :func:`run`."""
-    if not isinstance(spec, LSTMSpec):
-        return None
+    """Without autograd, the recurrence of one layer and direction from its input ``x`` in one op that never makes
+    the whole input projection (``{lstm,gru,rnn}_forward_input``: the time loop forms it a chunk of steps at a time,
+    and the batch-1 LSTM team each member's part); None with autograd, where the caller runs :func:`input_product`
+    and :func:`run`."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *params.values())):
         return None
     p = {name: t.contiguous() for name, t in params.items()}
+    h0 = state[0].contiguous()
+    head = (x, p["weight_ih"], None if spec.layer_norm else p.get("bias_ih"), h0)  # b_ih is in LN_ih's shift
     ln_ih = spec.input_norm(p) or (None, None)  # LN_ih's gain, and its shift + b_ih
-    out, h, c = _ops().lstm_forward_input(
-        x, p["weight_ih"], None if spec.layer_norm else p.get("bias_ih"), state[0].contiguous(),
-        state[1].contiguous(), p["weight_hh"], p.get("bias_hh"), p.get("weight_hr"), p.get("weight_ci"),
-        p.get("weight_cf"), p.get("weight_co"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), p.get("ln_c_weight"),
-        p.get("ln_c_bias"), *ln_ih, spec.forget_bias, spec.coupled, _contiguous(lengths))
-    return out, (h, c)
+    lengths = _contiguous(lengths)
+    ops = _ops()
+    if isinstance(spec, LSTMSpec):
+        out, h, c = ops.lstm_forward_input(
+            *head, state[1].contiguous(), p["weight_hh"], p.get("bias_hh"), p.get("weight_hr"), p.get("weight_ci"),
+            p.get("weight_cf"), p.get("weight_co"), p.get("ln_hh_weight"), p.get("ln_hh_bias"),
+            p.get("ln_c_weight"), p.get("ln_c_bias"), *ln_ih, spec.forget_bias, spec.coupled, lengths)
+        return out, (h, c)
+    recurrent = (p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), *ln_ih)
+    if isinstance(spec, GRUSpec):
+        out, h = ops.gru_forward_input(*head, *recurrent, spec.reset == "before", lengths)
+        return out, (h,)
+    if isinstance(spec, RNNSpec):
+        out, h = ops.rnn_forward_input(*head, *recurrent, spec.nonlinearity == "relu", lengths)
+        return out, (h,)
+    return None
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:

@@ -12,15 +12,15 @@ namespace gatedrnn {
 namespace {
 
 template <typename T>
-void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
+void forward_impl(StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
                   const OptTensor& ln_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s, bool before,
                   const int64_t* lengths, Tensor& h_state, Tensor& out, Tensor& gates, Tensor& aux, Tensor& xhat,
                   Tensor& rstd, Tensor& stats_ih, bool save) {
-  const int64_t T_ = gx.size(0), B = gx.size(1), G = gx.size(2), H = G / 3;
+  const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2), G = 3 * H;
   const T* bias = ptr_or_null<T>(b_hh);
   const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
   const T *lniw = ptr_or_null<T>(ln_ih_w), *lnis = ptr_or_null<T>(ln_ih_s);  // fused LN_ih: gx holds W_ih x
-  auto opts = gx.options();
+  auto opts = h_state.options();
   Tensor gx_norm = lniw ? at::empty({B, G}, opts) : Tensor();  // (B, 3H): this step's LN_ih(W_ih x)
   Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
   Tensor gh = at::empty({B, before ? 2 * H : G}, opts);  // (B, 2H) or (B, 3H)
@@ -35,7 +35,7 @@ void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, c
 
   for (int64_t t = 0; t < T_; ++t) {
     recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
-    const T* x_t = gx.data_ptr<T>() + t * B * G;
+    const T* x_t = input(t);
     T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
     // aux: reset-after keeps LN_n(W_hn h) + b_hn (dr needs it); reset-before keeps r*h (the factor of dW_hn).
     T* auxt = save ? aux.data_ptr<T>() + t * B * H : aux_scratch.data_ptr<T>();
@@ -251,10 +251,38 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
       forward_team<scalar_t>(team, gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);
       return;
     }
-    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, len, h_state, out, gates, aux,
+    StepInput<scalar_t> input(gx);
+    forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, len, h_state, out, gates, aux,
                            xhat, rstd, stats_ih, save);
   });
   return {out, h_state, gates, aux, xhat, rstd, stats_ih};
+}
+
+// gru_forward without saving, from the layer's input x (T, B, I) rather than gx (b_ih left out by the caller with
+// LN_ih given, as for gru_forward): the time loop forms the input projection a chunk of steps at a time
+// (StepInput); where the team runs the call, it is one GEMM first (input_product). Returns out, h_n.
+std::vector<Tensor> gru_forward_input(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& h0,
+                                      const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
+                                      const OptTensor& ln_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s,
+                                      bool before, const OptTensor& lengths) {
+  TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1),
+              "gru_forward_input: x (T, B, I) and w_ih (3H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
+  const int64_t T_ = x.size(0), B = x.size(1), H = h0.size(1);
+  const bool row_wide = (ln_w.has_value() && ln_w->defined()) || (ln_ih_w.has_value() && ln_ih_w->defined());
+  if (!row_wide && !short_call(T_, B) && team_size(B, H)) {
+    std::vector<Tensor> r = gru_forward(input_product(x, w_ih, b_ih), h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s,
+                                        before, lengths, false);
+    return {r[0], r[1]};
+  }
+  Tensor h_state = h0.clone();
+  Tensor out = buffer({T_, B, H}, x.options(), false);
+  Tensor unsaved = none_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward_input", [&] {
+    StepInput<scalar_t> input(x, w_ih, b_ih);
+    forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, ptr_or_null<int64_t>(lengths),
+                           h_state, out, unsaved, unsaved, unsaved, unsaved, unsaved, false);
+  });
+  return {out, h_state};
 }
 
 // Backward through time. Returns, batched over time for the caller's weight GEMMs:
@@ -449,6 +477,7 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dh_n, cons
 
 TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
   m.def("gru_forward", &gru_forward);
+  m.def("gru_forward_input", &gru_forward_input);
   m.def("gru_backward", &gru_backward);
 }
 

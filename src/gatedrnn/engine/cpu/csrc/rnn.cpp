@@ -9,21 +9,21 @@ namespace gatedrnn {
 namespace {
 
 template <typename T>
-void forward_impl(const Tensor& gx, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
+void forward_impl(StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
                   const OptTensor& ln_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s, bool relu,
                   const int64_t* lengths, Tensor& h_state, Tensor& out, Tensor& xhat, Tensor& rstd,
                   Tensor& stats_ih, bool save) {
-  const int64_t T_ = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const T* bias = ptr_or_null<T>(b_hh);
   const T *lnw = ptr_or_null<T>(ln_w), *lnb = ptr_or_null<T>(ln_b);
   const T *lniw = ptr_or_null<T>(ln_ih_w), *lnis = ptr_or_null<T>(ln_ih_s);  // fused LN_ih: gx holds W_ih x
-  Tensor gh = at::empty({B, H}, gx.options());                                 // (B, H)
-  Tensor gx_norm = lniw ? at::empty({B, H}, gx.options()) : Tensor();          // (B, H): LN_ih(W_ih x)
+  Tensor gh = at::empty({B, H}, h_state.options());                                 // (B, H)
+  Tensor gx_norm = lniw ? at::empty({B, H}, h_state.options()) : Tensor();          // (B, H): LN_ih(W_ih x)
   T* hs = h_state.data_ptr<T>();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B, T_);  // h W_hh^T
   for (int64_t t = 0; t < T_; ++t) {
     recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
-    const T* x_t = gx.data_ptr<T>() + t * B * H;
+    const T* x_t = input(t);
     T* outt = out.data_ptr<T>() + t * B * H;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -126,10 +126,38 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
       forward_team<scalar_t>(team, gx, w_hh, b_hh, relu, len, h_state, out);
       return;
     }
-    forward_impl<scalar_t>(gx, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, len, h_state, out, xhat, rstd,
+    StepInput<scalar_t> input(gx);
+    forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, len, h_state, out, xhat, rstd,
                            stats_ih, save);
   });
   return {out, h_state, xhat, rstd, stats_ih};
+}
+
+// rnn_forward without saving, from the layer's input x (T, B, I) rather than gx (b_ih left out by the caller with
+// LN_ih given, as for rnn_forward): the time loop forms the input projection a chunk of steps at a time
+// (StepInput); where the team runs the call, it is one GEMM first (input_product). Returns out, h_n.
+std::vector<Tensor> rnn_forward_input(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const Tensor& h0,
+                                      const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
+                                      const OptTensor& ln_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s,
+                                      bool relu, const OptTensor& lengths) {
+  TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1),
+              "rnn_forward_input: x (T, B, I) and w_ih (H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
+  const int64_t T_ = x.size(0), B = x.size(1), H = h0.size(1);
+  const bool row_wide = (ln_w.has_value() && ln_w->defined()) || (ln_ih_w.has_value() && ln_ih_w->defined());
+  if (!row_wide && !short_call(T_, B) && team_size(B, H)) {
+    std::vector<Tensor> r = rnn_forward(input_product(x, w_ih, b_ih), h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s,
+                                        relu, lengths, false);
+    return {r[0], r[1]};
+  }
+  Tensor h_state = h0.clone();
+  Tensor out = buffer({T_, B, H}, x.options(), false);
+  Tensor unsaved = none_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward_input", [&] {
+    StepInput<scalar_t> input(x, w_ih, b_ih);
+    forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, ptr_or_null<int64_t>(lengths),
+                           h_state, out, unsaved, unsaved, unsaved, false);
+  });
+  return {out, h_state};
 }
 
 // Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dh0,
@@ -219,6 +247,7 @@ std::vector<Tensor> rnn_backward(const Tensor& dout_in, const Tensor& dh_n, cons
 
 TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
   m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_forward_input", &rnn_forward_input);
   m.def("rnn_backward", &rnn_backward);
 }
 
