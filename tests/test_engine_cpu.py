@@ -25,6 +25,7 @@ from torch import Tensor
 
 import gatedrnn
 from gatedrnn import engine as registry
+from gatedrnn.engine import cpu
 from gatedrnn.engine.cpu import build, functions
 from numerics import layer_as_function, relative_error
 from test_variants import VARIANT_CASES, case_id, randomize_
@@ -391,7 +392,8 @@ def test_input_product_equals_linear(shape: tuple[int, int, int, int], bias: boo
 
 def test_input_product_gradcheck() -> None:
     gen = torch.Generator().manual_seed(5)
-    x, w, b = (torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in [(3, 2, 4), (6, 4), (6,)])
+    shapes = [(3, 2, 4), (6, 4), (6,)]
+    x, w, b = (torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes)
     assert torch.autograd.gradcheck(functions.InputProductFunction.apply, (x, w, b))
     assert torch.autograd.gradcheck(functions.InputProductFunction.apply, (x, w, None))
 
@@ -427,6 +429,34 @@ def test_forward_without_autograd_forms_the_input_projection_in_chunks(case: tup
             results[engine] = (out, *(state if isinstance(state, tuple) else (state,)))
     for name, g, w in zip(["output", *module.spec.state_names], results["cpu"], results["reference"], strict=True):
         assert relative_error(g, w) <= 1e-10, f"{name}: relative error {relative_error(g, w):.2e}"
+
+
+def test_large_buffers_are_kept_for_the_next_call_and_never_shared_while_alive() -> None:
+    """Buffers of 2 MiB and more come from a cache of blocks (csrc/common.h BlockCache): a second call of the same
+    shape reuses them rather than taking more, a result still alive keeps its block (a later call does not write
+    into it), and empty_cache frees what is kept."""
+    cpu.empty_cache()
+    assert cpu.cached_bytes() == 0
+    torch.manual_seed(19)
+    module = gatedrnn.LSTM(8, 512)  # out (T, B, 512) float32 at T 40, B 32: 2.5 MiB, from the cache
+    x = torch.randn(40, 32, 8)
+    with torch.no_grad():
+        first = module(x)[0]
+        kept = first.clone()
+        assert cpu.cached_bytes() > 0  # the call's other large buffers (W_hh packed) went back to the cache
+        module(torch.randn(40, 32, 8))  # its output is freed at once, so its block is kept too
+        held = cpu.cached_bytes()
+        for _ in range(3):
+            module(torch.randn(40, 32, 8))
+        assert cpu.cached_bytes() == held  # same shapes: the same blocks again
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)  # alive throughout, so never handed out again
+    module.engine = "reference"
+    with torch.no_grad():
+        torch.testing.assert_close(first, module(x)[0])
+    del first
+    assert cpu.cached_bytes() > held  # its block came back
+    cpu.empty_cache()
+    assert cpu.cached_bytes() == 0
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
@@ -538,8 +568,8 @@ def test_team_equals_the_single_thread_loop(case: tuple[str, dict]) -> None:
     assert relative_error(team, single) <= 1e-5
 
 
-@pytest.mark.parametrize("case", [("LSTM", {}), ("LSTM", dict(bias=False)), ("LSTM", dict(coupled=True, peephole=True))],
-                         ids=case_id)
+@pytest.mark.parametrize("case", [("LSTM", {}), ("LSTM", dict(bias=False)),
+                                  ("LSTM", dict(coupled=True, peephole=True))], ids=case_id)
 def test_team_input_projection_from_batch_first_input(case: tuple[str, dict]) -> None:
     """Without autograd the batch-1 team forms each member's part of x W_ih^T itself (lstm_forward_input); batch_first
     input reaches it as a transposed view of (B, T, I). Two threads, the default rule, against the reference."""

@@ -2,11 +2,12 @@
 
 Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused pass over the gates per step
 around one recurrent product), ``csrc/common.h`` (what they share; each weight is prepared once per call: packed
-for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above), ``csrc/team.h`` and ``csrc/team.cpp`` (the
-forward at batch 1: a team of threads that split the hidden units, each with its own rows of W_hh, meeting once per
-step; the measured rule that chooses it), ``csrc/input.cpp`` (the input projection of all steps, one GEMM into
-memory on huge pages), ``build.py`` (compile once, cache, explain failures), ``functions.py`` (the
-``torch.autograd.Function`` of each family), and the engine here.
+for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above; the cache of large buffers),
+``csrc/team.h`` and ``csrc/team.cpp`` (the forward at batch 1: a team of threads that split the hidden units, each
+with its own rows of W_hh, meeting once per step; the measured rule that chooses it), ``csrc/short.cpp`` (calls of
+few steps), ``csrc/input.cpp`` (the input projection of all steps, one GEMM into memory on huge pages),
+``csrc/memory.cpp`` (the buffer cache's ops), ``build.py`` (compile once, cache, explain failures), ``functions.py``
+(the ``torch.autograd.Function`` of each family), and the engine here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ from torch import Tensor
 from ...cells import CellSpec, State
 from ..base import Engine
 from . import build
+
+
+def cached_bytes() -> int:
+    """Bytes the cpu engine keeps between calls: blocks of its large buffers (2 MiB and more: the input projection,
+    saved gates and states, gradients), reused by the next call instead of fresh memory from the OS, at most
+    512 MiB (``csrc/common.h``, BlockCache). 0 if the engine is not available."""
+    return int(torch.ops.gatedrnn_cpu.cached_bytes()) if build.status()[0] else 0
+
+
+def empty_cache() -> None:
+    """Free the blocks the cpu engine keeps between calls (see :func:`cached_bytes`); tensors still alive keep theirs
+    until they are freed, and their blocks are then kept again."""
+    if build.status()[0]:
+        torch.ops.gatedrnn_cpu.empty_cache()
 
 
 class CPUEngine(Engine):

@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -216,18 +218,107 @@ inline int64_t chunk_steps(int64_t T, int64_t B) {
 }
 
 
-// Asks the OS to back the 2 MiB-aligned part of a tensor with huge pages. The (T,B,·) buffers of a call are MiBs
-// each, and the allocator returns large ones as fresh memory (above glibc's mmap threshold, at most 32 MiB, always):
-// with 4 KiB pages the first write to each costs a page fault, over 10,000 a call at (B,T,H) = (64,100,512), where
-// this advice took a one-thread GRU forward that saves for backward from 82 to 70 ms and its backward from 140 to
-// 126 ms. Where the allocator reuses memory that is already mapped, the advice changes nothing.
-inline void advise_huge_pages(const Tensor& t) {
+// Blocks of whole 2 MiB pages, advised onto huge pages and kept from one call to the next, for the buffers of 2 MiB
+// and more. With 4 KiB pages the first write to each page of a fresh buffer costs a page fault, over 10,000 a call at
+// (B,T,H) = (64,100,512); huge pages took a one-thread GRU forward that saves for backward from 82 to 70 ms and its
+// backward from 140 to 126 ms (session 5). A call at (B,T,H) = (64,100,512) makes about 190 MiB of them (the input
+// projection, the saved gates and states, the gradient of the gates); handed back to the OS after each call, this VM
+// backed them anew on the next one at a varying cost. Measured inside `gatedrnn bench` (one thread, 5 rounds): an
+// LSTM forward+backward took 497-729 ms with 52-240 ms of system time, and 421-487 ms with 0-16 ms once its blocks
+// were kept; GRU 363-412 -> 317-425 ms. A block is handed out again only after the tensor that held it is freed (its
+// deleter gives it back). At most kLimit bytes are kept; clear() (the op empty_cache) frees them all.
+class BlockCache {
+ public:
+  static constexpr size_t kPage = size_t(2) << 20;
+  static constexpr size_t kLimit = size_t(512) << 20;
+
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive static destruction
+    return *cache;
+  }
+
+  // A block of `size` bytes (a multiple of kPage), 2 MiB aligned: a cached one of that size, else a new one.
+  void* take(size_t size) {
+    {
+      std::lock_guard<std::mutex> guard(lock_);
+      auto it = free_.find(size);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        held_ -= size;
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(kPage, size);
+    TORCH_CHECK(p != nullptr, "gatedrnn cpu engine: out of memory allocating ", size, " bytes");
 #if defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + t.nbytes()) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+    madvise(p, size, MADV_HUGEPAGE);
 #endif
+    return p;
+  }
+
+  // Keeps a block for the next call, dropping the largest kept ones (and, past the limit, this one) to stay
+  // within the limit.
+  void give(void* p, size_t size) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> guard(lock_);
+      while (held_ + size > kLimit && !free_.empty()) {
+        auto it = std::prev(free_.end());  // the largest
+        held_ -= it->first;
+        drop.push_back(it->second);
+        free_.erase(it);
+      }
+      if (held_ + size <= kLimit) {
+        free_.emplace(size, p);
+        held_ += size;
+      } else {
+        drop.push_back(p);
+      }
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+  // Bytes kept now.
+  size_t held() {
+    std::lock_guard<std::mutex> guard(lock_);
+    return held_;
+  }
+
+  // Frees every kept block.
+  void clear() {
+    std::multimap<size_t, void*> drop;
+    {
+      std::lock_guard<std::mutex> guard(lock_);
+      drop.swap(free_);
+      held_ = 0;
+    }
+    for (auto& [size, p] : drop) std::free(p);
+  }
+
+ private:
+  std::mutex lock_;
+  std::multimap<size_t, void*> free_;
+  size_t held_ = 0;
+};
+
+// A buffer made by a call (the (T,B,·) tensors, dW_hh, packed weights): of 2 MiB and more, a block of BlockCache
+// on huge pages; zero-filled when asked: where masked rows are never written (so sums over time see zeros there),
+// or to accumulate into.
+inline Tensor buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  const size_t bytes = size_t(numel) * opts.dtype().itemsize();
+  Tensor t;
+  if (bytes >= BlockCache::kPage) {
+    const size_t size = (bytes + BlockCache::kPage - 1) / BlockCache::kPage * BlockCache::kPage;
+    void* p = BlockCache::instance().take(size);
+    t = at::from_blob(p, shape, [size](void* q) { BlockCache::instance().give(q, size); }, opts);
+  } else {
+    t = at::empty(shape, opts);
+  }
+  if (zero) t.zero_();
+  return t;
 }
 
 // The per-step products y = x @ A, where A (a weight or its transpose) is the same at every step of a call.
@@ -472,8 +563,7 @@ class StepProduct {
       });
     } else if (std::is_same_v<T, float> && mkl_packed_gemm_available()) {
       const size_t bytes = cblas_sgemm_pack_get_size(162, int(batch), int(cols_), int(rows_));
-      packed_ = at::empty({int64_t((bytes + sizeof(T) - 1) / sizeof(T))}, w.options());
-      advise_huge_pages(packed_);  // MiBs for the larger layers, packed anew on every call
+      packed_ = buffer({int64_t((bytes + sizeof(T) - 1) / sizeof(T))}, w.options(), false);  // MiBs, every call
       // B of C = X @ B is A: w itself (NoTrans, rows_ x cols_ with leading dimension ld) or w^T (Trans).
       cblas_sgemm_pack(101, 162, transposed ? 112 : 111, int(batch), int(cols_), int(rows_), 1.0f,
                        reinterpret_cast<const float*>(src), int(ld), reinterpret_cast<float*>(packed_.data_ptr<T>()));
@@ -537,14 +627,6 @@ class StepProduct {
   Tensor packed_, out_, a_;
 };
 
-// A buffer made by a call (the (T,B,·) tensors, dW_hh), on huge pages where it is large enough; zero-filled when
-// asked: where masked rows are never written (so sums over time see zeros there), or to accumulate into.
-inline Tensor buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {
-  Tensor t = at::empty(shape, opts);
-  advise_huge_pages(t);
-  if (zero) t.zero_();
-  return t;
-}
 
 // t itself where contiguous, else a contiguous copy in a buffer. The gradient of the output often is not: after
 // out.sum().backward() it is one value expanded to (T,B,·), whose .contiguous() would be fresh 4 KiB-faulted memory.
