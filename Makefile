@@ -40,8 +40,11 @@ demo-inspect: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# The cpu engine's kernels are compiled before the tests start (minutes, once per cache): tests that run it in
+# subprocesses with a time limit (torchrun) would otherwise wait on another worker's build.
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests
+	$(PY) -c "from gatedrnn.engine.cpu import build; print('cpu engine:', build.status()[1])"
 	$(PY) -m pytest -n 2 -q
 
 clean:
