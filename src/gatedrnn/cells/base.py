@@ -129,7 +129,12 @@ class CellSpec:
         With layer norm it is ``W_ih x``, which :meth:`normalise_input` turns into ``gx``; without, it is ``gx``
         itself, ``W_ih x + b_ih``.
         """
-        return F.linear(x, p["weight_ih"], None if self.layer_norm else p.get("bias_ih"))
+        return F.linear(x, p["weight_ih"], self.input_bias(p))
+
+    def input_bias(self, p: Mapping[str, Tensor]) -> Tensor | None:
+        """The bias :meth:`input_product` adds: ``b_ih``, or None with layer norm (``b_ih`` is then in LN_ih's
+        shift, :meth:`input_norm`) or without bias."""
+        return None if self.layer_norm else p.get("bias_ih")
 
     def input_norm(self, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor] | None:
         """LN_ih's gain and shift, ``b_ih`` folded into the shift (``LN_ih(a) + b_ih`` is one layer norm whose shift

@@ -148,9 +148,8 @@ class InputProductFunction(torch.autograd.Function):
 
 def input_product(spec: CellSpec, x: Tensor, p: Mapping[str, Tensor]) -> Tensor:
     """``spec.input_product(x, p)`` (``W_ih x``, plus ``b_ih`` where there is no layer norm), on huge pages."""
-    b = None if spec.layer_norm else p.get("bias_ih")
-    w = p["weight_ih"]
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
+    w, b = p["weight_ih"], spec.input_bias(p)
+    if _autograd(x, w, b):
         return InputProductFunction.apply(x, w, b)
     return _ops().input_product(x, w, b)
 
@@ -161,11 +160,10 @@ def run_input(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: St
     the whole input projection (``{lstm,gru,rnn}_forward_input``: the time loop forms it a chunk of steps at a time,
     and the batch-1 LSTM team each member's part); None with autograd, where the caller runs :func:`input_product`
     and :func:`run`."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *params.values())):
+    if _autograd(x, *state, *params.values()):
         return None
     p = {name: t.contiguous() for name, t in params.items()}
-    h0 = state[0].contiguous()
-    head = (x, p["weight_ih"], None if spec.layer_norm else p.get("bias_ih"), h0)  # b_ih is in LN_ih's shift
+    head = (x, p["weight_ih"], spec.input_bias(p), state[0].contiguous())
     ln_ih = spec.input_norm(p) or (None, None)  # LN_ih's gain, and its shift + b_ih
     lengths = _contiguous(lengths)
     ops = _ops()
@@ -183,6 +181,11 @@ def run_input(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: St
         out, h = ops.rnn_forward_input(*head, *recurrent, spec.nonlinearity == "relu", lengths)
         return out, (h,)
     return None
+
+
+def _autograd(*tensors: Tensor | None) -> bool:
+    """Whether autograd records a call on these tensors (grad mode on and one of them requires a gradient)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
@@ -203,7 +206,7 @@ def run(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, 
     gx = gx.contiguous()
     state = tuple(s.contiguous() for s in state)
     lengths = _contiguous(lengths)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (gx, *state, *p.values()))
+    grad = _autograd(gx, *state, *p.values())
     ops = _ops()
     ln_ih = (product and spec.input_norm(p)) or (None, None)  # LN_ih's gain, and its shift + b_ih
     if isinstance(spec, LSTMSpec):

@@ -640,6 +640,16 @@ inline Tensor contiguous_buffer(const Tensor& t) {
 // The input projection of every step, x (..., I) W^T (G·H, I) (+ b (G·H)) -> (..., G·H), in a buffer (input.cpp).
 Tensor input_product(const Tensor& x, const Tensor& w, const OptTensor& b);
 
+// out (N, G·H) = x (N, I) W^T (+ b): ATen's GEMM (MKL where torch has it) into memory the caller chose.
+inline void project_into(Tensor& out, const Tensor& x, const Tensor& w, const OptTensor& b) {
+  const at::NoGradGuard no_grad;  // out= ops refuse tensors that require grad; grad mode is per thread
+  if (b.has_value() && b->defined()) {
+    at::addmm_out(out, *b, x, w.t());
+  } else {
+    at::mm_out(out, x, w.t());
+  }
+}
+
 // The input projection's rows of step t for a kernel's time loop: a slice of the caller's (T, B, W) gx, or, for a
 // forward without saving from the layer's input x (T, B, I), formed a chunk of steps at a time (x W^T (+ b), one
 // GEMM of about kChunkRows rows per chunk) into one small buffer that each chunk reuses. The whole (T, B, W) tensor
@@ -670,16 +680,10 @@ class StepInput {
   static constexpr int64_t kChunkBytes = 2 << 20;  // at most about one core's L2
 
   void fill(int64_t t) {
-    const at::NoGradGuard no_grad;
     first_ = t;
     count_ = std::min(steps_, x_.size(0) - t);
     Tensor rows = chunk_.narrow(0, 0, count_ * batch_);
-    const Tensor xs = x_.narrow(0, t, count_).reshape({count_ * batch_, x_.size(2)});
-    if (b_.has_value() && b_->defined()) {
-      at::addmm_out(rows, *b_, xs, w_.t());
-    } else {
-      at::mm_out(rows, xs, w_.t());
-    }
+    project_into(rows, x_.narrow(0, t, count_).reshape({count_ * batch_, x_.size(2)}), w_, b_);
   }
 
   const T* full_ = nullptr;

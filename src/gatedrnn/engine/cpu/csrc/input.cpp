@@ -19,13 +19,8 @@ Tensor input_product(const Tensor& x, const Tensor& w, const OptTensor& b) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = w.size(0);
   Tensor out = buffer(shape, x.options(), false);
-  const Tensor x2 = x.reshape({-1, x.size(-1)});
   Tensor out2 = out.view({-1, w.size(0)});
-  if (b.has_value() && b->defined()) {
-    at::addmm_out(out2, *b, x2, w.t());
-  } else {
-    at::mm_out(out2, x2, w.t());
-  }
+  project_into(out2, x.reshape({-1, x.size(-1)}), w, b);
   return out;
 }
 

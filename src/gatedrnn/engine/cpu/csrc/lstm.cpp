@@ -229,9 +229,8 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
         std::copy(wp + (firsts[q] + j0) * I, wp + (firsts[q] + m.j1) * I, own_rows.data() + q * nk * I);
       }
       own_input.resize(size_t(s.T * B * width));
-      const at::NoGradGuard no_grad;  // grad mode is per thread: the caller's no_grad does not reach this one
       Tensor product = at::from_blob(own_input.data(), {s.T * B, width}, x.options());
-      at::mm_out(product, x.view({s.T * B, I}), at::from_blob(own_rows.data(), {width, I}, x.options()).t());
+      project_into(product, x.view({s.T * B, I}), at::from_blob(own_rows.data(), {width, I}, x.options()), {});
       xg_base = own_input.data();
       xg_ld = width;
       xf = yf;
