@@ -658,6 +658,8 @@ inline void project_into(Tensor& out, const Tensor& x, const Tensor& w, const Op
 template <typename T>
 class StepInput {
  public:
+  using Scalar = T;
+
   explicit StepInput(const Tensor& gx) : full_(gx.data_ptr<T>()), batch_(gx.size(1)), width_(gx.size(2)) {}
 
   StepInput(const Tensor& x, const Tensor& w, const OptTensor& b)

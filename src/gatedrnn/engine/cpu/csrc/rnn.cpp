@@ -140,24 +140,17 @@ std::vector<Tensor> rnn_forward_input(const Tensor& x, const Tensor& w_ih, const
                                       const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& ln_w,
                                       const OptTensor& ln_b, const OptTensor& ln_ih_w, const OptTensor& ln_ih_s,
                                       bool relu, const OptTensor& lengths) {
-  TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1),
-              "rnn_forward_input: x (T, B, I) and w_ih (H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
-  const int64_t T_ = x.size(0), B = x.size(1), H = h0.size(1);
   const bool row_wide = (ln_w.has_value() && ln_w->defined()) || (ln_ih_w.has_value() && ln_ih_w->defined());
-  if (!row_wide && !short_call(T_, B) && team_size(B, H)) {
-    std::vector<Tensor> r = rnn_forward(input_product(x, w_ih, b_ih), h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s,
-                                        relu, lengths, false);
-    return {r[0], r[1]};
-  }
-  Tensor h_state = h0.clone();
-  Tensor out = buffer({T_, B, H}, x.options(), false);
-  Tensor unsaved = none_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward_input", [&] {
-    StepInput<scalar_t> input(x, w_ih, b_ih);
-    forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, ptr_or_null<int64_t>(lengths),
-                           h_state, out, unsaved, unsaved, unsaved, false);
-  });
-  return {out, h_state};
+  auto whole = [&](const Tensor& gx) {
+    return rnn_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, lengths, false);
+  };
+  auto chunks = [&](auto& input, Tensor& h_state, Tensor& out) {
+    using T = typename std::decay_t<decltype(input)>::Scalar;
+    Tensor unsaved = none_like(x);
+    forward_impl<T>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, ptr_or_null<int64_t>(lengths), h_state,
+                    out, unsaved, unsaved, unsaved, false);
+  };
+  return forward_from_input("rnn_forward_input", x, w_ih, b_ih, h0, row_wide, whole, chunks);
 }
 
 // Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dh0,

@@ -216,6 +216,29 @@ class SliceProduct {
   T* out_;
 };
 
+// gru_forward_input's and rnn_forward_input's frame: a forward without saving from the layer's input x (T, B, I),
+// checked against w_ih (G·H, I). Where the team would run the call, whole(gx) runs it on the input projection made
+// whole (one GEMM, input_product); elsewhere chunks(input, h_state, out) runs the time loop on a StepInput of x, which
+// forms the projection a chunk of steps at a time. Returns out, h_n.
+template <typename Whole, typename Chunks>
+std::vector<Tensor> forward_from_input(const char* op, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
+                                       const Tensor& h0, bool row_wide, Whole whole, Chunks chunks) {
+  TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1), op,
+              ": x (T, B, I) and w_ih (G·H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
+  const int64_t T_ = x.size(0), B = x.size(1), H = h0.size(1);
+  if (!row_wide && !short_call(T_, B) && team_size(B, H)) {
+    std::vector<Tensor> r = whole(input_product(x, w_ih, b_ih));
+    return {r[0], r[1]};
+  }
+  Tensor h_state = h0.clone();
+  Tensor out = buffer({T_, B, H}, x.options(), false);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "forward_from_input", [&] {
+    StepInput<scalar_t> input(x, w_ih, b_ih);
+    chunks(input, h_state, out);
+  });
+  return {out, h_state};
+}
+
 // A member's own input projection (lstm.cpp forward_team): slot 0 its product, slot 1 its rows of W_ih. Per
 // thread, like SliceProduct's workspace, so that the pages are already this thread's on the next call.
 template <typename T>
