@@ -245,7 +245,7 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor rstd = save && ln ? buffer({T_, B, 2}, opts, zero) : none;
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
   Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, zero) : none;
-  const int team = ln || ln_ih || short_call(T_, B) ? 0 : team_size(B, H);
+  const int team = team_size(ln || ln_ih, T_, B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
     if (team) {
       forward_team<scalar_t>(team, gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);

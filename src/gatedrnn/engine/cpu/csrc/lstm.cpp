@@ -346,7 +346,7 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
   Tensor mean_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor rstd_c = save && ln ? buffer({s.T, s.B}, opts, zero) : none;
   Tensor stats_ih = save && ln_ih ? buffer({s.T, s.B, 2}, opts, zero) : none;
-  const int team = proj || ln || ln_ih || short_call(s.T, s.B) ? 0 : team_size(s.B, s.H);
+  const int team = team_size(proj || ln || ln_ih, s.T, s.B, s.H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
     if (team) {
       forward_team<scalar_t>(team, s, gx, w_hh, b_hh, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state, out,
@@ -377,7 +377,7 @@ std::vector<Tensor> lstm_forward_input(const Tensor& x, const Tensor& w_ih, cons
   const LSTMShape s = lstm_shape(x.size(0), x.size(1), w_ih.size(0), c0, h0, coupled);
   auto given = [](const OptTensor& t) { return t.has_value() && t->defined(); };
   const bool row_wide = given(w_hr) || given(ln_hh_w) || given(ln_ih_w);  // proj_size or layer norm
-  const int team = row_wide || short_call(s.T, s.B) ? 0 : team_size(s.B, s.H);
+  const int team = team_size(row_wide, s.T, s.B, s.H);
   const int64_t* len = ptr_or_null<int64_t>(lengths);
   Tensor h_state = h0.clone(), c_state = c0.clone();
   Tensor out = buffer({s.T, s.B, s.P}, x.options(), false);

@@ -120,7 +120,7 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
   Tensor rstd = save && ln ? buffer({T_, B}, opts, len != nullptr) : none_like(gx);
   const bool ln_ih = ln_ih_w.has_value() && ln_ih_w->defined();
   Tensor stats_ih = save && ln_ih ? buffer({T_, B, 2}, opts, len != nullptr) : none_like(gx);
-  const int team = ln || ln_ih || short_call(T_, B) ? 0 : team_size(B, H);
+  const int team = team_size(ln || ln_ih, T_, B, H);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
     if (team) {
       forward_team<scalar_t>(team, gx, w_hh, b_hh, relu, len, h_state, out);

@@ -39,11 +39,12 @@ struct TeamRule {
 };
 TeamRule& team_rule();
 
-// Threads for the small-batch loop, or 0 for the single-thread loops. Inside another parallel region the team would
-// have one thread anyway.
-inline int team_size(int64_t batch, int64_t hidden) {
+// Threads for the small-batch loop of a forward over `steps` steps, or 0 for the single-thread loops: always 0 for a
+// variant with row-wide statistics (layer norm, proj_size) and for a call of few steps (short_call: direct products,
+// no team). Inside another parallel region the team would have one thread anyway.
+inline int team_size(bool row_wide, int64_t steps, int64_t batch, int64_t hidden) {
   const TeamRule& rule = team_rule();
-  if (batch > rule.max_batch.load()) return 0;
+  if (row_wide || short_call(steps, batch) || batch > rule.max_batch.load()) return 0;
   return hidden >= rule.min_hidden.load() && !at::in_parallel_region() ? at::get_num_threads() : 1;
 }
 
@@ -226,7 +227,7 @@ std::vector<Tensor> forward_from_input(const char* op, const Tensor& x, const Te
   TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1), op,
               ": x (T, B, I) and w_ih (G·H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
   const int64_t T_ = x.size(0), B = x.size(1), H = h0.size(1);
-  if (!row_wide && !short_call(T_, B) && team_size(B, H)) {
+  if (team_size(row_wide, T_, B, H)) {
     std::vector<Tensor> r = whole(input_product(x, w_ih, b_ih));
     return {r[0], r[1]};
   }
