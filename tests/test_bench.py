@@ -35,7 +35,22 @@ def test_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert result["config"]["shapes"] == [[2, 5, 3, 4]]
     rows = [line.split() for line in out.splitlines() if line.startswith("2,5,3,4")]
     assert len(rows) == len(entries)
-    assert "median of 2 interleaved rounds" in out
+    assert "median of 2 interleaved rounds (random order)" in out
+    assert rows[0][-1] == f"{entries[tuple(rows[0][1:4])]['first_median_ms']:.2f}"  # the 'first ms' column
+
+
+def test_each_round_runs_every_call_once_in_its_own_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[tuple[int, str]] = []
+    monkeypatch.setattr(bench, "_call", lambda module, x, mode: lambda: ran.append((id(module), mode)))
+    config = bench.BenchConfig(shapes=[(2, 5, 3, 4)], variants=["lstm", "gru"], repeats=4, warmup=0, block_ms=0)
+    bench.run(config)
+    calls = 2 * 3 * len(bench.MODES)  # variants x implementations x modes
+    rounds = [ran[r * calls:(r + 1) * calls] for r in range(config.repeats)]
+    assert len(ran) == config.repeats * calls
+    assert all(sorted(r) == sorted(rounds[0]) and len(set(r)) == calls for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # not one fixed order
+    keys = list(range(calls))
+    assert bench.round_order(keys, 0, 3) == bench.round_order(keys, 0, 3) != bench.round_order(keys, 1, 3)
 
 
 def test_memory_mode(capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,3 +84,33 @@ def test_python_dash_m_bench_help() -> None:
     done = subprocess.run([sys.executable, "-m", "gatedrnn.bench", "--help"], capture_output=True, text=True,
                           check=True)
     assert "--json FILE" in done.stdout and "1x256x64x128" in done.stdout
+
+
+def test_a_timing_is_a_block_of_calls_reported_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    ran: list[str] = []
+
+    def call(module: object, x: object, mode: str) -> object:
+        def sleep_then_count() -> None:
+            time.sleep(0.002)
+            ran.append(mode)
+
+        return sleep_then_count
+
+    monkeypatch.setattr(bench, "_call", call)
+    config = bench.BenchConfig(shapes=[(2, 5, 3, 4)], variants=["rnn"], implementations=["cpu"], modes=["fwd"],
+                               repeats=3, warmup=1, block_ms=9)
+    [row] = bench.run(config)
+    assert 2 <= row.calls <= 5  # 9 ms of 2 ms calls (sleeps may run long on a busy machine)
+    assert len(ran) == 1 + 1 + config.repeats * row.calls  # warm-up, block sizing, the rounds' blocks
+    assert len(row.times_ms) == len(row.first_ms) == config.repeats
+    assert all(2.0 <= t < 200 for t in row.times_ms + row.first_ms)
+
+
+def test_block_size() -> None:
+    assert bench.block_size(0.001, 20) == 20
+    assert bench.block_size(0.0007, 20) == 29
+    assert bench.block_size(0.05, 20) == 1
+    assert bench.block_size(1e-9, 20) == 1000
+    assert bench.block_size(0.001, 0) == 1

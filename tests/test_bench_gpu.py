@@ -12,8 +12,8 @@ from gatedrnn.engine.reference import ReferenceEngine
 
 
 def test_time_per_step_is_reported() -> None:
-    rows = [bench.Row((4, 200, 3, 8), "lstm", "torch.nn", "fwd", [2.0, 4.0, 3.0]),
-            bench.Row((4, 200, 3, 8), "lstm", "reference", "fwd", [6.0, 6.0, 6.0])]
+    rows = [bench.Row((4, 200, 3, 8), "lstm", "torch.nn", "fwd", [2.0, 4.0, 3.0], [2.0, 4.0, 3.0], 1),
+            bench.Row((4, 200, 3, 8), "lstm", "reference", "fwd", [6.0, 6.0, 6.0], [6.0, 6.0, 6.0], 1)]
     entries = bench.ratios(rows)
     assert [e["us_per_step"] for e in entries] == [15.0, 30.0]  # 3 ms and 6 ms over 200 steps
     assert entries[1]["vs_torch_nn_lstm"] == 2.0

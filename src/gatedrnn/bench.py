@@ -2,9 +2,20 @@
 
 For each shape ``(B, T, I, H)`` of the grid, every (variant, implementation) pair is built once with the same
 weights; then ``repeats`` rounds each time every pair once per mode (forward, forward+backward), interleaved so
-that a change in the machine's load hits all of them alike. The table reports the median of the rounds and two
-ratios: against ``torch.nn.LSTM`` at the same shape, and against the ``torch.nn`` module of the variant's own
-family (``torch.nn.GRU`` for both GRU reset forms, ...).
+that a change in the machine's load hits all of them alike. Each round runs the calls in a fresh random order
+(:func:`round_order`, seeded): a call's time depends on what ran just before it, and a fixed order would charge
+that to the same implementation in every round.
+
+One timing is a block of back-to-back calls of the same pair lasting at least ``block_ms`` (how many calls is
+measured once, after the warm-up), as ``torch.utils.benchmark`` times a statement: the time per call is the
+block's time over its calls, the cost of a call inside a training or inference loop. The block's first call is
+also timed alone (``first_ms``): the latency of a call right after other work. On the 2-core development VM a
+batch-1 forward's first call cost 0.2-0.5 ms more than the calls after it, for ``torch.nn`` as for the engines
+(session 8): after a millisecond or more of other work, even a no-op ATen call took 7-9 µs instead of 1.2.
+``--block-ms 0`` times single calls only.
+
+The table reports the median of the rounds and two ratios: against ``torch.nn.LSTM`` at the same shape, and
+against the ``torch.nn`` module of the variant's own family (``torch.nn.GRU`` for both GRU reset forms, ...).
 
 Implementations are a registry (:data:`IMPLEMENTATIONS`) and timing goes through a :class:`Timer` chosen by
 device, so another device's engine and its timer plug in without touching the loop.
@@ -21,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -165,6 +178,8 @@ class BenchConfig:
     threads: int = 0
     """``torch.set_num_threads``; 0 keeps torch's default."""
     seed: int = 0
+    block_ms: float = 20.0
+    """Least duration of one timing's block of back-to-back calls; 0: one call per timing."""
 
 
 @dataclass
@@ -174,10 +189,19 @@ class Row:
     implementation: str
     mode: str
     times_ms: list[float]
+    """Per round: the time per call of its block."""
+    first_ms: list[float]
+    """Per round: the block's first call alone."""
+    calls: int
+    """Calls per block."""
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.times_ms)
+
+    @property
+    def first_median_ms(self) -> float:
+        return statistics.median(self.first_ms)
 
 
 def _call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
@@ -218,6 +242,14 @@ def _modules(config: BenchConfig, shape: Shape) -> dict[tuple[str, str], nn.Modu
     return modules
 
 
+def round_order(keys: Sequence[Any], seed: int, round_index: int) -> list[Any]:
+    """The order in which round ``round_index`` runs the calls ``keys``: a permutation drawn from ``seed`` and the
+    round, so that runs repeat and rounds differ."""
+    order = list(keys)
+    random.Random(f"{seed}:{round_index}").shuffle(order)
+    return order
+
+
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> list[Row]:
     """Time every (shape, variant, implementation, mode) of ``config``; see the module docstring for how."""
     if config.threads:
@@ -234,13 +266,36 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         for call in calls.values():
             for _ in range(config.warmup):
                 call()
-        times: dict[tuple, list[float]] = {key: [] for key in calls}
+        sizes = {key: block_size(timer.time(call), config.block_ms) if config.block_ms > 0 else 1
+                 for key, call in calls.items()}
+        per_call: dict[tuple, list[float]] = {key: [] for key in calls}
+        first: dict[tuple, list[float]] = {key: [] for key in calls}
         for r in range(config.repeats):
             progress(f"shape {shape}: round {r + 1}/{config.repeats}")
-            for key, call in calls.items():
-                times[key].append(timer.time(call) * 1e3)
-        rows += [Row(shape, name, impl, mode, t) for ((name, impl), mode), t in times.items()]
+            for key in round_order(list(calls), config.seed, r):
+                call, n = calls[key], sizes[key]
+                first[key].append(timer.time(call) * 1e3)
+                rest = timer.time(_repeat(call, n - 1)) * 1e3 if n > 1 else 0.0
+                per_call[key].append((first[key][-1] + rest) / n)
+        for key in calls:
+            (name, impl), mode = key
+            rows.append(Row(shape, name, impl, mode, per_call[key], first[key], sizes[key]))
     return rows
+
+
+def _repeat(call: Callable[[], object], times: int) -> Callable[[], None]:
+    def calls() -> None:
+        for _ in range(times):
+            call()
+
+    return calls
+
+
+def block_size(call_seconds: float, block_ms: float, most: int = 1000) -> int:
+    """Calls in one timing's block: enough for ``block_ms`` at ``call_seconds`` a call, 1 to ``most``."""
+    if block_ms <= 0 or call_seconds <= 0:
+        return 1
+    return max(1, min(most, math.ceil(block_ms / (call_seconds * 1e3))))
 
 
 def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -254,6 +309,7 @@ def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
         result.append({
             "B": r.shape[0], "T": r.shape[1], "I": r.shape[2], "H": r.shape[3], "variant": r.variant,
             "implementation": r.implementation, "mode": r.mode, "median_ms": r.median_ms, "times_ms": r.times_ms,
+            "first_median_ms": r.first_median_ms, "first_ms": r.first_ms, "calls_per_block": r.calls,
             "us_per_step": 1e3 * r.median_ms / r.shape[1],
             "vs_torch_nn_lstm": r.median_ms / lstm if lstm else None,
             "vs_torch_nn_family": r.median_ms / twin if twin else None, "family_baseline": f"{twin_variant}",
@@ -262,11 +318,11 @@ def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def format_table(entries: Sequence[dict[str, Any]]) -> str:
-    header = ["B,T,I,H", "variant", "impl", "mode", "median ms", "us/step", "/nn.LSTM", "/nn.family"]
+    header = ["B,T,I,H", "variant", "impl", "mode", "median ms", "us/step", "/nn.LSTM", "/nn.family", "first ms"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [[f"{e['B']},{e['T']},{e['I']},{e['H']}", e["variant"], e["implementation"], e["mode"],
               f"{e['median_ms']:.2f}", f"{e['us_per_step']:.2f}", fmt(e["vs_torch_nn_lstm"]),
-              fmt(e["vs_torch_nn_family"])] for e in entries]
+              fmt(e["vs_torch_nn_family"]), f"{e['first_median_ms']:.2f}"] for e in entries]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in lines)])
@@ -359,6 +415,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="floating dtype")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and inputs")
+    parser.add_argument("--block-ms", type=float, default=d.block_ms,
+                        help="each timing is a block of back-to-back calls of at least this many ms, reported per "
+                        "call; its first call is also reported alone ('first ms'); 0: single calls")
     parser.add_argument("--memory", action="store_true",
                         help="measure the peak memory of one forward+backward instead of timing")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON to FILE")
@@ -367,12 +426,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main_args(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         raise ValueError("repeats: expected >= 1 (and --warmup, --threads >= 0)")
+    if not args.block_ms >= 0:
+        raise ValueError(f"block-ms: expected a duration >= 0, got {args.block_ms}")
     cuda = torch.device(args.device).type == "cuda"  # a bad --device fails here, before anything is built
     d = BenchConfig()
     config = BenchConfig(shapes=args.shapes or list(CUDA_SHAPES if cuda else d.shapes), variants=args.variants,
                          implementations=args.impls or (CUDA_IMPLEMENTATIONS if cuda else d.implementations),
                          modes=args.modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
-                         dtype=args.dtype, threads=args.threads, seed=args.seed)
+                         dtype=args.dtype, threads=args.threads, seed=args.seed, block_ms=args.block_ms)
     if cuda:
         if not torch.cuda.is_available():
             raise ValueError(f"device: {args.device!r} asked for, but torch sees no CUDA device")
@@ -391,8 +452,9 @@ def main_args(args: argparse.Namespace) -> int:
         rows = run(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
         entries = ratios(rows)
         print(format_table(entries))
-        print(f"\n{config.dtype}, {meta['threads']} thread(s), median of {config.repeats} interleaved rounds; "
-              f"wall {time.perf_counter() - start:.0f} s")
+        print(f"\n{config.dtype}, {meta['threads']} thread(s), median of {config.repeats} interleaved rounds (random "
+              f"order); each a block of back-to-back calls of at least {config.block_ms:g} ms, per call; 'first ms': "
+              f"the block's first call alone; wall {time.perf_counter() - start:.0f} s")
         result = {**meta, "results": entries}
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")
