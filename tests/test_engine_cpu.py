@@ -431,6 +431,38 @@ def test_forward_without_autograd_forms_the_input_projection_in_chunks(case: tup
         assert relative_error(g, w) <= 1e-10, f"{name}: relative error {relative_error(g, w):.2e}"
 
 
+@contextlib.contextmanager
+def split_rule(min_rows: int, max_weight_bytes: int, threads: int) -> Iterator[None]:
+    """Forwards above batch 1 split their batch among `threads` threads (csrc/common.h for_batch_slices) from
+    min_rows rows a thread, for recurrent weights of at most max_weight_bytes."""
+    assert build.status()[0]
+    previous = torch.ops.gatedrnn_cpu.set_split_rule(min_rows, max_weight_bytes)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.ops.gatedrnn_cpu.set_split_rule(*previous)
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("B", [2, 5], ids=["B2", "B5"])
+@pytest.mark.parametrize("case", CHUNKED_INPUT_CASES, ids=case_id)
+def test_batch_split_among_threads_matches_reference(case: tuple[str, dict], B: int, dtype: torch.dtype) -> None:
+    """Each of two threads runs the recurrence of its own rows (B 2: one each; B 5: two and three), writing its
+    slice of the outputs and of what backward reads: outputs, final states and every gradient, both directions,
+    random initial states, sequences that end early; and the forward without autograd, whose time loop forms each
+    slice's input projection in chunks."""
+    rng = random.Random(f"cpu-split-{case_id(case)}-{B}-{dtype}")
+    with split_rule(1, 2**40, 2):
+        c = check_bidirectional_against_reference(case, rng, T=9, I=6, H=7, B=B, dtype=dtype, short=3)
+        with torch.no_grad():
+            out, state = c.module(c.x, c.hx if len(c.hx) > 1 else c.hx[0], lengths=c.lengths)
+    for name, g, w in zip(c.names, (out, *(state if isinstance(state, tuple) else (state,))), c.want):
+        assert relative_error(g, w) <= c.bound, f"no_grad {name}: relative error {relative_error(g, w):.2e}"
+
+
 def test_large_buffers_are_kept_for_the_next_call_and_never_shared_while_alive() -> None:
     """Buffers of 2 MiB and more come from a cache of blocks (csrc/common.h BlockCache): a second call of the same
     shape reuses them rather than taking more, a result still alive keeps its block (a later call does not write

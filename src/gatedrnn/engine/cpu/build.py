@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp", "team.cpp", "short.cpp", "input.cpp", "memory.cpp")
+SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp", "team.cpp", "short.cpp", "split.cpp", "input.cpp", "memory.cpp")
 HEADERS = ("common.h", "team.h")
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 """``-march=native`` and ``-ffast-math`` let the compiler vectorise the gate loops (with glibc's vector exp and

@@ -509,6 +509,65 @@ inline bool short_call(int64_t steps, int64_t batch) {
   return steps * batch <= short_rule().max_rows.load();
 }
 
+// Forwards above batch 1 split the batch among the threads: each thread runs the whole recurrence of its own rows
+// (the sequences are independent), with its own per-step GEMM and gate passes, and the threads never meet inside the
+// time loop. Sharing every step instead (a threaded GEMM, then a parallel pass over the rows) costs two fork-joins a
+// step. But each thread then streams all of the recurrent weights every step, so the split is taken only where they
+// fit a core's L2 with room (at most max_weight_bytes) and each thread gets at least min_rows rows. The defaults are
+// measured: see split.cpp.
+struct SplitRule {
+  std::atomic<int64_t> min_rows, max_weight_bytes;
+};
+SplitRule& split_rule();
+
+// How many slices the batch of a call splits into, for recurrent weights of `weight_bytes`: 1 on one thread, inside
+// another parallel region, with weights over max_weight_bytes or fewer than 2 * min_rows rows.
+inline int64_t batch_parts(int64_t batch, int64_t weight_bytes) {
+  const SplitRule& rule = split_rule();
+  if (at::in_parallel_region() || weight_bytes > rule.max_weight_bytes.load()) return 1;
+  const int64_t per = std::max<int64_t>(1, rule.min_rows.load());
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch / per));
+}
+
+// body(b0, n) for each slice [b0, b0 + n) of the batch, one slice per thread (batch_parts), or body(0, B) alone.
+template <typename F>
+void for_batch_slices(int64_t B, int64_t weight_bytes, F&& body) {
+  const int64_t parts = batch_parts(B, weight_bytes);
+  if (parts <= 1) {
+    body(int64_t(0), B);
+    return;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    const at::NoGradGuard no_grad;  // grad mode is per thread, and a worker's is on: the kernels' ATen ops need it off
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b0 = p * B / parts, b1 = (p + 1) * B / parts;
+      body(b0, b1 - b0);
+    }
+  });
+}
+
+// Bytes of a weight, 0 where it is not given.
+inline int64_t bytes_of(const OptTensor& t) {
+  return t.has_value() && t->defined() ? int64_t(t->nbytes()) : 0;
+}
+
+// Rows [b0, b0 + n) of a (T, B, ...) tensor (a view whose step stride stays B rows), or `t` itself where it is a
+// placeholder (none_like: nothing saved).
+inline Tensor batch_rows(const Tensor& t, int64_t b0, int64_t n) {
+  return t.dim() >= 2 ? t.narrow(1, b0, n) : t;
+}
+
+// Rows [b0, b0 + n) of a (B, W) state: contiguous, a view.
+inline Tensor state_rows(const Tensor& t, int64_t b0, int64_t n) {
+  return t.narrow(0, b0, n);
+}
+
+// Row b of step t of a (T, B, W) tensor or one of its batch_rows views (step stride t.stride(0)).
+template <typename T>
+inline T* step_row(const Tensor& t, int64_t step, int64_t b, int64_t width) {
+  return t.data_ptr<T>() + step * t.stride(0) + b * width;
+}
+
 // Columns of y per thread in a direct product: enough rows of W (at least kDirectGrainBytes of it) that waking a
 // second thread pays; a product under that stays on the calling thread.
 constexpr int64_t kDirectGrainBytes = int64_t(256) << 10;
@@ -660,7 +719,8 @@ class StepInput {
  public:
   using Scalar = T;
 
-  explicit StepInput(const Tensor& gx) : full_(gx.data_ptr<T>()), batch_(gx.size(1)), width_(gx.size(2)) {}
+  explicit StepInput(const Tensor& gx)
+      : full_(gx.data_ptr<T>()), batch_(gx.size(1)), width_(gx.size(2)), step_stride_(gx.stride(0)) {}
 
   StepInput(const Tensor& x, const Tensor& w, const OptTensor& b)
       : x_(x.contiguous()), w_(w.contiguous()), b_(b), batch_(x.size(1)), width_(w.size(0)) {
@@ -670,9 +730,9 @@ class StepInput {
     chunk_ = at::empty({steps_ * batch_, width_}, x.options());
   }
 
-  // (B, W): row b of step t at b * W.
+  // (B, W): row b of step t at b * W. gx may be a batch_rows view (rows of a step contiguous, steps further apart).
   const T* operator()(int64_t t) {
-    if (full_) return full_ + t * batch_ * width_;
+    if (full_) return full_ + t * step_stride_;
     if (t < first_ || t >= first_ + count_) fill(t);
     return chunk_.data_ptr<T>() + (t - first_) * batch_ * width_;
   }
@@ -691,7 +751,7 @@ class StepInput {
   const T* full_ = nullptr;
   Tensor x_, w_;
   OptTensor b_;
-  int64_t batch_, width_, steps_ = 0, first_ = 0, count_ = 0;
+  int64_t batch_, width_, step_stride_ = 0, steps_ = 0, first_ = 0, count_ = 0;
   Tensor chunk_;
 };
 

@@ -36,12 +36,12 @@ void forward_impl(StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh
   for (int64_t t = 0; t < T_; ++t) {
     recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = input(t);
-    T* gt = save ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
+    T* gt = save ? step_row<T>(gates, t, 0, G) : gate_scratch.data_ptr<T>();
     // aux: reset-after keeps LN_n(W_hn h) + b_hn (dr needs it); reset-before keeps r*h (the factor of dW_hn).
-    T* auxt = save ? aux.data_ptr<T>() + t * B * H : aux_scratch.data_ptr<T>();
-    T* xh = save && lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
-    T* rs = save && lnw ? rstd.data_ptr<T>() + t * B * 2 : nullptr;
-    T* outt = out.data_ptr<T>() + t * B * H;
+    T* auxt = save ? step_row<T>(aux, t, 0, H) : aux_scratch.data_ptr<T>();
+    T* xh = save && lnw ? step_row<T>(xhat, t, 0, G) : nullptr;
+    T* rs = save && lnw ? step_row<T>(rstd, t, 0, 2) : nullptr;
+    T* outt = step_row<T>(out, t, 0, H);
     // First pass: r and z (and for reset-after the whole step).
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -57,7 +57,7 @@ void forward_impl(StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh
         const T* x = x_t + b * G;
         if (lniw) {
           x = input_norm_row(x, G, lniw, lnis, gx_norm.data_ptr<T>() + b * G,
-                             save ? stats_ih.data_ptr<T>() + (t * B + b) * 2 : nullptr);
+                             save ? step_row<T>(stats_ih, t, b, 2) : nullptr);
         }
         const T* h = hs + b * H;
         T* gr = gt + b * G;
@@ -251,9 +251,14 @@ std::vector<Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor
       forward_team<scalar_t>(team, gx, w_hh, b_hh, before, len, h_state, out, gates, aux, save);
       return;
     }
-    StepInput<scalar_t> input(gx);
-    forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, len, h_state, out, gates, aux,
-                           xhat, rstd, stats_ih, save);
+    for_batch_slices(B, int64_t(w_hh.nbytes()), [&](int64_t b0, int64_t n) {
+      StepInput<scalar_t> input(batch_rows(gx, b0, n));
+      Tensor h = state_rows(h_state, b0, n), o = batch_rows(out, b0, n), g = batch_rows(gates, b0, n);
+      Tensor a = batch_rows(aux, b0, n), xh = batch_rows(xhat, b0, n), rs = batch_rows(rstd, b0, n);
+      Tensor st = batch_rows(stats_ih, b0, n);
+      forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, len ? len + b0 : nullptr, h, o,
+                             g, a, xh, rs, st, save);
+    });
   });
   return {out, h_state, gates, aux, xhat, rstd, stats_ih};
 }
@@ -269,13 +274,13 @@ std::vector<Tensor> gru_forward_input(const Tensor& x, const Tensor& w_ih, const
   auto whole = [&](const Tensor& gx) {
     return gru_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, lengths, false);
   };
-  auto chunks = [&](auto& input, Tensor& h_state, Tensor& out) {
+  auto chunks = [&](auto& input, Tensor& h_state, Tensor& out, const int64_t* len) {
     using T = typename std::decay_t<decltype(input)>::Scalar;
     Tensor unsaved = none_like(x);
-    forward_impl<T>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, ptr_or_null<int64_t>(lengths), h_state,
-                    out, unsaved, unsaved, unsaved, unsaved, unsaved, false);
+    forward_impl<T>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, before, len, h_state, out, unsaved, unsaved,
+                    unsaved, unsaved, unsaved, false);
   };
-  return forward_from_input("gru_forward_input", x, w_ih, b_ih, h0, row_wide, whole, chunks);
+  return forward_from_input("gru_forward_input", x, w_ih, b_ih, h0, w_hh, lengths, row_wide, whole, chunks);
 }
 
 // Backward through time. Returns, batched over time for the caller's weight GEMMs:

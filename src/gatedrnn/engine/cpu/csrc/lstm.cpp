@@ -90,7 +90,7 @@ void forward_impl(const LSTMShape& s, StepInput<T>& input, const Tensor& w_hh, c
   auto opts = h_state.options();
   Tensor gh = at::empty({B, G}, opts);                                // (B, G·H)
   Tensor gx_norm = lniw ? at::empty({B, G}, opts) : Tensor();         // (B, G·H): this step's LN_ih(W_ih x)
-  const bool keep_gates = save && !recompute_gates(lniw != nullptr, B);
+  const bool keep_gates = save && gates.dim() == 3;  // the caller's choice for the whole batch (recompute_gates)
   Tensor gate_scratch = keep_gates ? Tensor() : at::empty({B, G}, opts);  // (B, G·H)
   Tensor hh_scratch = (proj && !save) ? at::empty({B, H}, opts) : Tensor();
   Tensor h_new = proj ? at::empty({B, P}, opts) : Tensor();           // (B, P)
@@ -104,10 +104,10 @@ void forward_impl(const LSTMShape& s, StepInput<T>& input, const Tensor& w_hh, c
   for (int64_t t = 0; t < s.T; ++t) {
     recurrent(hs, P, ghp, /*accumulate=*/false);
     const T* gxt = input(t);
-    T* gt = keep_gates ? gates.data_ptr<T>() + t * B * G : gate_scratch.data_ptr<T>();
-    T* cst_save = save ? cs.data_ptr<T>() + t * B * H : nullptr;
-    T* hht = proj ? (save ? hh_all.data_ptr<T>() + t * B * H : hh_scratch.data_ptr<T>()) : nullptr;
-    T* outt = out.data_ptr<T>() + t * B * P;
+    T* gt = keep_gates ? step_row<T>(gates, t, 0, G) : gate_scratch.data_ptr<T>();
+    T* cst_save = save ? step_row<T>(cs, t, 0, H) : nullptr;
+    T* hht = proj ? (save ? step_row<T>(hh_all, t, 0, H) : hh_scratch.data_ptr<T>()) : nullptr;
+    T* outt = step_row<T>(out, t, 0, P);
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T* c = cst + b * H;
@@ -119,13 +119,13 @@ void forward_impl(const LSTMShape& s, StepInput<T>& input, const Tensor& w_hh, c
         }
         T* a = ghp + b * G;
         if (ln) {
-          layer_norm_row(a, G, lnw, lnb, save ? xhat_hh.data_ptr<T>() + (t * B + b) * G : nullptr,
-                         save ? rstd_hh.data_ptr<T>() + t * B + b : nullptr);
+          layer_norm_row(a, G, lnw, lnb, save ? step_row<T>(xhat_hh, t, b, G) : nullptr,
+                         save ? step_row<T>(rstd_hh, t, b, 1) : nullptr);
         }
         const T* x = gxt + b * G;
         if (lniw) {
           x = input_norm_row(x, G, lniw, lnis, gx_norm.data_ptr<T>() + b * G,
-                             save ? stats_ih.data_ptr<T>() + (t * B + b) * 2 : nullptr);
+                             save ? step_row<T>(stats_ih, t, b, 2) : nullptr);
         }
         T* gr = gt + b * G;
         add_(gr, x, a, bias, G);  // pre-activations of every gate, then activated in place, block by block
@@ -146,8 +146,8 @@ void forward_impl(const LSTMShape& s, StepInput<T>& input, const Tensor& w_hh, c
         if (lncw) {
           row_moments(c, H, mean, rstd);
           if (save) {
-            mean_c.data_ptr<T>()[t * B + b] = mean;
-            rstd_c.data_ptr<T>()[t * B + b] = rstd;
+            *step_row<T>(mean_c, t, b, 1) = mean;
+            *step_row<T>(rstd_c, t, b, 1) = rstd;
           }
         }
         T* h = proj ? hht + b * H : outt + b * P;
@@ -353,10 +353,18 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
                              gates, cs, save);
       return;
     }
-    StepInput<scalar_t> input(gx);
-    forward_impl<scalar_t>(s, input, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w,
-                           ln_ih_s, forget_bias, len, h_state, c_state, out, gates, cs, hh_all, xhat_hh, rstd_hh,
-                           mean_c, rstd_c, stats_ih, save);
+    for_batch_slices(s.B, int64_t(w_hh.nbytes()) + bytes_of(w_hr), [&](int64_t b0, int64_t n) {
+      LSTMShape part = s;
+      part.B = n;
+      StepInput<scalar_t> input(batch_rows(gx, b0, n));
+      Tensor h = state_rows(h_state, b0, n), c = state_rows(c_state, b0, n), o = batch_rows(out, b0, n);
+      Tensor g = batch_rows(gates, b0, n), cs_ = batch_rows(cs, b0, n), hh = batch_rows(hh_all, b0, n);
+      Tensor xh = batch_rows(xhat_hh, b0, n), rs = batch_rows(rstd_hh, b0, n), mc = batch_rows(mean_c, b0, n);
+      Tensor rc = batch_rows(rstd_c, b0, n), st = batch_rows(stats_ih, b0, n);
+      forward_impl<scalar_t>(part, input, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b,
+                             ln_ih_w, ln_ih_s, forget_bias, len ? len + b0 : nullptr, h, c, o, g, cs_, hh, xh, rs, mc,
+                             rc, st, save);
+    });
   });
   return {out, h_state, c_state, gates, cs, hh_all, xhat_hh, rstd_hh, mean_c, rstd_c, stats_ih};
 }
@@ -389,10 +397,15 @@ std::vector<Tensor> lstm_forward_input(const Tensor& x, const Tensor& w_ih, cons
                              out, unsaved, unsaved, false, x.contiguous(), w_ih.contiguous());
       return;
     }
-    StepInput<scalar_t> input(x, w_ih, b_ih);
-    forward_impl<scalar_t>(s, input, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w,
-                           ln_ih_s, forget_bias, len, h_state, c_state, out, unsaved, unsaved, unsaved, unsaved,
-                           unsaved, unsaved, unsaved, unsaved, false);
+    for_batch_slices(s.B, int64_t(w_hh.nbytes()) + bytes_of(w_hr), [&](int64_t b0, int64_t n) {
+      LSTMShape part = s;
+      part.B = n;
+      StepInput<scalar_t> input(batch_rows(x, b0, n), w_ih, b_ih);
+      Tensor h = state_rows(h_state, b0, n), c = state_rows(c_state, b0, n), o = batch_rows(out, b0, n);
+      forward_impl<scalar_t>(part, input, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b,
+                             ln_ih_w, ln_ih_s, forget_bias, len ? len + b0 : nullptr, h, c, o, unsaved, unsaved,
+                             unsaved, unsaved, unsaved, unsaved, unsaved, unsaved, false);
+    });
   });
   return {out, h_state, c_state};
 }

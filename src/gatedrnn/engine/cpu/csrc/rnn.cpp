@@ -24,7 +24,7 @@ void forward_impl(StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh
   for (int64_t t = 0; t < T_; ++t) {
     recurrent(hs, H, gh.data_ptr<T>(), /*accumulate=*/false);
     const T* x_t = input(t);
-    T* outt = out.data_ptr<T>() + t * B * H;
+    T* outt = step_row<T>(out, t, 0, H);
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T* o = outt + b * H;
@@ -34,13 +34,13 @@ void forward_impl(StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh
         }
         T* a = gh.data_ptr<T>() + b * H;
         if (lnw) {
-          layer_norm_row(a, H, lnw, lnb, save ? xhat.data_ptr<T>() + (t * B + b) * H : nullptr,
-                         save ? rstd.data_ptr<T>() + t * B + b : nullptr);
+          layer_norm_row(a, H, lnw, lnb, save ? step_row<T>(xhat, t, b, H) : nullptr,
+                         save ? step_row<T>(rstd, t, b, 1) : nullptr);
         }
         const T* x = x_t + b * H;
         if (lniw) {
           x = input_norm_row(x, H, lniw, lnis, gx_norm.data_ptr<T>() + b * H,
-                             save ? stats_ih.data_ptr<T>() + (t * B + b) * 2 : nullptr);
+                             save ? step_row<T>(stats_ih, t, b, 2) : nullptr);
         }
         add_(o, x, a, bias, H);
         if (relu) {
@@ -126,9 +126,13 @@ std::vector<Tensor> rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor
       forward_team<scalar_t>(team, gx, w_hh, b_hh, relu, len, h_state, out);
       return;
     }
-    StepInput<scalar_t> input(gx);
-    forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, len, h_state, out, xhat, rstd,
-                           stats_ih, save);
+    for_batch_slices(B, int64_t(w_hh.nbytes()), [&](int64_t b0, int64_t n) {
+      StepInput<scalar_t> input(batch_rows(gx, b0, n));
+      Tensor h = state_rows(h_state, b0, n), o = batch_rows(out, b0, n), xh = batch_rows(xhat, b0, n);
+      Tensor rs = batch_rows(rstd, b0, n), st = batch_rows(stats_ih, b0, n);
+      forward_impl<scalar_t>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, len ? len + b0 : nullptr, h, o,
+                             xh, rs, st, save);
+    });
   });
   return {out, h_state, xhat, rstd, stats_ih};
 }
@@ -144,13 +148,13 @@ std::vector<Tensor> rnn_forward_input(const Tensor& x, const Tensor& w_ih, const
   auto whole = [&](const Tensor& gx) {
     return rnn_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, lengths, false);
   };
-  auto chunks = [&](auto& input, Tensor& h_state, Tensor& out) {
+  auto chunks = [&](auto& input, Tensor& h_state, Tensor& out, const int64_t* len) {
     using T = typename std::decay_t<decltype(input)>::Scalar;
     Tensor unsaved = none_like(x);
-    forward_impl<T>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, ptr_or_null<int64_t>(lengths), h_state,
-                    out, unsaved, unsaved, unsaved, false);
+    forward_impl<T>(input, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu, len, h_state, out, unsaved, unsaved,
+                    unsaved, false);
   };
-  return forward_from_input("rnn_forward_input", x, w_ih, b_ih, h0, row_wide, whole, chunks);
+  return forward_from_input("rnn_forward_input", x, w_ih, b_ih, h0, w_hh, lengths, row_wide, whole, chunks);
 }
 
 // Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dh0,

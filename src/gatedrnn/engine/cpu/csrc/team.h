@@ -219,11 +219,13 @@ class SliceProduct {
 
 // gru_forward_input's and rnn_forward_input's frame: a forward without saving from the layer's input x (T, B, I),
 // checked against w_ih (G·H, I). Where the team would run the call, whole(gx) runs it on the input projection made
-// whole (one GEMM, input_product); elsewhere chunks(input, h_state, out) runs the time loop on a StepInput of x, which
-// forms the projection a chunk of steps at a time. Returns out, h_n.
+// whole (one GEMM, input_product); elsewhere chunks(input, h_state, out, lengths) runs the time loop on a StepInput of
+// x, which forms the projection a chunk of steps at a time, for each slice of the batch (for_batch_slices: the
+// views of that slice's rows, and its lengths). Returns out, h_n.
 template <typename Whole, typename Chunks>
 std::vector<Tensor> forward_from_input(const char* op, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
-                                       const Tensor& h0, bool row_wide, Whole whole, Chunks chunks) {
+                                       const Tensor& h0, const Tensor& w_hh, const OptTensor& lengths,
+                                       bool row_wide, Whole whole, Chunks chunks) {
   TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1), op,
               ": x (T, B, I) and w_ih (G·H, I) expected, got ", x.sizes(), " and ", w_ih.sizes());
   const int64_t T_ = x.size(0), B = x.size(1), H = h0.size(1);
@@ -231,11 +233,15 @@ std::vector<Tensor> forward_from_input(const char* op, const Tensor& x, const Te
     std::vector<Tensor> r = whole(input_product(x, w_ih, b_ih));
     return {r[0], r[1]};
   }
+  const int64_t* len = ptr_or_null<int64_t>(lengths);
   Tensor h_state = h0.clone();
   Tensor out = buffer({T_, B, H}, x.options(), false);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "forward_from_input", [&] {
-    StepInput<scalar_t> input(x, w_ih, b_ih);
-    chunks(input, h_state, out);
+    for_batch_slices(B, int64_t(w_hh.nbytes()), [&](int64_t b0, int64_t n) {
+      StepInput<scalar_t> input(batch_rows(x, b0, n), w_ih, b_ih);
+      Tensor h = state_rows(h_state, b0, n), o = batch_rows(out, b0, n);
+      chunks(input, h, o, len ? len + b0 : nullptr);
+    });
   });
   return {out, h_state};
 }
