@@ -450,10 +450,11 @@ def split_rule(min_rows: int, max_weight_bytes: int, threads: int) -> Iterator[N
 @pytest.mark.parametrize("B", [2, 5], ids=["B2", "B5"])
 @pytest.mark.parametrize("case", CHUNKED_INPUT_CASES, ids=case_id)
 def test_batch_split_among_threads_matches_reference(case: tuple[str, dict], B: int, dtype: torch.dtype) -> None:
-    """Each of two threads runs the recurrence of its own rows (B 2: one each; B 5: two and three), writing its
-    slice of the outputs and of what backward reads: outputs, final states and every gradient, both directions,
-    random initial states, sequences that end early; and the forward without autograd, whose time loop forms each
-    slice's input projection in chunks."""
+    """Each of two threads runs the recurrence of its own rows (B 2: one each; B 5: two and three), forward and
+    backward: the forward writes its slice of the outputs and of what backward reads, the backward its rows of the
+    gradients, its own weight gradient and sums, added up after. Outputs, final states and every gradient, both
+    directions, random initial states, sequences that end early; and the forward without autograd, whose time loop
+    forms each slice's input projection in chunks."""
     rng = random.Random(f"cpu-split-{case_id(case)}-{B}-{dtype}")
     with split_rule(1, 2**40, 2):
         c = check_bidirectional_against_reference(case, rng, T=9, I=6, H=7, B=B, dtype=dtype, short=3)

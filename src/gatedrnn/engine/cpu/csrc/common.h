@@ -509,9 +509,9 @@ inline bool short_call(int64_t steps, int64_t batch) {
   return steps * batch <= short_rule().max_rows.load();
 }
 
-// Forwards above batch 1 split the batch among the threads: each thread runs the whole recurrence of its own rows
-// (the sequences are independent), with its own per-step GEMM and gate passes, and the threads never meet inside the
-// time loop. Sharing every step instead (a threaded GEMM, then a parallel pass over the rows) costs two fork-joins a
+// Forwards and backwards above batch 1 split the batch among the threads: each thread runs the whole recurrence of
+// its own rows (the sequences are independent), with its own per-step GEMM and gate passes, and the threads never
+// meet inside the time loop (a backward's weight gradients and sums are each slice's own, added up after). Sharing every step instead (a threaded GEMM, then a parallel pass over the rows) costs two fork-joins a
 // step. But each thread then streams all of the recurrent weights every step, so the split is taken only where they
 // fit a core's L2 with room (at most max_weight_bytes) and each thread gets at least min_rows rows. The defaults are
 // measured: see split.cpp.
@@ -529,21 +529,54 @@ inline int64_t batch_parts(int64_t batch, int64_t weight_bytes) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch / per));
 }
 
-// body(b0, n) for each slice [b0, b0 + n) of the batch, one slice per thread (batch_parts), or body(0, B) alone.
+// body(p, b0, n) for each slice p of `parts`, rows [b0, b0 + n) of the batch, one slice per thread; body(0, 0, B)
+// alone for one part.
 template <typename F>
-void for_batch_slices(int64_t B, int64_t weight_bytes, F&& body) {
-  const int64_t parts = batch_parts(B, weight_bytes);
+void for_batch_parts(int64_t B, int64_t parts, F&& body) {
   if (parts <= 1) {
-    body(int64_t(0), B);
+    body(int64_t(0), int64_t(0), B);
     return;
   }
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     const at::NoGradGuard no_grad;  // grad mode is per thread, and a worker's is on: the kernels' ATen ops need it off
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t b0 = p * B / parts, b1 = (p + 1) * B / parts;
-      body(b0, b1 - b0);
+      body(p, b0, b1 - b0);
     }
   });
+}
+
+// body(b0, n) for each slice [b0, b0 + n) of the batch, one slice per thread (batch_parts), or body(0, B) alone.
+template <typename F>
+void for_batch_slices(int64_t B, int64_t weight_bytes, F&& body) {
+  for_batch_parts(B, batch_parts(B, weight_bytes), [&](int64_t, int64_t b0, int64_t n) { body(b0, n); });
+}
+
+// A backward's batch split among the threads, as its forward's (batch_parts): body(b0, n, dw, acc) runs the backward
+// of rows [b0, b0 + n) into its own weight gradient dw and sums acc, which are dw_hh and `acc` themselves when there is
+// one slice, else fresh zeros (make_acc() for the sums) added into them afterwards. With whole_dgh the kernel keeps
+// dgh whole (it is dgx) and forms no weight gradient itself: dw is undefined, and the caller forms dw_hh with one
+// GEMM over all steps and rows after this.
+template <typename MakeAcc, typename F>
+void backward_slices(int64_t B, int64_t weight_bytes, bool whole_dgh, Tensor& dw_hh, std::vector<Tensor>& acc,
+                     MakeAcc make_acc, F&& body) {
+  const int64_t parts = batch_parts(B, weight_bytes);
+  std::vector<Tensor> part_dw(parts);
+  std::vector<std::vector<Tensor>> part_acc(parts);
+  for_batch_parts(B, parts, [&](int64_t p, int64_t b0, int64_t n) {
+    part_dw[p] = whole_dgh ? Tensor() : parts == 1 ? dw_hh : at::zeros_like(dw_hh);
+    part_acc[p] = parts == 1 ? acc : make_acc();
+    body(b0, n, part_dw[p], part_acc[p]);
+  });
+  for (int64_t p = 0; p < parts && parts > 1; ++p) {
+    if (part_dw[p].defined()) dw_hh.add_(part_dw[p]);
+    for (size_t k = 0; k < acc.size(); ++k) acc[k].add_(part_acc[p][k]);
+  }
+}
+
+// Rows [b0, b0 + n) of an optional (T, B, ...) tensor.
+inline OptTensor batch_rows(const OptTensor& t, int64_t b0, int64_t n) {
+  return t.has_value() && t->defined() ? OptTensor(t->narrow(1, b0, n)) : t;
 }
 
 // Bytes of a weight, 0 where it is not given.

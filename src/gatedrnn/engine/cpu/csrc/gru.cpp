@@ -283,14 +283,32 @@ std::vector<Tensor> gru_forward_input(const Tensor& x, const Tensor& w_ih, const
   return forward_from_input("gru_forward_input", x, w_ih, b_ih, h0, w_hh, lengths, row_wide, whole, chunks);
 }
 
+// dW_hh += the steps t0..t0+n-1 of the weight gradient, from dgh holding those steps (n, B, 3H) (add_weight_grad):
+// sum_t dgh_t^T h_{t-1} for every row block (reset-after) or the r|z rows (reset-before), whose n rows get
+// sum_t dgh_n,t^T (r*h_{t-1}), r*h being aux.
+inline void weight_grad(Tensor& dw_hh, const Tensor& dgh, int64_t t0, int64_t n, const Tensor& h0, const Tensor& out,
+                        const Tensor& aux, bool before) {
+  if (!before) {
+    add_weight_grad(dw_hh, dgh, t0, n, h0, out);
+    return;
+  }
+  const int64_t B = dgh.size(1), H = dgh.size(2) / 3;
+  Tensor dw_rz = dw_hh.narrow(0, 0, 2 * H);
+  add_weight_grad(dw_rz, dgh.narrow(2, 0, 2 * H), t0, n, h0, out);
+  dw_hh.narrow(0, 2 * H, H)
+      .addmm_(dgh.narrow(0, 0, n).narrow(2, 2 * H, H).reshape({n * B, H}).t(),
+              aux.narrow(0, t0, n).reshape({n * B, H}));  // (H, n·B) @ (n·B, H)
+}
+
 // Backward through time. Returns, batched over time for the caller's weight GEMMs:
 //   dgx (T,B,3H)  gradient of gx
 //   dh0
 // the gradient of W_hh, as GEMMs over chunks of steps (add_weight_grad):
 //   dw_hh (3H,H)  sum_t dgh_t^T h_{t-1} (r|z rows; n rows too for reset-after) and sum_t dgh_n,t^T (r*h_{t-1})
 //                 (n rows, reset-before), dgh the gradient of the recurrent products before LN. For reset-before
-//                 without layer norm dgh is dgx, kept whole, and the chunk is all T steps; otherwise dgh exists
-//                 only for this and the step's recurrent products, and lives in a buffer of chunk_steps steps
+//                 without layer norm dgh is dgx, kept whole, and dw_hh is undefined here: the caller forms it over
+//                 all steps and rows at once (weight_grad); otherwise dgh exists only for this and the step's
+//                 recurrent products, and lives in a buffer of chunk_steps steps
 // and the vector parameters' gradients, summed here step by step (sum_rows) over dgp, the gradient of the
 // recurrent part after LN and bias (for reset-after its n block is r * dgx_n, for reset-before it equals dgx):
 //   db (3H)       sum of dgp: the gradient of b_hh and of LN's shift
@@ -305,8 +323,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
                    const Tensor& stats_ih, Tensor& dgx, Tensor& dgh, Tensor& dw_hh, Tensor& acc_b, Tensor& acc_lnw,
                    Tensor& acc_lniw, Tensor& acc_lnis) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
-  const int64_t chunk = dgh.size(0);        // steps held by dgh
-  const bool own_dgh = !dgh.is_same(dgx);  // a reused buffer: rows of ended sequences are cleared each step
+  const int64_t chunk = dgh.size(0);                      // steps held by dgh
+  const bool own_dgh = dgh.data_ptr() != dgx.data_ptr();  // a reused buffer: rows of ended sequences cleared each step
   const T* lnw = ptr_or_null<T>(ln_w);
   const T* lniw = ptr_or_null<T>(ln_ih_w);
   auto opts = dout.options();
@@ -316,8 +334,8 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
   Tensor xhat_ih = lniw ? at::empty({B, G}, opts) : Tensor();
   // LN_ih's backward of row b, once its dgx row is complete: the gradient of W_ih x into the result
   auto input_norm_backward = [&](int64_t t, int64_t b, const T* dg) {
-    input_norm_row_backward(dg, ptr_or_null<T>(a_ih) + (t * B + b) * G, stats_ih.data_ptr<T>() + (t * B + b) * 2,
-                            lniw, G, xhat_ih.data_ptr<T>() + b * G, dgx.data_ptr<T>() + (t * B + b) * G);
+    input_norm_row_backward(dg, step_row<T>(*a_ih, t, b, G), step_row<T>(stats_ih, t, b, 2), lniw, G,
+                            xhat_ih.data_ptr<T>() + b * G, step_row<T>(dgx, t, b, G));
   };
   Tensor drh = at::empty({B, H}, opts);  // reset-before: gradient of r*h_{t-1}
   // reset-after with layer norm: this step's dgp (B, 3H); without layer norm dgp is dgh, and for reset-before dgx
@@ -329,15 +347,15 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
   if (before) candidate.emplace(w_n, /*transposed=*/false, B, T_);
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
-    const T* doutt = dout.data_ptr<T>() + t * B * H;
-    const T* gt = gates.data_ptr<T>() + t * B * G;
-    const T* auxt = aux.data_ptr<T>() + t * B * H;
-    const T* hprev = t > 0 ? out.data_ptr<T>() + (t - 1) * B * H : h0.data_ptr<T>();
-    T* dgxt = lniw ? dgx_step.data_ptr<T>() : dgx.data_ptr<T>() + t * B * G;
-    T* dght = dgh.data_ptr<T>() + (t % chunk) * B * G;
+    const T* doutt = step_row<T>(dout, t, 0, H);
+    const T* gt = step_row<T>(gates, t, 0, G);
+    const T* auxt = step_row<T>(aux, t, 0, H);
+    const T* hprev = t > 0 ? step_row<T>(out, t - 1, 0, H) : h0.data_ptr<T>();
+    T* dgxt = lniw ? dgx_step.data_ptr<T>() : step_row<T>(dgx, t, 0, G);
+    T* dght = step_row<T>(dgh, t % chunk, 0, G);
     T* dgpt = before ? dgxt : (lnw ? dgp_step.data_ptr<T>() : dght);
-    const T* xh = lnw ? xhat.data_ptr<T>() + t * B * G : nullptr;
-    const T* rs = lnw ? rstd.data_ptr<T>() + t * B * 2 : nullptr;
+    const T* xh = lnw ? step_row<T>(xhat, t, 0, G) : nullptr;
+    const T* rs = lnw ? step_row<T>(rstd, t, 0, 2) : nullptr;
     for (int64_t b = 0; b < B; ++b) {
       if (!active(lengths, b, t)) continue;
       for (int64_t j = 0; j < H; ++j) dhp[b * H + j] += doutt[b * H + j];
@@ -381,7 +399,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
         sum_rows(dgxt, G, xhat_ih.data_ptr<T>(), G, B, G, lengths, t, acc_or_null(acc_lniw), acc_or_null(acc_lnis));
       }
       recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,3H) @ (3H,H)
-      if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
+      if (dw_hh.defined() && t % chunk == 0) weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out, aux, before);
       continue;
     }
     // reset-before: the n block first, because d(r*h) = dgh_n W_hn is needed for dr.
@@ -432,14 +450,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& h0, const Tenso
       sum_rows(dgxt, G, xhat_ih.data_ptr<T>(), G, B, G, lengths, t, acc_or_null(acc_lniw), acc_or_null(acc_lnis));
     }
     recurrent(dght, G, dhp, /*accumulate=*/true);  // (B,2H) @ (2H,H)
-    if (t % chunk == 0) {
-      const int64_t n = std::min(chunk, T_ - t);
-      Tensor dw_rz = dw_hh.narrow(0, 0, 2 * H);
-      add_weight_grad(dw_rz, dgh.narrow(2, 0, 2 * H), t, n, h0, out);
-      dw_hh.narrow(0, 2 * H, H)
-          .addmm_(dgh.narrow(0, 0, n).narrow(2, 2 * H, H).reshape({n * B, H}).t(),
-                  aux.narrow(0, t, n).reshape({n * B, H}));  // (H, n·B) @ (n·B, H)
-    }
+    if (dw_hh.defined() && t % chunk == 0) weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out, aux, before);
   }
 }
 
@@ -458,15 +469,30 @@ std::vector<Tensor> gru_backward(const Tensor& dout_in, const Tensor& dh_n, cons
   auto opts = dout.options();
   Tensor dh = dh_n.clone();
   Tensor dgx = buffer(gates.sizes(), opts, zero);
-  // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself.
-  Tensor dgh = ln || !before ? buffer({chunk_steps(T_, B), B, G}, opts, false) : dgx;
+  // Without layer norm the gradient before LN is the one after it: reset-before's is dgx itself, whose weight GEMM
+  // runs once over all steps and rows after the time loop.
+  const bool whole_dgh = !ln && before;
   Tensor dw_hh = buffer({G, H}, opts, true);
-  Tensor acc_b = accumulator(G, true, opts), acc_lnw = accumulator(G, ln, opts);
-  Tensor acc_lniw = accumulator(G, ln_ih, opts), acc_lnis = accumulator(G, ln_ih, opts);
+  // db, dln_w, dln_ih_w, dln_ih_s (see above)
+  auto accumulators = [&] {
+    return std::vector<Tensor>{accumulator(G, true, opts), accumulator(G, ln, opts), accumulator(G, ln_ih, opts),
+                               accumulator(G, ln_ih, opts)};
+  };
+  std::vector<Tensor> acc = accumulators();
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, h0, w_hh, ln_w, before, len, out, gates, aux, xhat, rstd, ln_ih_w, a_ih,
-                            stats_ih, dgx, dgh, dw_hh, acc_b, acc_lnw, acc_lniw, acc_lnis);
+    backward_slices(B, int64_t(w_hh.nbytes()), whole_dgh, dw_hh, acc, accumulators,
+                    [&](int64_t b0, int64_t n, Tensor& dw, std::vector<Tensor>& a) {
+      Tensor dh_s = state_rows(dh, b0, n), dgx_s = batch_rows(dgx, b0, n);
+      Tensor dgh_s = whole_dgh ? dgx_s : buffer({chunk_steps(T_, n), n, G}, opts, false);
+      backward_impl<scalar_t>(batch_rows(dout, b0, n), dh_s, state_rows(h0, b0, n), w_hh, ln_w, before,
+                              len ? len + b0 : nullptr, batch_rows(out, b0, n), batch_rows(gates, b0, n),
+                              batch_rows(aux, b0, n), batch_rows(xhat, b0, n), batch_rows(rstd, b0, n), ln_ih_w,
+                              batch_rows(a_ih, b0, n), batch_rows(stats_ih, b0, n), dgx_s, dgh_s, dw, a[0], a[1],
+                              a[2], a[3]);
+    });
   });
+  if (whole_dgh) weight_grad(dw_hh, dgx, 0, T_, h0, out, aux, before);
+  Tensor acc_b = acc[0], acc_lnw = acc[1], acc_lniw = acc[2], acc_lnis = acc[3];
   const auto dtype = dout.scalar_type();
   return {dgx, dw_hh, dh, acc_b.to(dtype), acc_lnw.to(dtype), acc_lniw.to(dtype), acc_lnis.to(dtype)};
 }

@@ -415,7 +415,8 @@ std::vector<Tensor> lstm_forward_input(const Tensor& x, const Tensor& w_ih, cons
 // (sum_rows):
 //   dgx (T,B,G·H)   d loss / d (gate pre-activation) = gradient of gx and of LN_hh's output
 //   dw_hh (G·H,P)   sum_t dgh_t^T h_{t-1}, dgh the gradient of W_hh h_{t-1} before LN_hh. Without layer norm dgh
-//                   is dgx, kept whole, and this is one GEMM at the end; with layer norm dgh exists only for this
+//                   is dgx, kept whole, and this is one GEMM that the caller forms after the time loop over all rows
+//                   (dw_hh undefined here); with layer norm dgh exists only for this
 //                   and for the step's recurrent product, so it lives in a buffer of chunk_steps steps, added to
 //                   dw_hh whenever full: a (T,B,G·H) tensor less at the peak of backward
 //   dhp (T,B,P)     gradient of the projected h_t (proj_size > 0 only; zero at masked steps)
@@ -459,7 +460,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   Tensor dcn = lncw ? at::empty({B, H}, opts) : Tensor();
   Tensor dch = lncw ? at::empty({B, H}, opts) : Tensor();
   Tensor th_buf = at::empty({B, H}, opts);  // (B, H): tanh(LN_c(c_t))
-  const bool recompute = recompute_gates(lniw != nullptr, B);
+  const bool recompute = gates.dim() != 3;  // the caller's choice for the whole batch (recompute_gates)
   // fused LN_ih: this step's dgx (the gradient of LN_ih(W_ih x)), xhat_ih and recomputed gates, each (B, G·H)
   Tensor dgx_step = lniw ? at::empty({B, G}, opts) : Tensor();
   Tensor xhat_ih = lniw ? at::empty({B, G}, opts) : Tensor();
@@ -471,26 +472,26 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
   if (proj) projection.emplace(w_hr.value(), /*transposed=*/false, B, s.T);
 
   for (int64_t t = s.T - 1; t >= 0; --t) {
-    const T* doutt = dout.data_ptr<T>() + t * B * P;
+    const T* doutt = step_row<T>(dout, t, 0, P);
     for (int64_t b = 0; b < B; ++b) {
       if (!active(lengths, b, t)) continue;
       T* d = dhp_ + b * P;
       for (int64_t j = 0; j < P; ++j) d[j] += doutt[b * P + j];
     }
     if (proj) {
-      T* dhpt = dhp.data_ptr<T>() + t * B * P;
+      T* dhpt = step_row<T>(dhp, t, 0, P);
       for (int64_t b = 0; b < B; ++b) {
         if (active(lengths, b, t)) std::copy(dhp_ + b * P, dhp_ + (b + 1) * P, dhpt + b * P);
       }
       (*projection)(dhp_, P, dhh.data_ptr<T>(), /*accumulate=*/false);  // (B,P) @ (P,H)
     }
     const T* dhh_ = proj ? dhh.data_ptr<T>() : dhp_;
-    const T* gt = recompute ? gate_step.data_ptr<T>() : gates.data_ptr<T>() + t * B * G;
-    const T* ct = cs.data_ptr<T>() + t * B * H;
-    const T* cprev = t > 0 ? cs.data_ptr<T>() + (t - 1) * B * H : c0.data_ptr<T>();
-    const T* xhat_t = lnw ? xhat_hh.data_ptr<T>() + t * B * G : nullptr;
-    T* dgxt = lniw ? dgx_step.data_ptr<T>() : dgx.data_ptr<T>() + t * B * G;
-    T* dght = dgh.data_ptr<T>() + (t % chunk) * B * G;
+    const T* gt = recompute ? gate_step.data_ptr<T>() : step_row<T>(gates, t, 0, G);
+    const T* ct = step_row<T>(cs, t, 0, H);
+    const T* cprev = t > 0 ? step_row<T>(cs, t - 1, 0, H) : c0.data_ptr<T>();
+    const T* xhat_t = lnw ? step_row<T>(xhat_hh, t, 0, G) : nullptr;
+    T* dgxt = lniw ? dgx_step.data_ptr<T>() : step_row<T>(dgx, t, 0, G);
+    T* dght = step_row<T>(dgh, t % chunk, 0, G);
     at::parallel_for(0, B, row_grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) {
@@ -505,8 +506,8 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         if (lniw) {
           // LN_ih's xhat, for its backward below, and where the gates were not saved the forward's
           // pre-activations LN_ih(W_ih x) + LN_hh(W_hh h) + b_hh, in its order of operations, then its activations.
-          const T* ar = ptr_or_null<T>(a_ih) + (t * B + b) * G;
-          const T* st = stats_ih.data_ptr<T>() + (t * B + b) * 2;
+          const T* ar = step_row<T>(*a_ih, t, b, G);
+          const T* st = step_row<T>(stats_ih, t, b, 2);
           for (int64_t k = 0; k < G; ++k) xi[k] = (ar[k] - st[0]) * st[1];
           if (recompute) {
             const T* xr = xhat_t + b * G;
@@ -526,8 +527,8 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         T mean = 0, rstd = 1;
         T* xh = lncw ? xhc.data_ptr<T>() + b * H : nullptr;
         if (lncw) {
-          mean = mean_c.data_ptr<T>()[t * B + b];
-          rstd = rstd_c.data_ptr<T>()[t * B + b];
+          mean = *step_row<T>(mean_c, t, b, 1);
+          rstd = *step_row<T>(rstd_c, t, b, 1);
           for (int64_t j = 0; j < H; ++j) {
             xh[j] = (c[j] - mean) * rstd;
             th[j] = xh[j] * lncw[j] + lncb[j];
@@ -590,10 +591,9 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
         } else {
           lncw ? with_coupling(std::false_type{}, std::true_type{}) : with_coupling(std::false_type{}, std::false_type{});
         }
-        if (lnw) layer_norm_row_backward(da, xhat_t + b * G, rstd_hh.data_ptr<T>()[t * B + b], lnw, G, dght + b * G);
+        if (lnw) layer_norm_row_backward(da, xhat_t + b * G, *step_row<T>(rstd_hh, t, b, 1), lnw, G, dght + b * G);
         if (lniw) {
-          layer_norm_row_backward(da, xi, stats_ih.data_ptr<T>()[(t * B + b) * 2 + 1], lniw, G,
-                                  dgx.data_ptr<T>() + (t * B + b) * G);
+          layer_norm_row_backward(da, xi, step_row<T>(stats_ih, t, b, 2)[1], lniw, G, step_row<T>(dgx, t, b, G));
         }
         // h_{t-1} gets only the recurrent GEMM's gradient (added below); the carried value is used up.
         std::fill(dhp_ + b * P, dhp_ + (b + 1) * P, T(0));
@@ -606,7 +606,7 @@ void backward_impl(const LSTMShape& s, const Tensor& dout, Tensor& dh, Tensor& d
     if (pcf) sum_rows(dgxt + s.off_f, G, cprev, H, B, H, lengths, t, acc_cf, nullptr);
     if (pco) sum_rows(dgxt + s.off_o, G, ct, H, B, H, lengths, t, acc_co, nullptr);
     recurrent(dght, G, dhp_, /*accumulate=*/true);  // (B,G·H) @ (G·H,P)
-    if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, s.T - t), h0, out);
+    if (dw_hh.defined() && t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, s.T - t), h0, out);
   }
 }
 
@@ -631,19 +631,35 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dh_n, con
   Tensor dgx = buffer({s.T, s.B, s.G}, opts, zero);
   const bool proj = given(w_hr), ln = given(ln_hh_w);
   TORCH_CHECK(ln || !given(ln_ih_w), "lstm_backward: a fused LN_ih comes with LN_hh (layer_norm)");
-  Tensor dgh = ln ? buffer({chunk_steps(s.T, s.B), s.B, s.G}, opts, false) : dgx;
+  // Without layer norm dgh is dgx, kept whole, whose weight GEMM runs once over all steps and rows after the loop.
+  const bool whole_dgh = !ln;
   Tensor dw_hh = buffer({s.G, s.P}, opts, true);
   Tensor dhp = proj ? buffer({s.T, s.B, s.P}, opts, zero) : none_like(dout);
   // db, dln_hh_w, dln_c_w, dln_c_b, dci, dcf, dco, dln_ih_w (see above)
-  std::vector<Tensor> acc = {accumulator(s.G, true, opts),        accumulator(s.G, ln, opts),
-                             accumulator(s.H, ln, opts),          accumulator(s.H, ln, opts),
-                             accumulator(s.H, given(w_ci), opts), accumulator(s.H, given(w_cf), opts),
-                             accumulator(s.H, given(w_co), opts), accumulator(s.G, given(ln_ih_w), opts)};
+  auto accumulators = [&] {
+    return std::vector<Tensor>{accumulator(s.G, true, opts),        accumulator(s.G, ln, opts),
+                               accumulator(s.H, ln, opts),          accumulator(s.H, ln, opts),
+                               accumulator(s.H, given(w_ci), opts), accumulator(s.H, given(w_cf), opts),
+                               accumulator(s.H, given(w_co), opts), accumulator(s.G, given(ln_ih_w), opts)};
+  };
+  std::vector<Tensor> acc = accumulators();
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_backward", [&] {
-    backward_impl<scalar_t>(s, dout, dh, dc, w_hh, b_hh, ln_hh_b, ln_ih_s, forget_bias, w_hr, w_ci, w_cf, w_co,
-                            ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, len, c0, gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c,
-                            a_ih, stats_ih, h0, out, dgx, dgh, dw_hh, dhp, acc);
+    backward_slices(s.B, int64_t(w_hh.nbytes()) + bytes_of(w_hr), whole_dgh, dw_hh, acc, accumulators,
+                    [&](int64_t b0, int64_t n, Tensor& dw, std::vector<Tensor>& a) {
+      LSTMShape part = s;
+      part.B = n;
+      Tensor dh_s = state_rows(dh, b0, n), dc_s = state_rows(dc, b0, n), dgx_s = batch_rows(dgx, b0, n);
+      Tensor dgh_s = whole_dgh ? dgx_s : buffer({chunk_steps(s.T, n), n, s.G}, opts, false);
+      Tensor dhp_s = batch_rows(dhp, b0, n);
+      backward_impl<scalar_t>(part, batch_rows(dout, b0, n), dh_s, dc_s, w_hh, b_hh, ln_hh_b, ln_ih_s, forget_bias,
+                              w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, len ? len + b0 : nullptr,
+                              state_rows(c0, b0, n), batch_rows(gates, b0, n), batch_rows(cs, b0, n),
+                              batch_rows(xhat_hh, b0, n), batch_rows(rstd_hh, b0, n), batch_rows(mean_c, b0, n),
+                              batch_rows(rstd_c, b0, n), batch_rows(a_ih, b0, n), batch_rows(stats_ih, b0, n),
+                              state_rows(h0, b0, n), batch_rows(out, b0, n), dgx_s, dgh_s, dw, dhp_s, a);
+    });
   });
+  if (whole_dgh) add_weight_grad(dw_hh, dgx, 0, s.T, h0, out);
   std::vector<Tensor> result = {dgx, dw_hh, dhp, dh, dc};
   for (const Tensor& a : acc) result.push_back(a.to(dout.scalar_type()));
   return result;

@@ -159,7 +159,8 @@ std::vector<Tensor> rnn_forward_input(const Tensor& x, const Tensor& w_ih, const
 
 // Backward through time: dgx (T,B,H) = gradient of the pre-activation (of gx, b_hh and LN's output), dh0,
 // dw_hh (H,H) = sum_t dgh_t^T h_{t-1} as GEMMs over chunks of steps (add_weight_grad; dgh, the gradient of W_hh h_{t-1}
-// before LN, is dgx itself kept whole without layer norm, and with it a buffer of chunk_steps steps), and summed here
+// before LN, is dgx itself kept whole without layer norm, dw_hh then undefined here and formed by the caller over all
+// steps and rows at once; with it a buffer of chunk_steps steps), and summed here
 // step by step (sum_rows): db (H) = sum of dgx (b_hh and LN's shift), dln_w (H) = sum of dgx * xhat (LN's gain,
 // layer_norm only). With LN_ih fused, dgx is the gradient of the step's LN_ih(W_ih x), in a (B,H) buffer, the (T,B,H)
 // result is instead the gradient of W_ih x, dln_ih_w (H) = sum of dgx * xhat_ih is LN_ih's gain's, and db is also
@@ -179,11 +180,11 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
   T* dhp = dh.data_ptr<T>();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B, T_);  // dgh W_hh
   for (int64_t t = T_ - 1; t >= 0; --t) {
-    const T* doutt = dout.data_ptr<T>() + t * B * H;
-    const T* outt = out.data_ptr<T>() + t * B * H;
-    T* dgxt = lniw ? dgx_step.data_ptr<T>() : dgx.data_ptr<T>() + t * B * H;
-    T* dght = dgh.data_ptr<T>() + (t % chunk) * B * H;
-    const T* xh = lnw ? xhat.data_ptr<T>() + t * B * H : nullptr;
+    const T* doutt = step_row<T>(dout, t, 0, H);
+    const T* outt = step_row<T>(out, t, 0, H);
+    T* dgxt = lniw ? dgx_step.data_ptr<T>() : step_row<T>(dgx, t, 0, H);
+    T* dght = step_row<T>(dgh, t % chunk, 0, H);
+    const T* xh = lnw ? step_row<T>(xhat, t, 0, H) : nullptr;
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!active(lengths, b, t)) {  // the gradient passes through unchanged; the reused dgh row is cleared
@@ -199,18 +200,18 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
           d[j] = 0;  // h_{t-1} gets only the recurrent GEMM's gradient, added below
         }
         if (lnw) {
-          layer_norm_row_backward(da, xh + b * H, rstd.data_ptr<T>()[t * B + b], lnw, H, dght + b * H);
+          layer_norm_row_backward(da, xh + b * H, *step_row<T>(rstd, t, b, 1), lnw, H, dght + b * H);
         }
         if (lniw) {
-          input_norm_row_backward(da, ptr_or_null<T>(a_ih) + (t * B + b) * H, stats_ih.data_ptr<T>() + (t * B + b) * 2,
-                                  lniw, H, xhat_ih.data_ptr<T>() + b * H, dgx.data_ptr<T>() + (t * B + b) * H);
+          input_norm_row_backward(da, step_row<T>(*a_ih, t, b, H), step_row<T>(stats_ih, t, b, 2), lniw, H,
+                                  xhat_ih.data_ptr<T>() + b * H, step_row<T>(dgx, t, b, H));
         }
       }
     });
     sum_rows(dgxt, H, xh, H, B, H, lengths, t, acc_or_null(acc_lnw), acc_or_null(acc_b));
     if (lniw) sum_rows(dgxt, H, xhat_ih.data_ptr<T>(), H, B, H, lengths, t, acc_or_null(acc_lniw), nullptr);
     recurrent(dght, H, dhp, /*accumulate=*/true);  // (B,H) @ (H,H)
-    if (t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
+    if (dw_hh.defined() && t % chunk == 0) add_weight_grad(dw_hh, dgh, t, std::min(chunk, T_ - t), h0, out);
   }
 }
 
@@ -228,16 +229,28 @@ std::vector<Tensor> rnn_backward(const Tensor& dout_in, const Tensor& dh_n, cons
   auto opts = dout.options();
   Tensor dh = dh_n.clone();
   Tensor dgx = buffer(out.sizes(), opts, zero);
-  Tensor dgh = ln ? buffer({chunk_steps(T_, B), B, H}, opts, false) : dgx;
+  // Without layer norm dgh is dgx, kept whole, whose weight GEMM runs once over all steps and rows after the loop.
+  const bool whole_dgh = !ln;
   Tensor dw_hh = buffer({H, H}, opts, true);
-  Tensor acc_b = accumulator(H, true, opts), acc_lnw = accumulator(H, ln, opts);
-  Tensor acc_lniw = accumulator(H, ln_ih, opts);
+  // db, dln_w, dln_ih_w (see above)
+  auto accumulators = [&] {
+    return std::vector<Tensor>{accumulator(H, true, opts), accumulator(H, ln, opts), accumulator(H, ln_ih, opts)};
+  };
+  std::vector<Tensor> acc = accumulators();
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
-    backward_impl<scalar_t>(dout, dh, w_hh, ln_w, ln_ih_w, relu, len, h0, out, xhat, rstd, a_ih, stats_ih, dgx, dgh,
-                            dw_hh, acc_b, acc_lnw, acc_lniw);
+    backward_slices(B, int64_t(w_hh.nbytes()), whole_dgh, dw_hh, acc, accumulators,
+                    [&](int64_t b0, int64_t n, Tensor& dw, std::vector<Tensor>& a) {
+      Tensor dh_s = state_rows(dh, b0, n), dgx_s = batch_rows(dgx, b0, n);
+      Tensor dgh_s = whole_dgh ? dgx_s : buffer({chunk_steps(T_, n), n, H}, opts, false);
+      backward_impl<scalar_t>(batch_rows(dout, b0, n), dh_s, w_hh, ln_w, ln_ih_w, relu, len ? len + b0 : nullptr,
+                              state_rows(h0, b0, n), batch_rows(out, b0, n), batch_rows(xhat, b0, n),
+                              batch_rows(rstd, b0, n), batch_rows(a_ih, b0, n), batch_rows(stats_ih, b0, n), dgx_s,
+                              dgh_s, dw, a[0], a[1], a[2]);
+    });
   });
+  if (whole_dgh) add_weight_grad(dw_hh, dgx, 0, T_, h0, out);
   const auto dtype = dout.scalar_type();
-  return {dgx, dw_hh, dh, acc_b.to(dtype), acc_lnw.to(dtype), acc_lniw.to(dtype)};
+  return {dgx, dw_hh, dh, acc[0].to(dtype), acc[1].to(dtype), acc[2].to(dtype)};
 }
 
 }  // namespace

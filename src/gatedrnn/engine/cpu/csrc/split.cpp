@@ -17,6 +17,11 @@ namespace gatedrnn {
 //                              B 32 (I 65) gru 7.24-8.02 / 6.14-6.58, rnn 3.21-3.28 / 2.35-2.43.
 //   H 512 (GRU 3 MiB, LSTM 4 MiB): B 4 gru 4.64-4.85 / 13.2-15.0; B 8 gru 7.46-7.77 / 14.5-15.3, lstm 10.8-11.8 /
 //                              20.0-20.2; B 16 gru 12.7-13.0 / 16.1-16.8; B 64 (I 256) gru 54.1-56.0 / 54.4-54.9.
+// Forward+backward, the backward split the same way (ms, shared / split): H 128 B 8 gru 3.25-3.40 / 2.78-2.93,
+//   lstm 3.62-3.64 / 3.13-3.25; T 200, B 16 gru 10.5-10.8 / 7.5-8.0, lstm 12.8-14.0 / 10.9-11.1; H 256 B 8 gru
+//   6.47-6.96 / 6.08-6.73, lstm 8.57-9.08 / 7.69-7.78; B 16 gru 13.2-14.8 / 11.2-12.4, lstm 15.4-15.9 / 13.1-13.6;
+//   B 32 (I 65) gru 22.7-23.2 / 21.1-21.7, gru reset-before 23.2-25.3 / 20.5-23.0, gru layer_norm 28.1-28.5 /
+//   24.2-24.7, lstm 28.7-30.7 / 26.4-28.5, lstm layer_norm 36.6-37.4 / 34.9-35.8, rnn 8.0-8.3 / 6.5-6.6.
 // Beyond a core's 2 MiB L2 every thread streams the weights from memory each step; within it the split gains from 4
 // rows a thread. Hence 1 MiB and 4 rows.
 SplitRule& split_rule() {
