@@ -464,6 +464,13 @@ def test_batch_split_among_threads_matches_reference(case: tuple[str, dict], B: 
         assert relative_error(g, w) <= c.bound, f"no_grad {name}: relative error {relative_error(g, w):.2e}"
 
 
+@pytest.mark.parametrize("case", CHUNKED_INPUT_CASES, ids=case_id)
+def test_batch_split_gradcheck(case: tuple[str, dict]) -> None:
+    """float64 gradcheck with the batch split between two threads, one sequence each."""
+    with split_rule(1, 2**40, 2):
+        assert_gradcheck(case, "cpu-split-grad-" + case_id(case), T=3, B=2, I=2, H=6)
+
+
 def test_large_buffers_are_kept_for_the_next_call_and_never_shared_while_alive() -> None:
     """Buffers of 2 MiB and more come from a cache of blocks (csrc/common.h BlockCache): a second call of the same
     shape reuses them rather than taking more, a result still alive keeps its block (a later call does not write
