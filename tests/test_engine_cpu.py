@@ -431,19 +431,10 @@ def test_forward_without_autograd_forms_the_input_projection_in_chunks(case: tup
         assert relative_error(g, w) <= 1e-10, f"{name}: relative error {relative_error(g, w):.2e}"
 
 
-@contextlib.contextmanager
-def split_rule(min_rows: int, max_weight_bytes: int, threads: int) -> Iterator[None]:
-    """Forwards above batch 1 split their batch among `threads` threads (csrc/common.h for_batch_slices) from
-    min_rows rows a thread, for recurrent weights of at most max_weight_bytes."""
-    assert build.status()[0]
-    previous = torch.ops.gatedrnn_cpu.set_split_rule(min_rows, max_weight_bytes)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.ops.gatedrnn_cpu.set_split_rule(*previous)
-        torch.set_num_threads(before)
+def split_rule(min_rows: int, max_weight_bytes: int, threads: int) -> contextlib.AbstractContextManager[None]:
+    """Forwards and backwards above batch 1 split their batch among `threads` threads (csrc/common.h
+    for_batch_slices) from min_rows rows a thread, for recurrent weights of at most max_weight_bytes."""
+    return kernel_rule("set_split_rule", min_rows, max_weight_bytes, threads=threads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -531,16 +522,23 @@ TEAM_CASES = [
 
 
 @contextlib.contextmanager
-def team_rule(max_batch: int, min_hidden: int, threads: int) -> Iterator[None]:
-    """The small-batch loop up to batch max_batch, as a team from hidden size min_hidden, on `threads` threads."""
+def kernel_rule(setter: str, *values: int, threads: int) -> Iterator[None]:
+    """One of the kernels' measured rules set to `values` (torch.ops.gatedrnn_cpu.<setter>, which returns the
+    previous ones) and torch on `threads` threads, both restored after."""
     assert build.status()[0]
-    previous, before = torch.ops.gatedrnn_cpu.set_team_rule(max_batch, min_hidden), torch.get_num_threads()
+    set_rule = getattr(torch.ops.gatedrnn_cpu, setter)
+    previous, before = set_rule(*values), torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.ops.gatedrnn_cpu.set_team_rule(*previous)
+        set_rule(*previous)
         torch.set_num_threads(before)
+
+
+def team_rule(max_batch: int, min_hidden: int, threads: int) -> contextlib.AbstractContextManager[None]:
+    """The small-batch loop up to batch max_batch, as a team from hidden size min_hidden, on `threads` threads."""
+    return kernel_rule("set_team_rule", max_batch, min_hidden, threads=threads)
 
 
 @pytest.fixture
