@@ -511,10 +511,11 @@ inline bool short_call(int64_t steps, int64_t batch) {
 
 // Forwards and backwards above batch 1 split the batch among the threads: each thread runs the whole recurrence of
 // its own rows (the sequences are independent), with its own per-step GEMM and gate passes, and the threads never
-// meet inside the time loop (a backward's weight gradients and sums are each slice's own, added up after). Sharing every step instead (a threaded GEMM, then a parallel pass over the rows) costs two fork-joins a
-// step. But each thread then streams all of the recurrent weights every step, so the split is taken only where they
-// fit a core's L2 with room (at most max_weight_bytes) and each thread gets at least min_rows rows. The defaults are
-// measured: see split.cpp.
+// meet inside the time loop (a backward's weight gradients and sums are each slice's own, added up after). Sharing
+// every step instead (a threaded GEMM, then a parallel pass over the rows) costs two fork-joins a step. But each
+// thread then streams all of the recurrent weights every step, so the split is taken only where they fit a core's
+// L2 with room (at most max_weight_bytes) and each thread gets at least min_rows rows. The defaults are measured:
+// see split.cpp.
 struct SplitRule {
   std::atomic<int64_t> min_rows, max_weight_bytes;
 };
