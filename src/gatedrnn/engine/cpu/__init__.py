@@ -5,7 +5,8 @@ around one recurrent product), ``csrc/common.h`` (what they share; each weight i
 for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above; the cache of large buffers),
 ``csrc/team.h`` and ``csrc/team.cpp`` (the forward at batch 1: a team of threads that split the hidden units, each
 with its own rows of W_hh, meeting once per step; the measured rule that chooses it), ``csrc/short.cpp`` (calls of
-few steps), ``csrc/input.cpp`` (the input projection of all steps, one GEMM into memory on huge pages),
+few steps), ``csrc/split.cpp`` (the rule that splits a batch among the threads, forward and backward),
+``csrc/input.cpp`` (the input projection of all steps, one GEMM into memory on huge pages),
 ``csrc/memory.cpp`` (the buffer cache's ops), ``build.py`` (compile once, cache, explain failures), ``functions.py``
 (the ``torch.autograd.Function`` of each family), and the engine here.
 """

@@ -32,6 +32,12 @@ LSTMShape lstm_shape(const Tensor& gx, const Tensor& c0, const Tensor& h0, bool 
   return lstm_shape(gx.size(0), gx.size(1), gx.size(2), c0, h0, coupled);
 }
 
+// Bytes of the recurrent weights each step's products stream, W_hh and W_hr (proj_size): what decides the batch
+// split among the threads (batch_parts), forward and backward alike.
+inline int64_t recurrent_bytes(const Tensor& w_hh, const OptTensor& w_hr) {
+  return int64_t(w_hh.nbytes()) + bytes_of(w_hr);
+}
+
 // Whether backward recomputes the gates (activate_ifg, activate_o) instead of reading them saved. With LN_ih fused
 // it keeps W_ih x anyway, and the gates follow from it, its statistics and xhat_hh: a (T,B,G·H) tensor less at the
 // peak of backward. At B = 1 the gates of a sequence are few (T·G·H values) and their activations cost more to
@@ -353,7 +359,7 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
                              gates, cs, save);
       return;
     }
-    for_batch_slices(s.B, int64_t(w_hh.nbytes()) + bytes_of(w_hr), [&](int64_t b0, int64_t n) {
+    for_batch_slices(s.B, recurrent_bytes(w_hh, w_hr), [&](int64_t b0, int64_t n) {
       LSTMShape part = s;
       part.B = n;
       StepInput<scalar_t> input(batch_rows(gx, b0, n));
@@ -397,7 +403,7 @@ std::vector<Tensor> lstm_forward_input(const Tensor& x, const Tensor& w_ih, cons
                              out, unsaved, unsaved, false, x.contiguous(), w_ih.contiguous());
       return;
     }
-    for_batch_slices(s.B, int64_t(w_hh.nbytes()) + bytes_of(w_hr), [&](int64_t b0, int64_t n) {
+    for_batch_slices(s.B, recurrent_bytes(w_hh, w_hr), [&](int64_t b0, int64_t n) {
       LSTMShape part = s;
       part.B = n;
       StepInput<scalar_t> input(batch_rows(x, b0, n), w_ih, b_ih);
@@ -644,7 +650,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dout_in, const Tensor& dh_n, con
   };
   std::vector<Tensor> acc = accumulators();
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_backward", [&] {
-    backward_slices(s.B, int64_t(w_hh.nbytes()) + bytes_of(w_hr), whole_dgh, dw_hh, acc, accumulators,
+    backward_slices(s.B, recurrent_bytes(w_hh, w_hr), whole_dgh, dw_hh, acc, accumulators,
                     [&](int64_t b0, int64_t n, Tensor& dw, std::vector<Tensor>& a) {
       LSTMShape part = s;
       part.B = n;
