@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
+import weakref
 
 import numpy as np
 import pytest
@@ -205,4 +207,34 @@ def test_single_process_distributed_helpers_are_identities() -> None:
     assert training.wrap_ddp(model, info) is model
     x = torch.arange(3.0)
     assert training.all_reduce_mean(x, info) is x and training.all_gather(x, info) is x
+    assert training.all_reduce_max(x, info) is x
     training.teardown_distributed(info)
+
+
+def test_collectives_keep_their_tensors_referenced_from_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Gloo's worker thread may drop its reference to a collective's tensors after the caller has dropped its own;
+    # the helpers keep them, so that the worker never frees a Python tensor (at shutdown that aborts the process).
+    handed: list[weakref.ref[torch.Tensor]] = []
+
+    def all_reduce(tensor: torch.Tensor, op: object) -> None:
+        handed.append(weakref.ref(tensor))
+        tensor.mul_(2)  # as if a second rank had the same values (SUM) or kept them (MAX, after the mul below)
+
+    def all_gather(parts: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        handed.extend(weakref.ref(t) for t in (tensor, *parts))
+        for part in parts:
+            part.copy_(tensor)
+
+    monkeypatch.setattr(training.dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(training.dist, "all_gather", all_gather)
+    info = training.DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    x = torch.tensor([1.0, -2.0])
+    torch.testing.assert_close(training.all_reduce_mean(x, info), x)
+    torch.testing.assert_close(training.all_reduce_max(x, info), 2 * x)
+    torch.testing.assert_close(training.all_gather(x, info), torch.cat([x, x]))
+    gc.collect()
+    assert len(handed) == 5 and all(ref() is not None for ref in handed)
+    for _ in range(training.COLLECTIVES_KEPT):  # later collectives release the earlier ones: no growth
+        training.all_reduce_mean(x, info)
+    gc.collect()
+    assert all(ref() is None for ref in handed[:5]) and all(ref() is not None for ref in handed[5:])

@@ -42,6 +42,7 @@ Distributed data parallel (``torchrun``)
     ``teardown_distributed(info)``       destroy the process group.
     ``wrap_ddp(model, info)``            ``DistributedDataParallel`` when ``world_size > 1``, else the model.
     ``all_reduce_mean(tensor, info)``    mean over ranks (identity when not distributed).
+    ``all_reduce_max(tensor, info)``     elementwise maximum over ranks (identity when not distributed).
     ``all_gather(tensor, info)``         every rank's tensor, concatenated along dim 0 in rank order.
     ``DistInfo.is_main``                 only rank 0 writes checkpoints and logs.
 """
@@ -57,6 +58,7 @@ import signal
 import struct
 import tempfile
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -575,13 +577,44 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+COLLECTIVES_KEPT = 16
+"""How many of the latest collectives' tensors stay referenced from Python (see :func:`_keep`)."""
+
+_kept: deque[Tensor] = deque(maxlen=COLLECTIVES_KEPT)
+
+
+def _keep(*tensors: Tensor) -> None:
+    """Keep a collective's tensors referenced from Python until later collectives push them out.
+
+    Gloo runs a collective on a worker thread, which drops its own reference to the tensors a moment after the
+    caller has been woken. If the caller has dropped them by then, that is the last reference, and freeing a tensor
+    that Python created takes the GIL. DDP keeps the process group, and so its worker threads, alive after
+    ``destroy_process_group``; when the late drop falls into the interpreter's shutdown, taking the GIL ends the
+    thread inside a destructor and the process aborts ("terminate called without an active exception", seen in
+    about 1 of 40 two-process runs on a loaded 2-core machine; pytorch/pytorch#190489). Kept here, the last
+    reference is Python's, freed by the main thread.
+    """
+    _kept.extend(tensors)
+
+
 def all_reduce_mean(tensor: Tensor, info: DistInfo) -> Tensor:
     """The mean of ``tensor`` over all ranks (``tensor`` itself when not distributed)."""
     if not info.distributed:
         return tensor
     reduced = tensor.detach().clone()
+    _keep(reduced)
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced / info.world_size
+
+
+def all_reduce_max(tensor: Tensor, info: DistInfo) -> Tensor:
+    """The elementwise maximum of ``tensor`` over all ranks (``tensor`` itself when not distributed)."""
+    if not info.distributed:
+        return tensor
+    reduced = tensor.detach().clone()
+    _keep(reduced)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return reduced
 
 
 def all_gather(tensor: Tensor, info: DistInfo) -> Tensor:
@@ -589,5 +622,7 @@ def all_gather(tensor: Tensor, info: DistInfo) -> Tensor:
     if not info.distributed:
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
-    dist.all_gather(parts, tensor.detach().contiguous())
+    mine = tensor.detach().contiguous()
+    _keep(mine, *parts)
+    dist.all_gather(parts, mine)
     return torch.cat(parts)

@@ -618,9 +618,7 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
         while True:
             # One decision for every rank: the slowest rank's clock, anyone's Ctrl-C.
             flags = torch.tensor([budget.elapsed(), float(interrupt.requested)], dtype=torch.float64)
-            if info.distributed:
-                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            spent, interrupted = flags.tolist()
+            spent, interrupted = training.all_reduce_max(flags, info).tolist()
             if interrupted:
                 stopped = "interrupted"
                 break
