@@ -18,7 +18,9 @@ The table reports the median of the rounds and two ratios: against ``torch.nn.LS
 against the ``torch.nn`` module of the variant's own family (``torch.nn.GRU`` for both GRU reset forms, ...).
 
 Implementations are a registry (:data:`IMPLEMENTATIONS`) and timing goes through a :class:`Timer` chosen by
-device, so another device's engine and its timer plug in without touching the loop.
+device, so another device's engine and its timer plug in without touching the loop. One of them, ``gemms``, times
+the variant's matrix products alone (:mod:`gatedrnn.gemm_floor`): its ratio to ``torch.nn`` is the least any engine
+that runs those products with torch's BLAS can reach.
 
 With ``--device cuda`` the defaults become the GPU grid of issue #5 (:data:`CUDA_SHAPES`) and the implementations
 ``torch.nn`` (cuDNN), ``reference`` and ``gpu``; times come from CUDA events, float32 runs with TF32 off everywhere
@@ -49,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .gemm_floor import GemmFloor
 from .variants import VARIANTS, Variant
 
 Shape = tuple[int, int, int, int]
@@ -153,8 +156,11 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("reference", ("cpu", "cuda"), _engine("reference")),
         Implementation("cpu", ("cpu",), _engine("cpu")),
         Implementation("gpu", ("cuda",), _engine("gpu")),
+        Implementation("gemms", ("cpu",), GemmFloor),
     ]
 }
+"""``gemms`` is no engine: the variant's matrix products alone (:mod:`gatedrnn.gemm_floor`), the floor under any
+engine that runs them with torch's BLAS. Not in the default list; ``--impls torch.nn,cpu,gemms`` adds it."""
 
 
 def _family_baseline(name: str) -> str:
