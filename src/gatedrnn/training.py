@@ -597,24 +597,22 @@ def _keep(*tensors: Tensor) -> None:
     _kept.extend(tensors)
 
 
-def all_reduce_mean(tensor: Tensor, info: DistInfo) -> Tensor:
-    """The mean of ``tensor`` over all ranks (``tensor`` itself when not distributed)."""
-    if not info.distributed:
-        return tensor
+def _all_reduce(tensor: Tensor, op: Any) -> Tensor:
+    """``op`` over all ranks of a copy of ``tensor``."""
     reduced = tensor.detach().clone()
     _keep(reduced)
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced / info.world_size
+    dist.all_reduce(reduced, op=op)
+    return reduced
+
+
+def all_reduce_mean(tensor: Tensor, info: DistInfo) -> Tensor:
+    """The mean of ``tensor`` over all ranks (``tensor`` itself when not distributed)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM) / info.world_size if info.distributed else tensor
 
 
 def all_reduce_max(tensor: Tensor, info: DistInfo) -> Tensor:
     """The elementwise maximum of ``tensor`` over all ranks (``tensor`` itself when not distributed)."""
-    if not info.distributed:
-        return tensor
-    reduced = tensor.detach().clone()
-    _keep(reduced)
-    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
-    return reduced
+    return _all_reduce(tensor, dist.ReduceOp.MAX) if info.distributed else tensor
 
 
 def all_gather(tensor: Tensor, info: DistInfo) -> Tensor:
