@@ -218,7 +218,7 @@ def test_collectives_keep_their_tensors_referenced_from_python(monkeypatch: pyte
 
     def all_reduce(tensor: torch.Tensor, op: object) -> None:
         handed.append(weakref.ref(tensor))
-        tensor.mul_(2)  # as if a second rank had the same values (SUM) or kept them (MAX, after the mul below)
+        tensor.mul_(2)  # the SUM of two equal ranks; for MAX it shows that the helper returns the reduced copy
 
     def all_gather(parts: list[torch.Tensor], tensor: torch.Tensor) -> None:
         handed.extend(weakref.ref(t) for t in (tensor, *parts))
@@ -234,7 +234,7 @@ def test_collectives_keep_their_tensors_referenced_from_python(monkeypatch: pyte
     torch.testing.assert_close(training.all_gather(x, info), torch.cat([x, x]))
     gc.collect()
     assert len(handed) == 5 and all(ref() is not None for ref in handed)
-    for _ in range(training.COLLECTIVES_KEPT):  # later collectives release the earlier ones: no growth
+    for _ in range(training.KEPT_TENSORS):  # later collectives release the earlier ones: no growth
         training.all_reduce_mean(x, info)
     gc.collect()
     assert all(ref() is None for ref in handed[:5]) and all(ref() is not None for ref in handed[5:])
