@@ -1,8 +1,9 @@
 """The gpu engine against the reference engine: every variant it runs, forward values and every gradient.
 
-Without CUDA the Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set here before the
-kernels are first imported) at small sizes, through a test copy of the engine that accepts CPU tensors. With CUDA
-the same tests run on the device, and the tests marked ``gpu`` add full sizes, ``torch.compile`` and autocast.
+Without CUDA the Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set in conftest.py
+before any test module is collected) at small sizes, through a test copy of the engine that accepts CPU tensors.
+With CUDA the same tests run on the device, and the tests marked ``gpu`` add full sizes, ``torch.compile`` and
+autocast.
 The whole module is skipped where triton is not installed.
 """
 
@@ -14,8 +15,6 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import gatedrnn  # noqa: E402
