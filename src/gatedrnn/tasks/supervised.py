@@ -123,7 +123,7 @@ def fit(
         """Whether to stop; in a distributed run every rank stops at the same step (a budget in minutes or a
         Ctrl-C may come to one rank first), or the others would wait for it forever."""
         flag = torch.tensor([float(budget.done(step) or interrupt.requested)], device=dist.device)
-        return bool(training.all_reduce_mean(flag, dist).item() > 0)
+        return bool(training.all_reduce_max(flag, dist).item() > 0)
 
     batches = shard()
     last_saved = step if resume else -1
