@@ -2,12 +2,14 @@
 
 Parity runs 200 seeded random configurations per cell family (every variant flag, layers, directions, batch_first,
 lengths, h0, float32 and float64) with norm-wise relative error <= 1e-10 in float64 and <= 1e-5 in float32 (layer
-norm in float32: see the test for the bound and why); wider layers check every path of the per-step products.
+norm in float32: see the test for the bound and why); wider layers check every path of the per-step products (float32
+bound: parity_bound).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import random
 import subprocess
@@ -167,14 +169,31 @@ def check_bidirectional_against_reference(case: tuple[str, dict], rng: random.Ra
 def assert_cpu_matches_reference(module: torch.nn.Module, x: Tensor, hx: tuple[Tensor, ...], lengths, weights
                                  ) -> tuple[list[str], list[Tensor], float]:
     """Outputs, final states and every gradient (``run_with``) of the cpu engine against the reference engine, within
-    1e-5 (float32) or 1e-10 (float64); returns the values' names, the reference's values and that bound."""
+    ``parity_bound``; returns the values' names, the reference's values and that bound."""
     names = ["output", *module.spec.state_names, "input", *["hx"] * len(hx), *(n for n, _ in module.named_parameters())]
     want = run_with(module, "reference", x, hx, lengths, weights)
     got = run_with(module, "cpu", x, hx, lengths, weights)
-    bound = 1e-5 if x.dtype == torch.float32 else 1e-10
+    bound = parity_bound(module, x, hx, lengths, weights, want)
     for name, g, w in zip(names, got, want):
         assert relative_error(g, w) <= bound, f"{name}: relative error {relative_error(g, w):.2e}"
     return names, want, bound
+
+
+def parity_bound(module: torch.nn.Module, x: Tensor, hx: tuple[Tensor, ...] | None, lengths, weights,
+                 want: list[Tensor]) -> float:
+    """How far the cpu engine may be from the reference engine's results ``want``: 1e-10 in float64; in float32
+    1e-5, or three times the reference engine's own float32 error against float64 where that is larger. Two float32
+    computations that are each as accurate as the other differ by up to twice that error, and a recurrence with the
+    large random weights of ``randomize_`` can be ill-conditioned: a saturated tanh RNN's gradients carry
+    1 - h^2 for h within ulps of 1, so the last bit of each h moves them (the reference is up to 1e-5 from float64
+    there, the engine as close)."""
+    if x.dtype == torch.float64:
+        return 1e-10
+    exact = copy.deepcopy(module).double()
+    truth = run_with(exact, "reference", x.double(), None if hx is None else tuple(h.double() for h in hx), lengths,
+                     [w.double() for w in weights])
+    own_error = max(relative_error(w.double(), t) for w, t in zip(want, truth))
+    return max(1e-5, 3 * own_error)
 
 
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=case_id)
@@ -581,7 +600,7 @@ def test_one_thread_small_batch_loop_matches_reference(case: tuple[str, dict], d
     want = run_with(module, "reference", x, hx, lengths, weights)
     with team_rule(2**40, 1, 1):
         got = run_with(module, "cpu", x, hx, lengths, weights)
-    bound = 1e-5 if dtype == torch.float32 else 1e-10
+    bound = parity_bound(module, x, hx, lengths, weights, want)
     for k, (g, w) in enumerate(zip(got, want)):
         assert relative_error(g, w) <= bound, f"result {k}: relative error {relative_error(g, w):.2e}"
 

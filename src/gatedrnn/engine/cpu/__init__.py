@@ -1,8 +1,10 @@
 """The cpu engine: the whole recurrence, forward and backward, in fused C++ kernels.
 
 Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused pass over the gates per step
-around one recurrent product), ``csrc/common.h`` (what they share; each weight is prepared once per call: packed
-for its own matrix-vector kernel at batch 1, for MKL's packed GEMM above; the cache of large buffers),
+around one recurrent product), ``csrc/activations.h`` (σ, tanh and relu, right for every input, ±inf included, in
+strict IEEE arithmetic, and vectorisable; ``csrc/activations.cpp`` makes σ and tanh ops for the tests),
+``csrc/common.h`` (what they share; each weight is prepared once per call: packed for its own matrix-vector kernel at
+batch 1, for MKL's packed GEMM above; the cache of large buffers),
 ``csrc/team.h`` and ``csrc/team.cpp`` (the forward at batch 1: a team of threads that split the hidden units, each
 with its own rows of W_hh, meeting once per step; the measured rule that chooses it), ``csrc/short.cpp`` (calls of
 few steps), ``csrc/split.cpp`` (the rule that splits a batch among the threads, forward and backward),

@@ -341,7 +341,7 @@ def forward_kernel(
             if CELL == 0:
                 a0 = _gate_tile(gx_t, 0, rows, cols, row_mask, col_mask, H, GH) + acc0 + b0[None, :]
                 if RELU:
-                    h_new = tl.maximum(a0, 0.0)
+                    h_new = tl.where(a0 < 0.0, 0.0, a0)  # NaN passes, as torch.relu (max would drop it)
                 else:
                     h_new = _tanh(a0)
                 if SAVE:
@@ -729,7 +729,7 @@ def backward_kernel(
             if CELL == 0:
                 y = _gate_tile(saved_t, 0, rows, cols, row_mask, col_mask, H, SH)
                 if RELU:
-                    da0 = tl.where(y > 0.0, dh, 0.0)
+                    da0 = tl.where(y <= 0.0, 0.0, dh)
                 else:
                     da0 = dh * (1.0 - y * y)
                 d0 = tl.where(active, da0, 0.0)

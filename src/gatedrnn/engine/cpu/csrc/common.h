@@ -15,6 +15,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "activations.h"
+
 // GCC vectorises loops with 256-bit vectors by default even where 512-bit ones exist; the gate loops here are long
 // and regular (and glibc has 16-wide exp and tanh), so they run faster with the full width.
 #if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
@@ -27,18 +29,6 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
 constexpr double kLayerNormEps = 1e-5;  // torch.nn.LayerNorm's default, as cells/base.py LN_EPS
-
-// The activations run as simple loops over contiguous blocks so that the compiler vectorises them (with
-// -ffast-math, glibc's vector exp and tanh); one scalar call per element would dominate a step at small batch.
-template <typename T>
-inline void sigmoid_(T* a, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) a[k] = T(1) / (T(1) + std::exp(-a[k]));
-}
-
-template <typename T>
-inline void tanh_(T* a, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) a[k] = std::tanh(a[k]);
-}
 
 // y = x + a (+ bias): the pre-activation of a block of gates.
 template <typename T>
@@ -67,8 +57,8 @@ inline bool active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// Layer norm's row sums run in the row's own type over blocks of kRowBlock elements, which the compiler turns into
-// vector loops, and the block sums are added in double: the rounding error of a float32 sum then grows with the
+// Layer norm's row sums run in the row's own type over blocks of kRowBlock elements, as vector loops (`omp simd`
+// reductions: strict IEEE arithmetic keeps a plain sum in order, so scalar), and the block sums are added in double: the rounding error of a float32 sum then grows with the
 // block, not with the row (G·H = 2048 and more), at the speed of float vector arithmetic.
 constexpr int64_t kRowBlock = 128;
 
@@ -80,6 +70,7 @@ inline void row_moments(const T* x, int64_t n, T& mean, T& rstd) {
   for (int64_t k0 = 0; k0 < n; k0 += kRowBlock) {
     const int64_t k1 = std::min(n, k0 + kRowBlock);
     T s = 0;
+    #pragma omp simd reduction(+ : s)
     for (int64_t k = k0; k < k1; ++k) s += x[k];
     sum += double(s);
   }
@@ -88,6 +79,7 @@ inline void row_moments(const T* x, int64_t n, T& mean, T& rstd) {
   for (int64_t k0 = 0; k0 < n; k0 += kRowBlock) {
     const int64_t k1 = std::min(n, k0 + kRowBlock);
     T s = 0;
+    #pragma omp simd reduction(+ : s)
     for (int64_t k = k0; k < k1; ++k) s += (x[k] - mean) * (x[k] - mean);
     squares += double(s);
   }
@@ -119,6 +111,7 @@ inline void layer_norm_row_backward(const T* dy, const T* xhat, T rstd, const T*
   for (int64_t k0 = 0; k0 < n; k0 += kRowBlock) {
     const int64_t k1 = std::min(n, k0 + kRowBlock);
     T a1 = 0, a2 = 0;
+    #pragma omp simd reduction(+ : a1, a2)
     for (int64_t k = k0; k < k1; ++k) {
       const T g = dy[k] * w[k];
       a1 += g;

@@ -170,18 +170,18 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
         if (before) {
           #pragma omp simd
           for (int64_t j = 0; j < nk; ++j) {
-            const T r = T(1) / (T(1) + std::exp(-(x[j] + y[j] + br[j])));
+            const T r = sigmoid(x[j] + y[j] + br[j]);
             gr[j] = r;
-            gr[H + j] = T(1) / (T(1) + std::exp(-(x[H + j] + y[nk + j] + bz[j])));
+            gr[H + j] = sigmoid(x[H + j] + y[nk + j] + bz[j]);
             au[j] = r * h[j];
           }
         } else {
           #pragma omp simd
           for (int64_t j = 0; j < nk; ++j) {
-            const T r = T(1) / (T(1) + std::exp(-(x[j] + y[j] + br[j])));
-            const T z = T(1) / (T(1) + std::exp(-(x[H + j] + y[nk + j] + bz[j])));
+            const T r = sigmoid(x[j] + y[j] + br[j]);
+            const T z = sigmoid(x[H + j] + y[nk + j] + bz[j]);
             const T a = y[2 * nk + j] + bn[j];
-            const T n = std::tanh(x[2 * H + j] + r * a);
+            const T n = tanh(x[2 * H + j] + r * a);
             const T hj = (T(1) - z) * n + z * h[j];
             gr[j] = r;
             gr[H + j] = z;
@@ -204,7 +204,7 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
           T* o_out = outp + (t * B + b) * H + j0;
           #pragma omp simd
           for (int64_t j = 0; j < nk; ++j) {
-            const T n = std::tanh(x[2 * H + j] + y[j] + bn[j]);
+            const T n = tanh(x[2 * H + j] + y[j] + bn[j]);
             const T z = gr[H + j];
             const T hj = (T(1) - z) * n + z * h[j];
             gr[2 * H + j] = n;

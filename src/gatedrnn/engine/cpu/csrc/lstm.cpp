@@ -274,21 +274,21 @@ void forward_team(int threads, const LSTMShape& s, const Tensor& gx, const Tenso
             const T cp = c[j];
             T ai = x[j] + y[j] + bi[j];
             if constexpr (peephole) ai += qi[j] * cp;
-            const T i = T(1) / (T(1) + std::exp(-ai));
+            const T i = sigmoid(ai);
             T f;
             if constexpr (coupled) {
               f = T(1) - i;
             } else {
               T af = x[xf + j] + y[yf + j] + bf[j] + fb;
               if constexpr (peephole) af += qf[j] * cp;
-              f = T(1) / (T(1) + std::exp(-af));
+              f = sigmoid(af);
             }
-            const T g = std::tanh(x[xgo + j] + y[yg + j] + bg[j]);
+            const T g = tanh(x[xgo + j] + y[yg + j] + bg[j]);
             const T cn = f * cp + i * g;
             T ao = x[xo + j] + y[yo + j] + bo[j];
             if constexpr (peephole) ao += qo[j] * cn;
-            const T o = T(1) / (T(1) + std::exp(-ao));
-            const T hj = o * std::tanh(cn);
+            const T o = sigmoid(ao);
+            const T hj = o * tanh(cn);
             c[j] = cn;
             h[j] = hj;
             o_out[j] = hj;

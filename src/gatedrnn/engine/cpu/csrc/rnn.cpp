@@ -44,7 +44,7 @@ void forward_impl(StepInput<T>& input, const Tensor& w_hh, const OptTensor& b_hh
         }
         add_(o, x, a, bias, H);
         if (relu) {
-          for (int64_t j = 0; j < H; ++j) o[j] = o[j] > T(0) ? o[j] : T(0);
+          for (int64_t j = 0; j < H; ++j) o[j] = gatedrnn::relu(o[j]);
         } else {
           tanh_(o, H);
         }
@@ -89,11 +89,11 @@ void forward_team(int threads, const Tensor& gx, const Tensor& w_hh, const OptTe
           #pragma omp simd
           for (int64_t j = 0; j < nk; ++j) {
             const T a = x[j] + y[j] + bj[j];
-            h_new[j] = o_out[j] = a > T(0) ? a : T(0);
+            h_new[j] = o_out[j] = gatedrnn::relu(a);
           }
         } else {
           #pragma omp simd
-          for (int64_t j = 0; j < nk; ++j) h_new[j] = o_out[j] = std::tanh(x[j] + y[j] + bj[j]);
+          for (int64_t j = 0; j < nk; ++j) h_new[j] = o_out[j] = tanh(x[j] + y[j] + bj[j]);
         }
       }
       m.arrive();  // this member's units of h_t are written
@@ -196,7 +196,7 @@ void backward_impl(const Tensor& dout, Tensor& dh, const Tensor& w_hh, const Opt
         T* da = dgxt + b * H;
         for (int64_t j = 0; j < H; ++j) {
           const T g = d[j] + doutt[b * H + j];
-          da[j] = relu ? (h[j] > T(0) ? g : T(0)) : g * (T(1) - h[j] * h[j]);
+          da[j] = relu ? relu_backward(g, h[j]) : g * (T(1) - h[j] * h[j]);
           d[j] = 0;  // h_{t-1} gets only the recurrent GEMM's gradient, added below
         }
         if (lnw) {
