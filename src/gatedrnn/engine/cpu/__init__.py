@@ -9,8 +9,10 @@ batch 1, for MKL's packed GEMM above; the cache of large buffers),
 with its own rows of W_hh, meeting once per step; the measured rule that chooses it), ``csrc/short.cpp`` (calls of
 few steps), ``csrc/split.cpp`` (the rule that splits a batch among the threads, forward and backward),
 ``csrc/input.cpp`` (the input projection of all steps, one GEMM into memory on huge pages),
-``csrc/memory.cpp`` (the buffer cache's ops), ``build.py`` (compile once, cache, explain failures), ``functions.py``
-(the ``torch.autograd.Function`` of each family), and the engine here.
+``csrc/memory.cpp`` (the buffer cache's ops), ``build.py`` (compile once, cache, explain failures), ``ops.py`` (the
+kernels as ``torch.library`` custom ops with fake implementations and vmap rules, what ``torch.compile``,
+``torch.export`` and ``torch.func`` see), ``functions.py`` (their derivatives, ``RecurrenceFunction``), and the
+engine here.
 """
 
 from __future__ import annotations
@@ -66,24 +68,19 @@ class CPUEngine(Engine):
 
     def run_input(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
                   lengths: Tensor | None) -> tuple[Tensor, State]:
-        from .functions import run_input
+        from .functions import recurrence
 
-        fused = run_input(spec, x, params, state, lengths)
-        return fused if fused is not None else super().run_input(spec, x, params, state, lengths)
-
-    def input_product(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
-        from .functions import input_product
-
-        return input_product(spec, x, params)
+        return recurrence(spec, x, params, state, lengths, from_input=True, fused_norm=spec.layer_norm)
 
     def run(self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
             lengths: Tensor | None) -> tuple[Tensor, State]:
-        from .functions import run
+        from .functions import recurrence
 
-        return run(spec, gx, params, state, lengths)
+        return recurrence(spec, gx, params, state, lengths, from_input=False, fused_norm=False)
 
     def run_product(self, spec: CellSpec, a: Tensor, params: Mapping[str, Tensor], state: State,
                     lengths: Tensor | None) -> tuple[Tensor, State]:
-        from .functions import run
+        from .functions import recurrence
 
-        return run(spec, a, params, state, lengths, product=True)  # LN_ih in the kernels' pass over each step
+        # LN_ih in the kernels' pass over each step
+        return recurrence(spec, a, params, state, lengths, from_input=False, fused_norm=spec.layer_norm)

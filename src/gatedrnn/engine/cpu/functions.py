@@ -1,237 +1,227 @@
-"""The autograd layer of the cpu engine: one ``torch.autograd.Function`` per cell family around the C++ kernels.
+"""The autograd layer of the cpu engine: :class:`RecurrenceFunction` differentiates the recurrence ops of
+``ops.py``, and :func:`recurrence` is the engine's one entry point.
 
-Each forward runs the whole recurrence of one layer and direction in C++. Each backward runs backpropagation
-through time in C++, which also returns the parameters' gradients: W_hh's as GEMMs batched over chunks of time steps,
-and the vector parameters' (biases, layer-norm gains and shifts, peepholes), sums over time and batch accumulated
-step by step while each step's rows are in cache; W_hr's (proj_size) is one GEMM over all steps here. Without
-autograd (``torch.no_grad()`` or nothing requiring a gradient) the kernels are called directly and save nothing.
+First derivatives run in C++: backpropagation through time, which also returns the recurrent parameters'
+gradients (W_hh's as GEMMs over chunks of steps; the vector parameters', sums over time and batch taken step by step
+while each step's rows are in cache). ``W_hr``'s (proj_size), ``W_ih``'s and the input's are GEMMs over all steps
+here. Without autograd (``torch.no_grad()`` or nothing requiring a gradient) the forward kernels run without saving,
+and from the layer's input they never hold the whole input projection.
 
-The backward passes are not themselves differentiable: a backward with ``create_graph=True`` (second derivatives,
-e.g. a gradient penalty) raises an error that names ``engine="reference"``, which supports them.
+Derivatives of any higher order — a backward with ``create_graph=True`` (gradient penalties, meta-learning),
+``torch.func.grad``, ``vmap(grad)`` (per-sample gradients), ``jacrev``, ``hessian`` — and forward-mode ones
+(``torch.func.jvp``, ``jacfwd``) are those of the reference engine: the backward (or jvp) recomputes the layer and
+direction with the cell spec's step function looped over time, from the same inputs, and differentiates that
+(``torch.func.vjp``/``jvp``, so it composes with every transform). Nothing to ask for: it happens whenever a graph of
+the gradient is being built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from ...cells.base import layer_norm
+from ..reference import loop
+from . import ops
+
+TENSORS = ("x", "weight_ih", "bias_ih", "h0", "c0", "weight_hh", "bias_hh", "weight_hr", "weight_ci", "weight_cf",
+           "weight_co", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias", "ln_ih_weight", "ln_ih_shift",
+           "lengths")
+"""The tensor arguments of ``gatedrnn::cpu_recurrence``, in order; the options (``cell``, ``relu``, ``coupled``,
+``forget_bias``, ``reset_before``) follow them."""
+_N = len(TENSORS)
+_LENGTHS = TENSORS.index("lengths")
 
 
-def _ops():  # noqa: ANN202 - torch.ops namespaces have no static type
-    return torch.ops.gatedrnn_cpu
+def recurrence(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None, *,
+               from_input: bool, fused_norm: bool) -> tuple[Tensor, State]:
+    """One layer and direction (the :class:`~gatedrnn.engine.base.Engine` contract). ``x`` is the layer's input
+    with ``from_input`` (``run_input``), else the input projection: ``gx`` (``run``), or with ``fused_norm`` the product
+    ``W_ih x`` (``run_product``), whose ``LN_ih`` (and ``b_ih``) the kernels apply."""
+    ln_ih = spec.input_norm(params) if fused_norm else None  # LN_ih's gain, and its shift + b_ih
+    lstm = isinstance(spec, LSTMSpec)
+    tensors = (
+        x, params["weight_ih"] if from_input else None, spec.input_bias(params) if from_input else None, state[0],
+        state[1] if lstm else None, params["weight_hh"], params.get("bias_hh"), params.get("weight_hr"),
+        params.get("weight_ci"), params.get("weight_cf"), params.get("weight_co"), params.get("ln_hh_weight"),
+        params.get("ln_hh_bias"), params.get("ln_c_weight"), params.get("ln_c_bias"),
+        *(ln_ih if ln_ih is not None else (None, None)), lengths,
+    )
+    options = _options(spec)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        outputs = RecurrenceFunction.apply(*tensors, *options)
+    elif ops.traced(*tensors):
+        outputs = ops.cpu_recurrence(*tensors, *options, False)
+    else:
+        outputs = ops.forward(*tensors, *options, False)
+    count = ops.state_count(spec.family)
+    return outputs[0], tuple(outputs[1 : 1 + count])
 
 
-def _refuse_second_derivatives() -> None:
-    """Inside backward, grad mode is on exactly when the caller asked for ``create_graph=True``; the gradients
-    computed here would then silently be treated as constants, so refuse instead."""
-    if torch.is_grad_enabled():
-        raise RuntimeError('engine: the cpu engine has no second derivatives (backward with create_graph=True); '
-                           'use engine="reference" for this module')
-
-
-class LSTMFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: FunctionCtx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-                w_hr: Tensor | None, w_ci: Tensor | None, w_cf: Tensor | None, w_co: Tensor | None,
-                ln_hh_w: Tensor | None, ln_hh_b: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None,
-                ln_ih_w: Tensor | None, ln_ih_s: Tensor | None, lengths: Tensor | None, forget_bias: float,
-                coupled: bool) -> tuple[Tensor, Tensor, Tensor]:
-        out, h_n, c_n, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c, stats_ih = _ops().lstm_forward(
-            gx, h0, c0, w_hh, b_hh, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, ln_ih_w, ln_ih_s,
-            forget_bias, coupled, lengths, True)
-        # What backward needs (see lstm.cpp for why each): gates, cs, out, hh (proj), LN statistics (layer_norm),
-        # the initial state and the weights the gradient flows back through. With LN_ih fused, gx (W_ih x) too, from
-        # which (with the biases and shifts) backward recomputes the gates where they were not saved (B > 1).
-        ctx.save_for_backward(h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b,
-                              ln_ih_w, lengths, out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c,
-                              _fused_input(gx, ln_ih_w), stats_ih)
-        ctx.forget_bias = forget_bias
-        ctx.coupled = coupled
-        ctx.has_bias = b_hh is not None
-        return out, h_n, c_n
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
-        _refuse_second_derivatives()
-        (h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, lengths,
-         out, gates, cs, hh, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih) = ctx.saved_tensors
-        (dgx, d_w_hh, dhp, dh0, dc0, db, d_ln_hh_w, d_ln_c_w, d_ln_c_b, d_ci, d_cf, d_co,
-         d_ln_ih_w) = _ops().lstm_backward(
-            dout, dh_n.contiguous(), dc_n.contiguous(), h0, c0, w_hh, b_hh, ln_hh_b, ln_ih_s,
-            ctx.forget_bias, w_hr, w_ci, w_cf, w_co, ln_hh_w, ln_c_w, ln_c_b, ln_ih_w, ctx.coupled, lengths, out,
-            gates, cs, xhat_hh, rstd_hh, mean_c, rstd_c, a_ih, stats_ih)
-        H = c0.shape[1]
-        need = ctx.needs_input_grad
-        ln, ln_ih = ln_hh_w is not None, ln_ih_w is not None
-        return (dgx, dh0, dc0, d_w_hh,
-                db if ctx.has_bias else None,
-                dhp.reshape(-1, dhp.shape[2]).t() @ hh.reshape(-1, H) if w_hr is not None and need[5] else None,
-                d_ci if w_ci is not None else None, d_cf if w_cf is not None else None,
-                d_co if w_co is not None else None,
-                d_ln_hh_w if ln else None, db if ln else None, d_ln_c_w if ln else None,
-                d_ln_c_b if ln else None, d_ln_ih_w if ln_ih else None, db if ln_ih else None, None, None, None)
-
-
-class GRUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: FunctionCtx, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, ln_w: Tensor | None,
-                ln_b: Tensor | None, ln_ih_w: Tensor | None, ln_ih_s: Tensor | None, lengths: Tensor | None,
-                before: bool) -> tuple[Tensor, Tensor]:
-        out, h_n, gates, aux, xhat, rstd, stats_ih = _ops().gru_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w,
-                                                                        ln_ih_s, before, lengths, True)
-        # What backward needs (see gru.cpp): gates, aux (r*h or the n block of the recurrent part), out, LN stats;
-        # with LN_ih fused, gx (W_ih x) too.
-        ctx.save_for_backward(h0, w_hh, ln_w, ln_ih_w, lengths, out, gates, aux, xhat, rstd,
-                              _fused_input(gx, ln_ih_w), stats_ih)
-        ctx.before = before
-        ctx.has_bias = b_hh is not None
-        return out, h_n
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
-        _refuse_second_derivatives()
-        h0, w_hh, ln_w, ln_ih_w, lengths, out, gates, aux, xhat, rstd, a_ih, stats_ih = ctx.saved_tensors
-        dgx, d_w_hh, dh0, db, d_ln_w, d_ln_ih_w, d_ln_ih_s = _ops().gru_backward(
-            dout, dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.before, lengths, out, gates, aux, xhat,
-            rstd, a_ih, stats_ih)
-        ln, ln_ih = ln_w is not None, ln_ih_w is not None
-        return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
-                d_ln_ih_w if ln_ih else None, d_ln_ih_s if ln_ih else None, None, None)
-
-
-class RNNFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: FunctionCtx, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, ln_w: Tensor | None,
-                ln_b: Tensor | None, ln_ih_w: Tensor | None, ln_ih_s: Tensor | None, lengths: Tensor | None,
-                relu: bool) -> tuple[Tensor, Tensor]:
-        out, h_n, xhat, rstd, stats_ih = _ops().rnn_forward(gx, h0, w_hh, b_hh, ln_w, ln_b, ln_ih_w, ln_ih_s, relu,
-                                                            lengths, True)
-        ctx.save_for_backward(h0, w_hh, ln_w, ln_ih_w, lengths, out, xhat, rstd, _fused_input(gx, ln_ih_w),
-                              stats_ih)  # see rnn.cpp for why
-        ctx.relu = relu
-        ctx.has_bias = b_hh is not None
-        return out, h_n
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, dout: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
-        _refuse_second_derivatives()
-        h0, w_hh, ln_w, ln_ih_w, lengths, out, xhat, rstd, a_ih, stats_ih = ctx.saved_tensors
-        dgx, d_w_hh, dh0, db, d_ln_w, d_ln_ih_w = _ops().rnn_backward(
-            dout, dh_n.contiguous(), h0, w_hh, ln_w, ln_ih_w, ctx.relu, lengths, out, xhat, rstd, a_ih,
-            stats_ih)
-        ln, ln_ih = ln_w is not None, ln_ih_w is not None
-        return (dgx, dh0, d_w_hh, db if ctx.has_bias else None, d_ln_w if ln else None, db if ln else None,
-                d_ln_ih_w if ln_ih else None, db if ln_ih else None, None, None)
-
-
-class InputProductFunction(torch.autograd.Function):
-    """``a = x W_ih^T (+ b_ih)`` into a buffer on huge pages (see input.cpp for why); the gradients are F.linear's."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, w)  # x is the right factor of dW_ih, W_ih the right factor of dx
-        return _ops().input_product(x, w, b)
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, da: Tensor) -> tuple[Tensor | None, ...]:
-        x, w = ctx.saved_tensors
-        da2 = da.reshape(-1, w.shape[0])  # (T·B, G·H)
-        need = ctx.needs_input_grad
-        return ((da2 @ w).reshape(x.shape) if need[0] else None,
-                da2.t() @ x.reshape(-1, x.shape[-1]) if need[1] else None,
-                da2.sum(0) if need[2] else None)
-
-
-def input_product(spec: CellSpec, x: Tensor, p: Mapping[str, Tensor]) -> Tensor:
-    """``spec.input_product(x, p)`` (``W_ih x``, plus ``b_ih`` where there is no layer norm), on huge pages."""
-    w, b = p["weight_ih"], spec.input_bias(p)
-    if _autograd(x, w, b):
-        return InputProductFunction.apply(x, w, b)
-    return _ops().input_product(x, w, b)
-
-
-def run_input(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
-              lengths: Tensor | None) -> tuple[Tensor, State] | None:
-    """Without autograd, the recurrence of one layer and direction from its input ``x`` in one op that never makes
-    the whole input projection (``{lstm,gru,rnn}_forward_input``: the time loop forms it a chunk of steps at a time,
-    and the batch-1 LSTM team each member's part); None with autograd, where the caller runs :func:`input_product`
-    and :func:`run`."""
-    if _autograd(x, *state, *params.values()):
-        return None
-    p = {name: t.contiguous() for name, t in params.items()}
-    head = (x, p["weight_ih"], spec.input_bias(p), state[0].contiguous())
-    ln_ih = spec.input_norm(p) or (None, None)  # LN_ih's gain, and its shift + b_ih
-    lengths = _contiguous(lengths)
-    ops = _ops()
+def _options(spec: CellSpec) -> tuple[str, bool, bool, float, bool]:
+    """``(cell, relu, coupled, forget_bias, reset_before)`` of the ops."""
     if isinstance(spec, LSTMSpec):
-        out, h, c = ops.lstm_forward_input(
-            *head, state[1].contiguous(), p["weight_hh"], p.get("bias_hh"), p.get("weight_hr"), p.get("weight_ci"),
-            p.get("weight_cf"), p.get("weight_co"), p.get("ln_hh_weight"), p.get("ln_hh_bias"),
-            p.get("ln_c_weight"), p.get("ln_c_bias"), *ln_ih, spec.forget_bias, spec.coupled, lengths)
-        return out, (h, c)
-    recurrent = (p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), *ln_ih)
+        return "lstm", False, spec.coupled, float(spec.forget_bias), False
     if isinstance(spec, GRUSpec):
-        out, h = ops.gru_forward_input(*head, *recurrent, spec.reset == "before", lengths)
-        return out, (h,)
+        return "gru", False, False, 0.0, spec.reset == "before"
     if isinstance(spec, RNNSpec):
-        out, h = ops.rnn_forward_input(*head, *recurrent, spec.nonlinearity == "relu", lengths)
-        return out, (h,)
-    return None
-
-
-def _autograd(*tensors: Tensor | None) -> bool:
-    """Whether autograd records a call on these tensors (grad mode on and one of them requires a gradient)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _contiguous(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.contiguous()
-
-
-def _fused_input(gx: Tensor, ln_ih_w: Tensor | None) -> Tensor | None:
-    """gx is saved only where LN_ih is fused: it is then W_ih x, from which backward rebuilds LN_ih's xhat."""
-    return gx if ln_ih_w is not None else None
-
-
-def run(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None,
-        product: bool = False) -> tuple[Tensor, State]:
-    """The recurrence of one layer and direction (the :class:`~gatedrnn.engine.base.Engine` contract): from the
-    normalised ``gx`` (``Engine.run``), or with ``product`` from ``spec.input_product`` (``Engine.run_product``),
-    whose LN_ih (for a layer-norm spec) the kernels apply."""
-    p = {name: t.contiguous() for name, t in params.items()}
-    gx = gx.contiguous()
-    state = tuple(s.contiguous() for s in state)
-    lengths = _contiguous(lengths)
-    grad = _autograd(gx, *state, *p.values())
-    ops = _ops()
-    ln_ih = (product and spec.input_norm(p)) or (None, None)  # LN_ih's gain, and its shift + b_ih
-    if isinstance(spec, LSTMSpec):
-        args = (gx, state[0], state[1], p["weight_hh"], p.get("bias_hh"), p.get("weight_hr"), p.get("weight_ci"),
-                p.get("weight_cf"), p.get("weight_co"), p.get("ln_hh_weight"), p.get("ln_hh_bias"),
-                p.get("ln_c_weight"), p.get("ln_c_bias"), *ln_ih)
-        if grad:
-            out, h, c = LSTMFunction.apply(*args, lengths, spec.forget_bias, spec.coupled)
-        else:
-            out, h, c = ops.lstm_forward(*args, spec.forget_bias, spec.coupled, lengths, False)[:3]
-        return out, (h, c)
-    if isinstance(spec, GRUSpec):
-        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), *ln_ih)
-        before = spec.reset == "before"
-        if grad:
-            out, h = GRUFunction.apply(*args, lengths, before)
-        else:
-            out, h = ops.gru_forward(*args, before, lengths, False)[:2]
-        return out, (h,)
-    if isinstance(spec, RNNSpec):
-        args = (gx, state[0], p["weight_hh"], p.get("bias_hh"), p.get("ln_hh_weight"), p.get("ln_hh_bias"), *ln_ih)
-        relu = spec.nonlinearity == "relu"
-        if grad:
-            out, h = RNNFunction.apply(*args, lengths, relu)
-        else:
-            out, h = ops.rnn_forward(*args, relu, lengths, False)[:2]
-        return out, (h,)
+        return "rnn", spec.nonlinearity == "relu", False, 0.0, False
     raise ValueError(f"engine: 'cpu' does not run {type(spec).__name__}")
+
+
+def _spec(tensors: tuple[Tensor | None, ...], options: tuple[Any, ...]) -> CellSpec:
+    """The cell spec of an op call, from its options and which parameters it was given."""
+    t = dict(zip(TENSORS, tensors))
+    cell, relu, coupled, forget_bias, reset_before = options
+    bias, norm = t["bias_hh"] is not None, t["ln_hh_weight"] is not None
+    if cell == "lstm":
+        proj = t["weight_hr"]
+        return LSTMSpec(t["c0"].shape[-1], bias, norm, proj_size=0 if proj is None else proj.shape[0],
+                        peephole=t["weight_ci"] is not None, coupled=coupled, forget_bias=forget_bias)
+    H = t["h0"].shape[-1]
+    if cell == "gru":
+        return GRUSpec(H, bias, norm, reset="before" if reset_before else "after")
+    return RNNSpec(H, bias, norm, nonlinearity="relu" if relu else "tanh")
+
+
+def reference_layer(tensors: tuple[Tensor | None, ...], options: tuple[Any, ...]) -> tuple[Tensor, ...]:
+    """What an op call computes, in plain PyTorch: the input projection, then the reference engine's loop of the
+    cell spec's step. Returns ``(out, h_n[, c_n])``."""
+    t = dict(zip(TENSORS, tensors))
+    spec = _spec(tensors, options)
+    gx = t["x"] if t["weight_ih"] is None else F.linear(t["x"], t["weight_ih"], t["bias_ih"])
+    if t["ln_ih_weight"] is not None:
+        gx = layer_norm(gx, t["ln_ih_weight"], t["ln_ih_shift"])
+    recurrent = ("weight_hh", "bias_hh", "weight_hr", "weight_ci", "weight_cf", "weight_co", "ln_hh_weight",
+                 "ln_hh_bias", "ln_c_weight", "ln_c_bias")
+    params = {name: t[name] for name in recurrent if t[name] is not None}
+    state = (t["h0"], t["c0"]) if options[0] == "lstm" else (t["h0"],)
+    out, final = loop(spec, gx, params, state, t["lengths"])
+    return (out, *final)
+
+
+def _differentiable(tensors: tuple[Tensor | None, ...]) -> list[int]:
+    return [k for k, t in enumerate(tensors) if t is not None and k != _LENGTHS]
+
+
+def _reference_vjp(tensors: tuple[Tensor | None, ...], options: tuple[Any, ...],
+                   grads: tuple[Tensor, ...]) -> list[Tensor | None]:
+    """The gradients of :func:`reference_layer` for the output gradients ``grads``, themselves differentiable."""
+    present = _differentiable(tensors)
+
+    def layer(*values: Tensor) -> tuple[Tensor, ...]:
+        args = list(tensors)
+        for k, v in zip(present, values):
+            args[k] = v
+        return reference_layer(tuple(args), options)
+
+    _, vjp = torch.func.vjp(layer, *(tensors[k] for k in present))
+    result: list[Tensor | None] = [None] * _N
+    for k, g in zip(present, vjp(grads)):
+        result[k] = g
+    return result
+
+
+class RecurrenceFunction(torch.autograd.Function):
+    """``gatedrnn::cpu_recurrence`` with its derivatives: the backward kernels for first derivatives, the reference
+    engine's for any graph of the gradient (see the module docstring).
+
+    Arguments: the tensors of ``TENSORS`` then the options; outputs: those of the op (``ops.py``), of which only
+    ``out`` and the final states are differentiable."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args: Any) -> tuple[Tensor, ...]:
+        tensors, options = args[:_N], args[_N:]
+        run = ops.cpu_recurrence if ops.traced(*tensors) else ops.forward
+        return tuple(run(*tensors, *options, True))
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        tensors, options = inputs[:_N], inputs[_N:]
+        count = ops.state_count(options[0])
+        kept = output[1 + count:]  # a, then the kernel's saved tensors
+        ctx.mark_non_differentiable(*kept)
+        ctx.save_for_backward(*tensors, output[0], *kept)
+        ctx.save_for_forward(*tensors)
+        ctx.options = options
+        ctx.count = count
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        tensors, out, a, kernel_saved = saved[:_N], saved[_N], saved[_N + 1], list(saved[_N + 2:])
+        options, count = ctx.options, ctx.count
+        state_grads = grads[: 1 + count]
+        if torch.is_grad_enabled():  # a graph of the gradient is being built: the reference's derivatives
+            return (*_reference_vjp(tensors, options, state_grads), *[None] * len(options))
+        return (*_kernel_gradients(ctx, tensors, out, a, kernel_saved, state_grads), *[None] * len(options))
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Tensor | None) -> tuple[Tensor | None, ...]:
+        tensors = tuple(ctx.saved_tensors)  # what setup_context saved for forward mode: the op's tensor arguments
+        present = _differentiable(tensors)
+
+        def layer(*values: Tensor) -> tuple[Tensor, ...]:
+            args = list(tensors)
+            for k, v in zip(present, values):
+                args[k] = v
+            return reference_layer(tuple(args), ctx.options)
+
+        primals = tuple(tensors[k] for k in present)
+        directions = tuple(torch.zeros_like(p) if tangents[k] is None else tangents[k]
+                           for k, p in zip(present, primals))
+        _, out_tangents = torch.func.jvp(layer, primals, directions)
+        kept = len(ops.SAVED[ctx.options[0]]) + 1
+        return (*out_tangents, *[None] * kept)
+
+
+def _kernel_gradients(ctx: Any, tensors: tuple[Tensor | None, ...], out: Tensor, a: Tensor,
+                      kernel_saved: list[Tensor], grads: tuple[Tensor, ...]) -> list[Tensor | None]:
+    """First derivatives from the backward kernels, then the GEMMs of W_ih, the input and W_hr."""
+    t = dict(zip(TENSORS, tensors))
+    cell, relu, coupled, forget_bias, reset_before = ctx.options
+    need = dict(zip(TENSORS, ctx.needs_input_grad))
+    from_input = t["weight_ih"] is not None
+    fused = t["ln_ih_weight"] is not None
+    # W_ih x for a fused LN_ih: made by the forward op from the layer's input, or the op's input itself.
+    product = (a if from_input else t["x"]) if fused else None
+    args = (grads[0], grads[1], grads[2] if cell == "lstm" else None, product, t["h0"], t["c0"], out, kernel_saved,
+            t["weight_hh"], t["bias_hh"], t["weight_hr"], t["weight_ci"], t["weight_cf"], t["weight_co"],
+            t["ln_hh_weight"], t["ln_hh_bias"], t["ln_c_weight"], t["ln_c_bias"], t["ln_ih_weight"],
+            t["ln_ih_shift"], t["lengths"], cell, relu, coupled, forget_bias, reset_before)
+    run = ops.cpu_recurrence_backward if ops.traced(*grads, *tensors) else ops.backward
+    result = run(*args)
+    d: dict[str, Tensor | None] = {}
+    if cell == "lstm":
+        (dgx, d["weight_hh"], dh_proj, d["h0"], d["c0"], db, d["ln_hh_weight"], d["ln_c_weight"], d["ln_c_bias"],
+         d["weight_ci"], d["weight_cf"], d["weight_co"], d["ln_ih_weight"]) = result
+        d["ln_ih_shift"] = db
+        if t["weight_hr"] is not None and need["weight_hr"]:
+            hh = kernel_saved[ops.LSTM_SAVED.index("hh")]  # o * tanh(LN_c(c_t)), the projection's input
+            d["weight_hr"] = dh_proj.reshape(-1, dh_proj.shape[2]).t() @ hh.reshape(-1, hh.shape[2])
+    elif cell == "gru":
+        dgx, d["weight_hh"], d["h0"], db, d["ln_hh_weight"], d["ln_ih_weight"], d["ln_ih_shift"] = result
+    else:
+        dgx, d["weight_hh"], d["h0"], db, d["ln_hh_weight"], d["ln_ih_weight"] = result
+        d["ln_ih_shift"] = db
+    d["bias_hh"] = d["ln_hh_bias"] = db
+    if from_input:
+        x, w = t["x"], t["weight_ih"]
+        flat = dgx.reshape(-1, dgx.shape[2])  # (T·B, G·H)
+        if need["x"]:
+            d["x"] = (flat @ w).reshape(x.shape)
+        if need["weight_ih"]:
+            d["weight_ih"] = flat.t() @ x.reshape(-1, x.shape[2])
+        if t["bias_ih"] is not None and need["bias_ih"]:
+            d["bias_ih"] = flat.sum(0)
+    else:
+        d["x"] = dgx
+    return [d.get(name) if t[name] is not None and need[name] else None for name in TENSORS]
