@@ -197,19 +197,24 @@ def parity_bound(module: torch.nn.Module, x: Tensor, hx: tuple[Tensor, ...] | No
 
 
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=case_id)
-def test_gradcheck(case: tuple[str, dict]) -> None:
-    """Input, initial state and every parameter, bidirectional, uneven lengths, float64, through the cpu engine."""
-    assert_gradcheck(case, "cpu-grad-" + case_id(case), T=3, B=2, I=2, H=3)
+def test_gradcheck_and_gradgradcheck(case: tuple[str, dict]) -> None:
+    """Input, initial state and every parameter, bidirectional, uneven lengths, float64, through the cpu engine:
+    first derivatives from its backward kernels, second ones (``create_graph=True``) from the reference engine's."""
+    assert_gradcheck(case, "cpu-grad-" + case_id(case), T=3, B=2, I=2, H=3, second_order=True)
 
 
-def assert_gradcheck(case: tuple[str, dict], seed: str, T: int, B: int, I: int, H: int) -> None:
-    """float64 gradcheck of a bidirectional cpu-engine layer of ``case`` with random weights (uneven lengths)."""
+def assert_gradcheck(case: tuple[str, dict], seed: str, T: int, B: int, I: int, H: int,
+                     second_order: bool = False) -> None:
+    """float64 gradcheck (and with ``second_order`` gradgradcheck) of a bidirectional cpu-engine layer of ``case``
+    with random weights (uneven lengths)."""
     kind, options = case
     gen = torch.Generator().manual_seed(random.Random(seed).randrange(2**31))
     module = getattr(gatedrnn, kind)(I, H, **options, bidirectional=True, dtype=torch.float64, engine="cpu")
     randomize_(module, gen)
     f, inputs = layer_as_function(module, module.spec.state_widths(), T, B, I, gen)
     assert torch.autograd.gradcheck(f, inputs)
+    if second_order:
+        assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
 
 
 def test_auto_chooses_cpu_for_cpu_tensors() -> None:
@@ -230,7 +235,8 @@ def test_no_grad_saves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     gru = gatedrnn.GRU(3, 5, reset="before")
     x = torch.randn(4, 2, 3)
     with_grad = [lstm(x)[0].detach(), gru(x)[0].detach()]
-    monkeypatch.setattr(functions.RecurrenceFunction, "apply", refuse)
+    for function in (functions.RecurrenceFunction, functions.ForwardModeRecurrenceFunction):
+        monkeypatch.setattr(function, "apply", refuse)
     with torch.no_grad():
         without = [lstm(x)[0], gru(x)[0]]
     assert all(t.grad_fn is None for t in without)

@@ -259,8 +259,11 @@ class _Recurrent(_TorchConversion, nn.Module):
         steps, batch = x.shape[0], x.shape[1]
         states = self._initial_states(hx, batch, layout.batched, x)
         engine = engine_registry.resolve(self.engine, self.spec, x)
-        # Masking is needed only where some sequence ends before T.
-        mask = lengths if lengths is not None and bool((lengths < steps).any()) else None
+        # Masking is needed only where some sequence ends before T; while tracing (compile, export) that is data the
+        # graph cannot branch on, and the mask, correct either way, stays.
+        mask = lengths
+        if lengths is not None and not torch.compiler.is_compiling() and not bool((lengths < steps).any()):
+            mask = None
         finals: list[State] = []
         for layer in range(self.num_layers):
             outs = []

@@ -17,6 +17,8 @@ from .gpu import GPUEngine
 from .reference import ReferenceEngine
 
 _REGISTRY: dict[str, Engine] = {}
+_BY_PRIORITY: list[Engine] = []
+"""The registered engines, highest priority first (what ``"auto"`` tries in turn)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class EngineInfo:
 def register(engine: Engine) -> None:
     """Add an engine to the registry (replacing one of the same name)."""
     _REGISTRY[engine.name] = engine
+    _BY_PRIORITY[:] = sorted(_REGISTRY.values(), key=lambda e: -e.priority)
 
 
 def engines() -> list[EngineInfo]:
@@ -58,10 +61,10 @@ def resolve(name: str, spec: CellSpec, x: Tensor) -> Engine:
     if name == "auto":
         # covers() first: it reads only the spec and x, where status() may probe the machine (the gpu engine asks
         # torch.cuda on every call), and this runs on every forward call, one-step generation calls included.
-        candidates = [e for e in _REGISTRY.values() if e.covers(spec, x) and e.status()[0]]
-        if not candidates:
-            raise RuntimeError(f"engine: no engine runs {spec} on {x.device} {x.dtype}")
-        return max(candidates, key=lambda e: e.priority)
+        for engine in _BY_PRIORITY:
+            if engine.covers(spec, x) and engine.status()[0]:
+                return engine
+        raise RuntimeError(f"engine: no engine runs {spec} on {x.device} {x.dtype}")
     engine = _REGISTRY[check_name(name)]
     available, reason = engine.status()
     if not available:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ...cells import CellSpec, State
 from ..base import Engine
-from . import build
+from . import build, ops  # noqa: F401 - ops registers the custom ops (torch.export.load finds them)
 
 
 def cached_bytes() -> int:

@@ -148,8 +148,10 @@ def compile_and_load() -> None:
         )
 
 
+@torch.compiler.assume_constant_result
 def status() -> tuple[bool, str]:
-    """``(available, reason)``: builds and loads the kernels on the first call, then answers from memory."""
+    """``(available, reason)``: builds and loads the kernels on the first call, then answers from memory. A constant
+    to ``torch.compile``, which calls it while tracing rather than tracing into the build and its lock."""
     global _result
     with _lock:
         if _result is None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._C._functorch import TransformType
 from torch.autograd.function import FunctionCtx
 
 from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
@@ -54,14 +55,30 @@ def recurrence(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: S
         *(ln_ih if ln_ih is not None else (None, None)), lengths,
     )
     options = _options(spec)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        outputs = RecurrenceFunction.apply(*tensors, *options)
+    count = ops.state_count(spec.family)
+    if torch.autograd.forward_ad._current_level >= 0:
+        # Forward-mode AD outside torch.func (dual tensors): the reference layer, whose ops all have forward
+        # derivatives (a custom jvp cannot nest a second dual level).
+        outputs = reference_layer(tensors, options)
+    elif _differentiated(tensors):
+        function = RecurrenceFunction if torch.compiler.is_compiling() else ForwardModeRecurrenceFunction
+        outputs = function.apply(*tensors, *options)
     elif ops.traced(*tensors):
         outputs = ops.cpu_recurrence(*tensors, *options, False)
     else:
         outputs = ops.forward(*tensors, *options, False)
-    count = ops.state_count(spec.family)
     return outputs[0], tuple(outputs[1 : 1 + count])
+
+
+def _differentiated(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether autograd records the call, or a ``torch.func`` transform differentiates it (``grad``, ``jvp`` and
+    what is made of them; ``vmap`` alone only batches)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    transforms = {i.key() for i in torch._C._functorch.get_interpreter_stack() or ()}
+    return bool(transforms & {TransformType.Grad, TransformType.Jvp})
 
 
 def _options(spec: CellSpec) -> tuple[str, bool, bool, float, bool]:
@@ -121,9 +138,21 @@ def _reference_vjp(tensors: tuple[Tensor | None, ...], options: tuple[Any, ...],
             args[k] = v
         return reference_layer(tuple(args), options)
 
-    _, vjp = torch.func.vjp(layer, *(tensors[k] for k in present))
     result: list[Tensor | None] = [None] * _N
-    for k, g in zip(present, vjp(grads)):
+    if torch._C._are_functorch_transforms_active():
+        _, vjp = torch.func.vjp(layer, *(tensors[k] for k in present))
+        for k, g in zip(present, vjp(grads)):
+            result[k] = g
+        return result
+    # Plain autograd (a backward with create_graph=True): differentiate the recomputed graph directly, several times
+    # faster than through torch.func's wrappers. Only what requires a gradient can take part at any order.
+    wanted = [k for k in present if tensors[k].requires_grad]
+    if not wanted:
+        return result
+    with torch.enable_grad():
+        outputs = reference_layer(tensors, options)
+    found = torch.autograd.grad(outputs, [tensors[k] for k in wanted], grads, create_graph=True, allow_unused=True)
+    for k, g in zip(wanted, found):
         result[k] = g
     return result
 
@@ -163,6 +192,12 @@ class RecurrenceFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # a graph of the gradient is being built: the reference's derivatives
             return (*_reference_vjp(tensors, options, state_grads), *[None] * len(options))
         return (*_kernel_gradients(ctx, tensors, out, a, kernel_saved, state_grads), *[None] * len(options))
+
+
+class ForwardModeRecurrenceFunction(RecurrenceFunction):
+    """:class:`RecurrenceFunction` with forward-mode derivatives (``torch.func.jvp``, ``jacfwd``, ``hessian``), the
+    reference engine's. Eager only: ``torch.compile`` cannot trace a custom ``jvp``, and compiles
+    :class:`RecurrenceFunction` instead."""
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Tensor | None) -> tuple[Tensor | None, ...]:

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import build
+
 LSTM_SAVED = ("gates", "cs", "hh", "xhat_hh", "rstd_hh", "mean_c", "rstd_c", "stats_ih")
 GRU_SAVED = ("gates", "aux", "xhat", "rstd", "stats_ih")
 RNN_SAVED = ("xhat", "rstd", "stats_ih")
@@ -33,6 +35,11 @@ SAVED = {"lstm": LSTM_SAVED, "gru": GRU_SAVED, "rnn": RNN_SAVED}
 
 
 def _kernels():  # noqa: ANN202 - torch.ops namespaces have no static type
+    """The compiled kernels, built or loaded on first use (an exported program may call the ops before any layer
+    has run in this process)."""
+    available, reason = build.status()
+    if not available:
+        raise RuntimeError(f"engine: the cpu engine is not available: {reason}")
     return torch.ops.gatedrnn_cpu
 
 
