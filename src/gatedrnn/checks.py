@@ -1,4 +1,9 @@
-"""Argument checks that turn bad input into an error naming the argument and what was expected."""
+"""Argument checks that turn bad input into an error naming the argument and what was expected.
+
+Every error names the argument and what was expected. A bad tensor is a ``ValueError`` or ``TypeError`` by that
+convention and, where ``torch.nn``'s layers raise another type for the same input, an instance of that type too
+(:class:`ShapeError`, :class:`DTypeError`, :class:`DeviceError`), so code written for ``torch.nn`` keeps catching it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,18 @@ import numbers
 
 import torch
 from torch import Tensor
+
+
+class ShapeError(ValueError, RuntimeError):
+    """A tensor of the wrong shape (``torch.nn`` raises ``RuntimeError`` for most of these)."""
+
+
+class DTypeError(TypeError, ValueError, RuntimeError):
+    """A tensor of the wrong dtype (``torch.nn`` raises ``ValueError`` in layers, ``RuntimeError`` in cells)."""
+
+
+class DeviceError(ValueError, RuntimeError):
+    """A tensor on another device than the module's parameters or the input (``torch.nn``: ``RuntimeError``)."""
 
 
 def check_size(name: str, value: object, *, minimum: int = 1) -> int:
@@ -22,6 +39,15 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
     return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A bool, or an int taken as one (``bias=1``, as ``torch.nn``'s cells accept)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
@@ -55,28 +81,28 @@ def check_like(name: str, tensor: Tensor, shape: tuple[int, ...], like: Tensor) 
     """``tensor`` must have exactly ``shape`` and ``like``'s dtype and device (used for initial states)."""
     check_tensor(name, tensor)
     if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {tuple(tensor.shape)}")
+        raise ShapeError(f"{name}: expected shape {shape}, got {tuple(tensor.shape)}")
     if tensor.dtype != like.dtype:
-        raise TypeError(f"{name}: expected dtype {like.dtype} (the input's), got {tensor.dtype}")
+        raise DTypeError(f"{name}: expected dtype {like.dtype} (the input's), got {tensor.dtype}")
     if tensor.device != like.device:
-        raise ValueError(f"{name}: expected device {like.device} (the input's), got {tensor.device}")
+        raise DeviceError(f"{name}: expected device {like.device} (the input's), got {tensor.device}")
 
 
 def check_input(x: Tensor, input_size: int, weight: Tensor, batched_dims: str) -> None:
     """The input's feature size, dtype and device must match the module's parameters."""
     if not x.is_floating_point():
-        raise TypeError(f"input: expected a floating-point tensor, got {x.dtype}")
+        raise DTypeError(f"input: expected a floating-point tensor, got {x.dtype}")
     if x.shape[-1] != input_size:
-        raise ValueError(
+        raise ShapeError(
             f"input: expected shape {batched_dims} with I = input_size = {input_size}, got shape {tuple(x.shape)}"
         )
     if x.dtype != weight.dtype:
-        raise TypeError(
+        raise DTypeError(
             f"input: dtype {x.dtype} does not match the module's parameters ({weight.dtype}); "
             f"convert one of them (e.g. module.to({x.dtype}))"
         )
     if x.device != weight.device:
-        raise ValueError(
+        raise DeviceError(
             f"input: on {x.device} but the module's parameters are on {weight.device}; "
             f"move one of them (e.g. module.to({str(x.device)!r}))"
         )

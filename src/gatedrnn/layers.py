@@ -19,10 +19,12 @@ from torch.nn.utils.rnn import PackedSequence
 from . import engine as engine_registry
 from .cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from .checks import (
+    ShapeError,
     check_bool,
     check_choice,
     check_dropout,
     check_finite_float,
+    check_flag,
     check_input,
     check_like,
     check_size,
@@ -66,6 +68,16 @@ def _check_state(hx: Any, spec: CellSpec, leading: tuple[int, ...], batched: boo
     return states
 
 
+def _common_options(hidden_size: object, bias: object, layer_norm: object, cell: bool) -> tuple[int, bool, bool]:
+    """``(hidden_size, bias, layer_norm)`` checked. Cells accept what ``torch.nn``'s cells accept: a hidden size
+    of 0 (an empty state) and an int bias (``bias=1``); layers, as ``torch.nn``'s, a hidden size >= 1 and a bool."""
+    hidden = check_size("hidden_size", hidden_size, minimum=0 if cell else 1)
+    norm = check_bool("layer_norm", layer_norm)
+    if norm and hidden == 0:
+        raise ValueError("layer_norm: a layer norm needs hidden_size >= 1, got hidden_size=0")
+    return hidden, check_flag("bias", bias) if cell else check_bool("bias", bias), norm
+
+
 def _from_spec(name: str) -> property:
     """A read-only module attribute read from the cell spec, the one place a module's cell options live."""
     return property(lambda self: getattr(self.spec, name), doc=f"The cell's ``{name}`` (from ``spec``).")
@@ -81,15 +93,15 @@ class _LSTMOptions:
 
     @staticmethod
     def _spec(hidden_size: object, bias: object, proj_size: object, peephole: object, coupled: object,
-              layer_norm: object, forget_bias: object) -> LSTMSpec:
-        hidden_size = check_size("hidden_size", hidden_size)
+              layer_norm: object, forget_bias: object, cell: bool = False) -> LSTMSpec:
+        hidden_size, bias, layer_norm = _common_options(hidden_size, bias, layer_norm, cell)
         proj_size = check_size("proj_size", proj_size, minimum=0)
-        if proj_size >= hidden_size:
+        if proj_size and proj_size >= hidden_size:
             raise ValueError(f"proj_size: expected proj_size < hidden_size ({hidden_size}), got {proj_size}")
         spec = LSTMSpec(
             hidden_size,
-            check_bool("bias", bias),
-            check_bool("layer_norm", layer_norm),
+            bias,
+            layer_norm,
             proj_size=proj_size,
             peephole=check_bool("peephole", peephole),
             coupled=check_bool("coupled", coupled),
@@ -106,9 +118,9 @@ class _GRUOptions:
     reset = _from_spec("reset")
 
     @staticmethod
-    def _spec(hidden_size: object, bias: object, reset: object, layer_norm: object) -> GRUSpec:
-        return GRUSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
-                       check_bool("layer_norm", layer_norm), reset=check_choice("reset", reset, ("after", "before")))
+    def _spec(hidden_size: object, bias: object, reset: object, layer_norm: object, cell: bool = False) -> GRUSpec:
+        return GRUSpec(*_common_options(hidden_size, bias, layer_norm, cell),
+                       reset=check_choice("reset", reset, ("after", "before")))
 
 
 class _RNNOptions:
@@ -117,9 +129,9 @@ class _RNNOptions:
     nonlinearity = _from_spec("nonlinearity")
 
     @staticmethod
-    def _spec(hidden_size: object, bias: object, nonlinearity: object, layer_norm: object) -> RNNSpec:
-        return RNNSpec(check_size("hidden_size", hidden_size), check_bool("bias", bias),
-                       check_bool("layer_norm", layer_norm),
+    def _spec(hidden_size: object, bias: object, nonlinearity: object, layer_norm: object,
+              cell: bool = False) -> RNNSpec:
+        return RNNSpec(*_common_options(hidden_size, bias, layer_norm, cell),
                        nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
 
     def _torch_kwargs(self) -> dict[str, Any]:
@@ -238,6 +250,11 @@ class _Recurrent(_TorchConversion, nn.Module):
     def flatten_parameters(self) -> None:
         """Accepted for drop-in compatibility with ``torch.nn``; parameters here are never flattened."""
 
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters of each layer and direction, in registration order, as ``torch.nn``'s ``all_weights``."""
+        return [[getattr(self, name) for name in names.values()] for names in self._names]
+
     def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
         """Parameters of one layer and direction, by base name (``weight_ih``, ``weight_hh``, …)."""
         names = self._names[layer * self.num_directions + direction]
@@ -258,7 +275,9 @@ class _Recurrent(_TorchConversion, nn.Module):
         x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, first["weight_ih"])
         steps, batch = x.shape[0], x.shape[1]
         states = self._initial_states(hx, batch, layout.batched, x)
-        engine = engine_registry.resolve(self.engine, self.spec, x)
+        # An empty batch (an empty bucket of a batch sampler) runs as torch.nn's does: an empty output, and a
+        # backward of zeros, on the engine that runs any shape.
+        engine = engine_registry.resolve(self.engine if batch else "reference", self.spec, x)
         # Masking is needed only where some sequence ends before T; while tracing (compile, export) that is data the
         # graph cannot branch on, and the mask, correct either way, stays.
         mask = lengths
@@ -426,7 +445,7 @@ class _Cell(_TorchConversion, nn.Module):
     def __init__(self, spec: CellSpec, input_size: int, device: Any, dtype: Any) -> None:
         super().__init__()
         self.spec = spec
-        self.input_size = check_size("input_size", input_size)
+        self.input_size = check_size("input_size", input_size, minimum=0)  # as torch.nn's cells
         self._inits = {}
         for pdef in spec.params(self.input_size):
             self.register_parameter(pdef.name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
@@ -441,15 +460,13 @@ class _Cell(_TorchConversion, nn.Module):
     def forward(self, input: Tensor, hx: Any = None) -> Any:
         x = check_tensor("input", input)
         if x.dim() not in (1, 2):
-            raise ValueError(
+            raise ShapeError(
                 f"input: expected a 2-D tensor (B, I) or a 1-D unbatched tensor (I,), "
                 f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
             )
         check_input(x, self.input_size, self.weight_ih, "(B, I)")
         batched = x.dim() == 2
         x = x if batched else x.unsqueeze(0)
-        if x.shape[0] == 0:
-            raise ValueError("input: empty batch (B=0)")
         batch = x.shape[0]
         if hx is None:
             state = self.spec.zero_state(batch, x)
@@ -493,7 +510,7 @@ class LSTMCell(_LSTMOptions, _Cell):
                  *, proj_size: int = 0, peephole: bool = False, coupled: bool = False, layer_norm: bool = False,
                  forget_bias: float = 0.0, **options: Any) -> None:
         _reject_options("LSTMCell", options)
-        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias)
+        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias, cell=True)
         super().__init__(spec, input_size, device, dtype)
 
     def to_torch(self) -> nn.Module:
@@ -518,7 +535,7 @@ class GRUCell(_GRUOptions, _Cell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Any = None,
                  *, reset: str = "after", layer_norm: bool = False, **options: Any) -> None:
         _reject_options("GRUCell", options)
-        super().__init__(self._spec(hidden_size, bias, reset, layer_norm), input_size, device, dtype)
+        super().__init__(self._spec(hidden_size, bias, reset, layer_norm, cell=True), input_size, device, dtype)
 
 
 class RNNCell(_RNNOptions, _Cell):
@@ -537,4 +554,5 @@ class RNNCell(_RNNOptions, _Cell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device: Any = None, dtype: Any = None, *, layer_norm: bool = False, **options: Any) -> None:
         _reject_options("RNNCell", options)
-        super().__init__(self._spec(hidden_size, bias, nonlinearity, layer_norm), input_size, device, dtype)
+        super().__init__(self._spec(hidden_size, bias, nonlinearity, layer_norm, cell=True), input_size, device,
+                         dtype)

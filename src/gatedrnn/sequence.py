@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .checks import check_input, check_lengths, check_tensor
+from .checks import ShapeError, check_input, check_lengths, check_tensor
 
 
 @dataclass
@@ -49,14 +49,12 @@ def to_padded(
         layout = Layout(True, batch_first, None)
     else:
         expected = "(B, T, I)" if batch_first else "(T, B, I)"
-        raise ValueError(
+        raise ShapeError(
             f"input: expected a 3-D tensor {expected} or a 2-D unbatched tensor (T, I), "
             f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
         )
     if x.shape[0] == 0:
-        raise ValueError(f"input: empty sequence (T=0) in input of shape {tuple(input.shape)}")
-    if x.shape[1] == 0:
-        raise ValueError(f"input: empty batch (B=0) in input of shape {tuple(input.shape)}")
+        raise ShapeError(f"input: empty sequence (T=0) in input of shape {tuple(input.shape)}")
     if lengths is not None:
         lengths = check_lengths(lengths, x.shape[1], x.shape[0], x.device)
     return x, lengths, layout

@@ -116,7 +116,7 @@ class CellSpec:
         """Initialise like ``torch.nn``: ``U(-1/sqrt(H), 1/sqrt(H))``; layer-norm gains 1 and shifts 0."""
         with torch.no_grad():
             if init == "uniform":
-                bound = 1.0 / math.sqrt(self.hidden_size)
+                bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size else 0.0  # H = 0: empty anyway
                 tensor.uniform_(-bound, bound)
             elif init == "ones":
                 tensor.fill_(1.0)
