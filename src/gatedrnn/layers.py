@@ -78,6 +78,24 @@ def _common_options(hidden_size: object, bias: object, layer_norm: object, cell:
     return hidden, check_flag("bias", bias) if cell else check_bool("bias", bias), norm
 
 
+def _autocast_dtype(x: Tensor, lowers_on_cpu: bool) -> torch.dtype | None:
+    """The dtype a module computes in under ``torch.autocast``, as its ``torch.nn`` counterpart does, or None.
+
+    Autocast lowers float32 only. On CUDA every recurrent module runs in the autocast dtype; on CPU ``torch.nn``'s
+    LSTM and RNN layers and RNNCell do, its GRU layer, LSTMCell and GRUCell stay float32 (torch 2.13), and the
+    modules here follow each: ``lowers_on_cpu``."""
+    device = x.device.type
+    if x.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return None
+    if device == "cpu" and not lowers_on_cpu:
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _cast(values: Mapping[str, Tensor], dtype: torch.dtype | None) -> Mapping[str, Tensor]:
+    return values if dtype is None else {name: t.to(dtype) for name, t in values.items()}
+
+
 def _from_spec(name: str) -> property:
     """A read-only module attribute read from the cell spec, the one place a module's cell options live."""
     return property(lambda self: getattr(self.spec, name), doc=f"The cell's ``{name}`` (from ``spec``).")
@@ -275,6 +293,11 @@ class _Recurrent(_TorchConversion, nn.Module):
         x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, first["weight_ih"])
         steps, batch = x.shape[0], x.shape[1]
         states = self._initial_states(hx, batch, layout.batched, x)
+        autocast = _autocast_dtype(x, self._lowers_on_cpu(layout.packed is not None))
+        if autocast is not None:
+            x = x.to(autocast)
+            states = [tuple(s.to(autocast) for s in st) for st in states]
+            first = _cast(first, autocast)
         # An empty batch (an empty bucket of a batch sampler) runs as torch.nn's does: an empty output, and a
         # backward of zeros, on the engine that runs any shape.
         engine = engine_registry.resolve(self.engine if batch else "reference", self.spec, x)
@@ -287,7 +310,7 @@ class _Recurrent(_TorchConversion, nn.Module):
         for layer in range(self.num_layers):
             outs = []
             for direction in range(self.num_directions):
-                p = self.layer_params(layer, direction) if finals else first
+                p = _cast(self.layer_params(layer, direction), autocast) if finals else first
                 layer_x = reverse_padded(x, mask) if direction else x
                 if self._tap is None:
                     out, final = engine.run_input(self.spec, layer_x, p, states[len(finals)], mask)
@@ -303,7 +326,17 @@ class _Recurrent(_TorchConversion, nn.Module):
         h_n = tuple(torch.stack([final[k] for final in finals]) for k in range(len(finals[0])))
         if not layout.batched:
             h_n = tuple(s.squeeze(1) for s in h_n)
+        if autocast is not None:
+            h_n = self._autocast_states(h_n, x.device.type)
         return output, (h_n if len(h_n) > 1 else h_n[0])
+
+    def _lowers_on_cpu(self, packed: bool) -> bool:
+        """Whether ``torch.nn``'s counterpart runs in the autocast dtype under CPU autocast (``_autocast_dtype``)."""
+        return True
+
+    def _autocast_states(self, states: State, device: str) -> State:
+        """The final states in the dtypes ``torch.nn``'s counterpart gives them under autocast."""
+        return states
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -374,6 +407,13 @@ class LSTM(_LSTMOptions, _Recurrent):
         spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
 
+    def _lowers_on_cpu(self, packed: bool) -> bool:
+        return not packed  # torch.nn.LSTM on a PackedSequence stays float32 under CPU autocast
+
+    def _autocast_states(self, states: State, device: str) -> State:
+        # torch.nn.LSTM with a projection returns c_n in float32 under CPU autocast.
+        return (states[0], states[1].float()) if device == "cpu" and self.proj_size else states
+
     def _torch_kwargs(self) -> dict[str, Any]:
         return {**super()._torch_kwargs(), "proj_size": self.proj_size}
 
@@ -401,6 +441,9 @@ class GRU(_GRUOptions, _Recurrent):
     """
 
     _torch_class = nn.GRU
+
+    def _lowers_on_cpu(self, packed: bool) -> bool:
+        return False
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device: Any = None,
@@ -442,6 +485,9 @@ class RNN(_RNNOptions, _Recurrent):
 class _Cell(_TorchConversion, nn.Module):
     """One step of a cell: ``spec.input_projection`` then ``spec.step``, the same math the engines run."""
 
+    _lowers_on_cpu: ClassVar[bool] = False
+    """Whether ``torch.nn``'s counterpart computes in the autocast dtype under CPU autocast (RNNCell only)."""
+
     def __init__(self, spec: CellSpec, input_size: int, device: Any, dtype: Any) -> None:
         super().__init__()
         self.spec = spec
@@ -473,6 +519,9 @@ class _Cell(_TorchConversion, nn.Module):
         else:
             state = tuple(_check_state(hx, self.spec, (batch,) if batched else (), batched, x))
         p: Mapping[str, Tensor] = dict(self.named_parameters())
+        autocast = _autocast_dtype(x, self._lowers_on_cpu)
+        if autocast is not None:
+            x, state, p = x.to(autocast), tuple(s.to(autocast) for s in state), _cast(p, autocast)
         new = self.spec.step(self.spec.input_projection(x, p), state, p)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
@@ -550,6 +599,7 @@ class RNNCell(_RNNOptions, _Cell):
     """
 
     _torch_class = nn.RNNCell
+    _lowers_on_cpu = True
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device: Any = None, dtype: Any = None, *, layer_norm: bool = False, **options: Any) -> None:
