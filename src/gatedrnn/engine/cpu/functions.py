@@ -129,7 +129,7 @@ class RNNFunction(torch.autograd.Function):
 
 
 class InputProductFunction(torch.autograd.Function):
-    """``a = x W_ih^T (+ b_ih)`` into a buffer on huge pages (see input.cpp for why); the gradients are F.linear's."""
+    """``a = x W_ih^T (+ b_ih)`` into a buffer on huge pages (why: csrc/memory.cpp); the gradients are F.linear's."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
