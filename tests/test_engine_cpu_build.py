@@ -350,10 +350,11 @@ exit 1
     return compiler, started, release
 
 
-def test_the_notice_comes_at_once_in_a_library_users_process(tmp_path: Path) -> None:
+def test_the_notice_comes_at_once_in_a_library_users_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh process with an empty cache, as a user's script: the notice is on stderr (a pipe, not a terminal)
     while the compiler still runs; then the build fails and the reference engine runs, with the reason."""
     compiler, started, release = blocking_compiler(tmp_path)
+    monkeypatch.setenv("CXX", str(compiler))  # part of the cache key, so of the build directory's name()
     env = {**os.environ, "GATEDRNN_CACHE": str(tmp_path / "cache"), "CXX": str(compiler)}
     code = ("import warnings, torch, gatedrnn\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
@@ -402,6 +403,13 @@ def test_gatedrnn_build_compiles_then_finds_the_cache(caches: Path, fake_compile
     assert capsys.readouterr() == (f"cpu engine: already cached: {library}\n", "")
 
 
+def test_the_cache_key_follows_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached library is loaded without running the build, so a build with another compiler is another library."""
+    key = build.build_key()
+    monkeypatch.setenv("CXX", "clang++")
+    assert build.build_key() != key
+
+
 def test_gatedrnn_build_of_the_real_library_is_cached() -> None:
     """``python -m gatedrnn build`` in a fresh process, once this process has the library: already cached, there."""
     library = build.load()
@@ -409,8 +417,9 @@ def test_gatedrnn_build_of_the_real_library_is_cached() -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, f"cpu engine: already cached: {library.path}\n", "")
 
 
-def test_gatedrnn_build_that_fails_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    env = {**os.environ, "GATEDRNN_CACHE": str(tmp_path / "cache"), "CXX": str(tmp_path / "no-such-c++")}
+def test_gatedrnn_build_that_fails_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    env = {**os.environ, "GATEDRNN_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-m", "gatedrnn", "build"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and done.stdout == ""

@@ -109,13 +109,23 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
+def _compiler() -> str:
+    """The compiler torch's build runs (``$CXX``, else ``c++``), as a resolved path where it is on ``PATH``."""
+    name = os.environ.get("CXX", "c++")
+    found = shutil.which(name)
+    return os.path.realpath(found) if found else name
+
+
 def build_key() -> str:
-    """A hash of everything that changes the compiled library."""
+    """A hash of everything that changes the compiled library: the sources and flags, the compiler, torch (its
+    version and where it is installed, whose headers and libraries the build uses), Python's version, the CPU. A cached
+    library is loaded without running the build again, so whatever would change the build's commands is here."""
     digest = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
         digest.update(name.encode())
         digest.update((source_dir() / name).read_bytes())
-    for part in (*CFLAGS, *LDFLAGS, torch.__version__, platform.machine(), _cpu_flags()):
+    for part in (*CFLAGS, *LDFLAGS, _compiler(), torch.__version__, str(Path(torch.__file__).resolve().parent),
+                 platform.python_version(), platform.machine(), _cpu_flags()):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 
