@@ -127,7 +127,7 @@ def test_a_cache_that_others_can_write_is_not_used(caches: Path, monkeypatch: py
                         rf"you can write to keep it", message), message
     root = library.path.parents[2]
     assert root.parent == caches / "tmp" and root.name != "gatedrnn-0" and root.stat().st_uid == 0
-    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and not library.kept
     assert fake_compiler.loaded == [] and fake_compiler.compiled == [library.path]
 
 
@@ -408,6 +408,23 @@ def test_the_cache_key_follows_the_compiler(monkeypatch: pytest.MonkeyPatch) -> 
     key = build.build_key()
     monkeypatch.setenv("CXX", "clang++")
     assert build.build_key() != key
+
+
+def test_gatedrnn_build_without_a_cache_to_keep_the_library_is_an_error(
+        caches: Path, fake_compiler: FakeCompiler, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Compiling into a directory removed at exit would prepare nothing for later processes (the point of the
+    command): exit 2, with what to do."""
+    (caches / "xdg").write_text("not a directory")
+    (caches / "tmp" / f"gatedrnn-{os.getuid()}").write_text("not a directory either")
+    monkeypatch.setattr(build, "_outcome", None)
+    with pytest.warns(RuntimeWarning, match="for this process only"):
+        assert cli.main(["build"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(rf"(?s).*\ngatedrnn: error: cpu engine: built in {caches}/tmp/gatedrnn-\w+/"
+                                      rf"extensions/{name()}, which is removed when this process exits: there is no "
+                                      rf"private cache directory to keep it in; set GATEDRNN_CACHE to a directory "
+                                      rf"only you can write\n", err), err
 
 
 def test_gatedrnn_build_of_the_real_library_is_cached() -> None:

@@ -74,6 +74,10 @@ def build_engine(args: argparse.Namespace) -> int:
         library = build.load()
     except build.BuildError as error:
         raise ValueError(f"cpu engine: {error}") from None
+    if not library.kept:
+        raise ValueError(f"cpu engine: built in {library.path.parent}, which is removed when this process exits: there "
+                         f"is no private cache directory to keep it in; set GATEDRNN_CACHE to a directory only you can "
+                         f"write")
     done = "already cached" if library.cached else f"compiled in {library.seconds:.0f} s"
     print(f"cpu engine: {done}: {library.path}")
     return 0

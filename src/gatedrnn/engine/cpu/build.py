@@ -85,15 +85,18 @@ class NotPrivate(OSError):
 
 @dataclass(frozen=True)
 class Library:
-    """The loaded library: where it is, whether it came from the cache, and how long compiling it took here."""
+    """The loaded library: where it is, whether it came from the cache, how long compiling it took here, and whether
+    it stays cached after this process (not in a fresh directory for this process only)."""
 
     path: Path
     cached: bool
     seconds: float = 0.0
+    kept: bool = True
 
 
 _lock = threading.Lock()
 _outcome: Library | str | None = None  # the loaded library, or why it could not be built or loaded
+_fresh_roots: list[Path] = []  # the directories made for this process only (removed when it exits)
 
 
 def source_dir() -> Path:
@@ -228,6 +231,7 @@ def _fresh_directory() -> Path:
     """A new private directory under the system temporary directory, removed when this process exits."""
     root = Path(os.path.realpath(tempfile.mkdtemp(prefix="gatedrnn-")))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
+    _fresh_roots.append(root)
     check_private(root)
     return root
 
@@ -444,9 +448,13 @@ def compile_and_load() -> Library:
                 seconds = time.perf_counter() - start
                 _record(library)
                 _notice(f"compiled the cpu engine in {seconds:.0f} s")
-                return Library(library, cached=False, seconds=seconds)
+                return Library(library, cached=False, seconds=seconds, kept=_kept(build_dir))
     _load_library(library)
-    return Library(library, cached=True)
+    return Library(library, cached=True, kept=_kept(build_dir))
+
+
+def _kept(build_dir: Path) -> bool:
+    return not any(build_dir.is_relative_to(root) for root in _fresh_roots)
 
 
 def load() -> Library:
