@@ -254,16 +254,23 @@ def test_the_first_build_says_so_before_and_after(caches: Path, fake_compiler: F
     assert re.fullmatch(r"gatedrnn: compiled the cpu engine in \d+ s", after)
 
 
-def test_the_expected_time_follows_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One core takes the build's CPU time, two half of it; many cores at least the longest unit."""
-    expected = {}
-    for n in (1, 2, 1000):
-        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=n: set(range(n)))
-        expected[n] = build.expected_seconds()
-        assert expected[n] % 5 == 0
-    assert abs(expected[1] - build.COMPILE_CPU_SECONDS) <= 2.5
-    assert abs(expected[2] - build.COMPILE_CPU_SECONDS / 2) <= 2.5
-    assert build.LONGEST_UNIT_CPU_SECONDS - 2.5 <= expected[1000] <= expected[2]
+def test_the_expected_time_follows_the_cores_and_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an idle machine one core takes the build's CPU time, two half of it, many at least the longest unit; on
+    two cores busy with 7 other runnable tasks the build's 3 units get 3/10 of them."""
+    def expected(cores: int, load: float) -> int:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+        seconds = build.expected_seconds()
+        assert seconds % 5 == 0
+        return seconds
+
+    monkeypatch.delenv("MAX_JOBS", raising=False)
+    assert abs(expected(1, 0.0) - build.COMPILE_CPU_SECONDS) <= 2.5
+    assert abs(expected(2, 0.0) - build.COMPILE_CPU_SECONDS / 2) <= 2.5
+    assert build.LONGEST_UNIT_CPU_SECONDS - 2.5 <= expected(1000, 0.0) <= expected(2, 0.0)
+    assert abs(expected(2, 7.0) - build.COMPILE_CPU_SECONDS / (2 * 3 / 10)) <= 2.5
+    monkeypatch.setenv("MAX_JOBS", "1")
+    assert abs(expected(2, 0.0) - build.COMPILE_CPU_SECONDS) <= 2.5
 
 
 def test_a_lock_left_by_an_interrupted_build_is_cleared(tmp_path: Path) -> None:

@@ -134,10 +134,17 @@ def build_key() -> str:
 
 
 def expected_seconds() -> int:
-    """About how long a build takes here, in wall seconds (rounded to 5): ninja runs a unit per core, so the build
-    takes its CPU time shared among the cores this process may use, and at least its longest unit."""
+    """About how long a build takes here, in wall seconds (rounded to 5): its CPU time shared among the cores this
+    process may use and that other work leaves it, and at least its longest unit. ninja runs ``$MAX_JOBS`` units at a
+    time, else its default (3 on 2 cores, 2 more than the cores above); with other runnable work (the load average)
+    the cores are shared among all of it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    seconds = max(LONGEST_UNIT_CPU_SECONDS, COMPILE_CPU_SECONDS / min(cores, len(SOURCES)))
+    jobs = int(os.environ["MAX_JOBS"]) if os.environ.get("MAX_JOBS", "").isdigit() else \
+        2 if cores == 1 else 3 if cores == 2 else cores + 2
+    jobs = max(1, min(jobs, len(SOURCES)))
+    others = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    used = min(jobs, cores) if others + jobs <= cores else cores * jobs / (others + jobs)
+    seconds = max(LONGEST_UNIT_CPU_SECONDS, COMPILE_CPU_SECONDS / used)
     return max(5, 5 * round(seconds / 5))
 
 
