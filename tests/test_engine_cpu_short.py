@@ -21,7 +21,7 @@ from numerics import relative_error
 from test_engine_cpu import assert_cpu_matches_reference, assert_gradcheck
 from test_variants import case_id, randomize_
 
-MAX_ROWS = 8  # short.cpp's default rule
+MAX_ROWS = 8  # rules.cpp's default ShortRule
 
 CASES = [
     ("LSTM", {}), ("LSTM", dict(bias=False)), ("LSTM", dict(peephole=True, forget_bias=1.0)),

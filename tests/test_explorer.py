@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import unicodedata
 import urllib.request
 from pathlib import Path
 
@@ -28,11 +29,20 @@ from gatedrnn.viz import explorer, features
 TEXT = 'FIRST WITCH.\nWhen shall we three meet again?\n[Thunder.]\n"Aroint thee," she said.\n\nMACBETH.\nSo foul.'
 
 
-def language_model(cell: str = "lstm", layers: int = 2) -> charlm.LanguageModel:
+def language_model(cell: str = "lstm", layers: int = 2, text: str = TEXT) -> charlm.LanguageModel:
+    """An untrained model whose vocabulary is the characters of ``text``."""
     torch.manual_seed(0)
     config = dataclasses.replace(charlm.CharLMConfig(), cell=cell, layers=layers, hidden=6, embed=4)
-    vocab = charlm.Vocab.of(TEXT)
+    vocab = charlm.Vocab.of(text)
     return charlm.LanguageModel(charlm.CharLM(len(vocab), config), vocab, config)
+
+
+EMOJI_TEXT = "🙂 Hi, 𝔐acbeth 🎉\nsaid the 👩‍🔬 to Mme\u0301 👍🏽 in 🇬🇧.🎉"
+"""Characters outside the Basic Multilingual Plane (two UTF-16 units each in JavaScript) in the middle and at the end;
+a ZWJ sequence, a skin tone, a flag (several code points each: as many steps of the model) and a combining accent."""
+MARKUP_TEXT = "MACBETH <!--<script> & </script><script>alert(1)</script> <img src=x onerror=alert(2)> \u2028 ]]> end"
+"""What could end or rewrite the page's data block if it were not escaped (after ``<!--<script>`` the HTML parser
+skips ``</script>`` end tags until a ``-->``), and markup that would run if it were inserted as HTML."""
 
 
 def decode(encoded: dict) -> np.ndarray:
@@ -105,6 +115,17 @@ def test_page_is_self_contained_and_escapes_the_text() -> None:
     assert [f["varies"] for f in data["features"]] == [False, True, False, False, False]
 
 
+def test_embedded_json_holds_no_markup_and_reads_back_the_same() -> None:
+    data = {"text": MARKUP_TEXT + "\u2029", "title": "__DATA__ </title>", "lone": "\ud83d"}
+    payload = explorer.embedded_json(data)
+    assert not set(payload) & set("<>&\u2028\u2029") and "\ud83d" not in payload
+    assert json.loads(payload) == data
+    page = explorer.render({**data, "title": "__DATA__ </title>"})
+    assert page.count("<script") == 2 and page.count("</script>") == 2  # the data's element and the page's script
+    assert "<title>gatedrnn explorer: __DATA__ &lt;/title&gt;</title>" in page  # no placeholder brought in
+    assert page.encode("utf-8")
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory.mktemp("runs") / "lstm")
@@ -116,7 +137,7 @@ def test_cli_explore_writes_the_page(run: Path, tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out.strip() == str(out)
     held_out = charlm.load(run).validation_text()[:300]
     assert held_out in json.loads(re.search(r'type="application/json">(.*?)</script>', out.read_text(), re.S)
-                                  .group(1).replace("<\\/", "</"))["text"]
+                                  .group(1))["text"]
     text = tmp_path / "speech.txt"
     text.write_text("MACBETH.\nIs this a dagger which I see before me,\n")
     assert main(["explore", "--model", str(run), "--text", str(text), "--out", str(out)]) == 0
@@ -218,6 +239,72 @@ def test_page_in_headless_chromium(run: Path, tmp_path: Path) -> None:
             browser.close()
     assert shot.stat().st_size > 10_000
     assert errors == []
+
+
+def browse(path: Path, check) -> list[str]:
+    """Opens the page in headless Chromium (no network), runs ``check(page)``, and returns the page's errors and
+    warnings, and any dialog a script opened."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+            page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("file:")
+                       else route.continue_())
+            page.goto(path.as_uri())
+            check(page)
+        finally:
+            browser.close()
+    return errors
+
+
+@pytest.mark.parametrize("text", [EMOJI_TEXT, MARKUP_TEXT], ids=["emoji", "markup"])
+def test_any_text_in_headless_chromium(tmp_path: Path, text: str) -> None:
+    """One span per character (code point) as the model read them, the header's count, the gates and predictions
+    of the last characters (the emoji among them), markup shown as text and never run, and Chromium's own
+    ``--dump-dom`` of the page."""
+    assert CHROMIUM, "the explorer test needs Debian's chromium: apt-get install -y chromium (make test does it)"
+    lm = language_model(layers=1, text=text)
+    data = explorer.explorer_data(lm, text, title=text)
+    path = explorer.write(explorer.render(data), tmp_path / "explorer.html")
+    chars = list(text)  # code points
+
+    def shown(c: str) -> str:  # as the page's text shows a character: each step visible on its own
+        if c == "\n":
+            return "↵\n"
+        if c != "\t" and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp"):
+            return f"U+{ord(c):04X}"
+        return "◌" + c if unicodedata.category(c).startswith("M") else c
+
+    def visible(c: str) -> str:  # as the step panel shows it
+        return {"\n": "↵", " ": "␣", "\t": "⇥"}.get(c, shown(c))
+
+    def check(page) -> None:
+        spans = page.locator("#text span[data-t]")
+        assert spans.all_text_contents() == [shown(c) for c in chars]
+        assert f"; {len(chars)} characters, " in page.inner_text("#meta")
+        assert page.title() == "gatedrnn explorer: " + re.sub(r"[ \t\n\f\r]+", " ", text).strip()
+        assert page.locator("#text img, #text script, #ranking img").count() == 0
+        for t in range(len(chars)):  # every step is a box of its own to point at, the last ones too
+            spans.nth(t).hover(timeout=5000)
+            after = f" — next in the text: {visible(chars[t + 1])}" if t + 1 < len(chars) else ""
+            assert page.inner_text("#step-info") == f"step {t}: read {visible(chars[t])}{after}"
+            predicted = page.locator("#predictions li .char").all_inner_texts()
+            assert predicted == [visible(c) for c, _ in data["predictions"][t]]
+            input_gate = page.locator("#step-gates tr").nth(1).locator("td").all_inner_texts()  # i: unit 0, mean
+            assert input_gate[0] == "i"
+            assert float(input_gate[1]) == pytest.approx(decode(data["layers"][0]["signals"]["i"])[t, 0], abs=5e-4)
+
+    assert browse(path, check) == []
+    dumped = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    assert dumped.stdout.count("data-t=") == len(chars) and f"; {len(chars)} characters, " in dumped.stdout
 
 
 def test_cli_explore_screenshot(run: Path, tmp_path: Path, capsys) -> None:

@@ -1,6 +1,7 @@
 """``gatedrnn <command>``: the command-line entry point.
 
-Commands today: ``cells`` (build, run and compare every cell variant), ``engines`` and ``charlm`` (the
+Commands today: ``cells`` (build, run and compare every cell variant), ``engines``, ``build`` (compile the cpu
+engine ahead of time) and ``charlm`` (the
 character-level language model: ``train``, ``sample``, ``eval``; the demo), ``viz`` (``gates``,
 ``gradient-flow``: plots), ``explore`` (the explorer page), ``classify`` and ``forecast`` (``train``, ``eval``,
 ``predict``), ``experiment`` (the long-memory tasks: adding, copy, temporal order) and ``bench``.
@@ -65,6 +66,23 @@ def list_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_engine(args: argparse.Namespace) -> int:
+    """Compile the cpu engine's kernels now (once per cache: for images and CI), and say where the library is."""
+    from .engine.cpu import build
+
+    try:
+        library = build.load()
+    except build.BuildError as error:
+        raise ValueError(f"cpu engine: {error}") from None
+    if not library.kept:
+        raise ValueError(f"cpu engine: built in {library.path.parent}, which is removed when this process exits: there "
+                         f"is no private cache directory to keep it in; set GATEDRNN_CACHE to a directory only you can "
+                         f"write")
+    done = "already cached" if library.cached else f"compiled in {library.seconds:.0f} s"
+    print(f"cpu engine: {done}: {library.path}")
+    return 0
+
+
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     """``gatedrnn bench``: the benchmark table (all of it lives in ``bench.py``)."""
     from . import bench
@@ -88,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cells)
     p = commands.add_parser("engines", help="list the engines and whether they are available here")
     p.set_defaults(run=list_engines)
+    p = commands.add_parser("build", help="compile the cpu engine's kernels now (once per cache), for images and CI")
+    p.set_defaults(run=build_engine)
     charlm.add_commands(commands)
     viz_commands.add_commands(commands)
     classify.register(commands)

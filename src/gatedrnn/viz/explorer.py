@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import os
+import re
 import shutil
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -95,12 +96,28 @@ def explorer_data(lm: LanguageModel, text: str, *, title: str = "") -> dict[str,
     }
 
 
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def embedded_json(data: Any) -> str:
+    """``data`` as JSON that a ``<script type="application/json">`` element holds as is, whatever its strings say.
+
+    The element ends at the first ``</script``, and after ``<!--`` a ``<script`` makes the parser skip that end tag
+    too, so that the page's own script becomes part of the data; so ``<``, ``>`` and ``&`` are written as JSON's
+    ``\\u`` escapes (``JSON.parse`` gives the same string back), as are U+2028 and U+2029 (line ends to older
+    JavaScript) and lone surrogates (not UTF-8: the page could not be written, and a browser would replace them).
+    """
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    payload = re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_UNSAFE[m.group()], payload)
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", payload)
+
+
 def render(data: dict[str, Any]) -> str:
-    """The page: the template with ``data`` inlined as JSON (``</`` escaped so the data cannot end the script)."""
+    """The page: the template with ``data`` inlined (:func:`embedded_json`) and the title escaped, both in one pass
+    (so that neither can bring in the other's placeholder)."""
     template = resources.files(__package__).joinpath("explorer.html").read_text(encoding="utf-8")
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-    page = template.replace("__TITLE__", html.escape(data["title"]))
-    return page.replace("__DATA__", payload)
+    fill = {"__TITLE__": html.escape(data["title"]), "__DATA__": embedded_json(data)}
+    return re.sub("__TITLE__|__DATA__", lambda m: fill[m.group()], template)
 
 
 def check_path(path: str | os.PathLike[str]) -> Path:

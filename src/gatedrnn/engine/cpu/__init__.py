@@ -5,14 +5,16 @@ around one recurrent product), ``csrc/activations.h`` (σ, tanh and relu, right 
 strict IEEE arithmetic, and vectorisable; ``csrc/activations.cpp`` makes σ and tanh ops for the tests),
 ``csrc/common.h`` (what they share; each weight is prepared once per call: packed for its own matrix-vector kernel at
 batch 1, for MKL's packed GEMM above; the cache of large buffers),
-``csrc/team.h`` and ``csrc/team.cpp`` (the forward at batch 1: a team of threads that split the hidden units, each
-with its own rows of W_hh, meeting once per step; the measured rule that chooses it), ``csrc/short.cpp`` (calls of
-few steps), ``csrc/split.cpp`` (the rule that splits a batch among the threads, forward and backward),
-``csrc/input.cpp`` (the input projection of all steps, one GEMM into memory on huge pages),
-``csrc/memory.cpp`` (the buffer cache's ops), ``build.py`` (compile once, cache, explain failures), ``ops.py`` (the
-kernels as ``torch.library`` custom ops with fake implementations and vmap rules, what ``torch.compile``,
-``torch.export`` and ``torch.func`` see), ``functions.py`` (their derivatives, ``RecurrenceFunction``), and the
-engine here.
+``csrc/team.h`` (the forward at batch 1: a team of threads that split the hidden units, each with its own rows of
+W_hh, meeting once per step), ``csrc/rules.h`` and ``csrc/rules.cpp`` (the measured rules that choose a call's path:
+direct products for calls of few steps, the batch split among the threads, the team; their defaults, how they were
+measured, and ops that set them), ``csrc/memory.cpp`` (memory on huge pages: the input projection of all steps, one
+GEMM into such a block, and the block cache's ops), ``build.py`` (compile once into a private cache, check the
+library's hash before loading it, explain failures), ``ops.py`` (the kernels as ``torch.library`` custom ops with
+fake implementations and vmap rules, what ``torch.compile``, ``torch.export`` and ``torch.func`` see),
+``functions.py`` (their derivatives, ``RecurrenceFunction``), and the engine here. Each ``.cpp`` is one translation
+unit; every unit parses ATen's headers, which cost more compile time than most units' own code, so small pieces
+share a unit with their kind rather than having their own.
 """
 
 from __future__ import annotations

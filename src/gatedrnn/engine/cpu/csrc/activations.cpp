@@ -1,11 +1,15 @@
 // The fused kernels' sigma and tanh (activations.h) as ops over a tensor, so that tests check them directly against
 // torch's on every input, the extremes included.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "common.h"
+#include "activations.h"
 
 namespace gatedrnn {
 namespace {
+
+using at::Tensor;
 
 template <typename F>
 Tensor elementwise(const Tensor& x, const char* name, F&& f) {

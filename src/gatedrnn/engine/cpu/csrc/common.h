@@ -1,8 +1,19 @@
 // Shared pieces of the fused CPU kernels: activations, row-wise layer norm, the time mask, the per-step products.
 #pragma once
 
-#include <ATen/ATen.h>
+// ATen's parts that the kernels use, not all of ATen/ATen.h (every operator's declaration): each translation unit
+// parses these headers, most of the compile time of all but the kernels' units, and ATen.h took about 2 s more of
+// CPU per unit (g++ 12).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -16,6 +27,7 @@
 #include <vector>
 
 #include "activations.h"
+#include "rules.h"
 
 // GCC vectorises loops with 256-bit vectors by default even where 512-bit ones exist; the gate loops here are long
 // and regular (and glibc has 16-wide exp and tanh), so they run faster with the full width.
@@ -490,32 +502,14 @@ inline void direct_product(const T* w, int64_t ld, int64_t K, int64_t c0, int64_
   }
 }
 
-// When a call's products are direct (no packing): when its steps times its batch rows, the rows that go through
-// the recurrent product, are at most max_rows. The recurrent loops then also stay on the single-thread path
-// (team.h packs its slices of W_hh per call as well). The default is measured: see short.cpp.
-struct ShortRule {
-  std::atomic<int64_t> max_rows;
-};
-ShortRule& short_rule();
-
+// Whether a call's products are direct (ShortRule, rules.h): a call of few steps at small batch.
 inline bool short_call(int64_t steps, int64_t batch) {
   return steps * batch <= short_rule().max_rows.load();
 }
 
-// Forwards and backwards above batch 1 split the batch among the threads: each thread runs the whole recurrence of
-// its own rows (the sequences are independent), with its own per-step GEMM and gate passes, and the threads never
-// meet inside the time loop (a backward's weight gradients and sums are each slice's own, added up after). Sharing
-// every step instead (a threaded GEMM, then a parallel pass over the rows) costs two fork-joins a step. But each
-// thread then streams all of the recurrent weights every step, so the split is taken only where they fit a core's
-// L2 with room (at most max_weight_bytes) and each thread gets at least min_rows rows. The defaults are measured:
-// see split.cpp.
-struct SplitRule {
-  std::atomic<int64_t> min_rows, max_weight_bytes;
-};
-SplitRule& split_rule();
-
-// How many slices the batch of a call splits into, for recurrent weights of `weight_bytes`: 1 on one thread, inside
-// another parallel region, with weights over max_weight_bytes or fewer than 2 * min_rows rows.
+// How many slices the batch of a call splits into among the threads (SplitRule, rules.h), for recurrent weights of
+// `weight_bytes`: 1 on one thread, inside another parallel region, with weights over max_weight_bytes or fewer than
+// 2 * min_rows rows.
 inline int64_t batch_parts(int64_t batch, int64_t weight_bytes) {
   const SplitRule& rule = split_rule();
   if (at::in_parallel_region() || weight_bytes > rule.max_weight_bytes.load()) return 1;
@@ -723,7 +717,7 @@ inline Tensor contiguous_buffer(const Tensor& t) {
   return c;
 }
 
-// The input projection of every step, x (..., I) W^T (G·H, I) (+ b (G·H)) -> (..., G·H), in a buffer (input.cpp).
+// The input projection of every step, x (..., I) W^T (G·H, I) (+ b (G·H)) -> (..., G·H), in a buffer (memory.cpp).
 Tensor input_product(const Tensor& x, const Tensor& w, const OptTensor& b);
 
 // out (N, G·H) = x (N, I) W^T (+ b): ATen's GEMM (MKL where torch has it) into memory the caller chose.

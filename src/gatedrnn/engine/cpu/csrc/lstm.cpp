@@ -398,7 +398,7 @@ std::vector<Tensor> lstm_forward_input(const Tensor& x, const Tensor& w_ih, cons
   Tensor unsaved = none_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_input", [&] {
     if (team) {
-      const OptTensor bias = given(b_ih) && given(b_hh) ? OptTensor(*b_ih + *b_hh) : given(b_ih) ? b_ih : b_hh;
+      const OptTensor bias = given(b_ih) && given(b_hh) ? OptTensor(b_ih->add(*b_hh)) : given(b_ih) ? b_ih : b_hh;
       forward_team<scalar_t>(team, s, Tensor(), w_hh, bias, w_ci, w_cf, w_co, forget_bias, len, h_state, c_state,
                              out, unsaved, unsaved, false, x.contiguous(), w_ih.contiguous());
       return;

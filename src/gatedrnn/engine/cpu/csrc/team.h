@@ -30,18 +30,9 @@
 
 namespace gatedrnn {
 
-// When the small-batch loop runs instead of the single-thread loops, and with how many threads: batch <= max_batch,
-// for variants without row-wide statistics (layer norm and proj_size keep the single-thread loops, whose per-row
-// passes need the whole row); a team of at::get_num_threads() threads when hidden >= min_hidden, else one thread.
-// The defaults are measured: see team.cpp.
-struct TeamRule {
-  std::atomic<int64_t> max_batch, min_hidden;
-};
-TeamRule& team_rule();
-
-// Threads for the small-batch loop of a forward over `steps` steps, or 0 for the single-thread loops: always 0 for a
-// variant with row-wide statistics (layer norm, proj_size) and for a call of few steps (short_call: direct products,
-// no team). Inside another parallel region the team would have one thread anyway.
+// Threads for the small-batch loop of a forward over `steps` steps (TeamRule, rules.h), or 0 for the single-thread
+// loops: always 0 for a variant with row-wide statistics (layer norm, proj_size) and for a call of few steps
+// (short_call: direct products, no team). Inside another parallel region the team would have one thread anyway.
 inline int team_size(bool row_wide, int64_t steps, int64_t batch, int64_t hidden) {
   const TeamRule& rule = team_rule();
   if (row_wide || short_call(steps, batch) || batch > rule.max_batch.load()) return 0;
