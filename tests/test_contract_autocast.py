@@ -42,14 +42,12 @@ def test_output_dtypes_equal_torch_nn(name: str, options: dict, device: str, dty
     theirs.load_state_dict(ours.state_dict())
     got = call(ours, name, device, dtype)
     want = call(theirs, name, device, dtype)
-    if want is None:
+    if want is None:  # torch.nn has no such path here: the module runs in the autocast dtype, as it does elsewhere
         assert all(t.dtype == dtype for t in got)
-    else:
-        assert [t.dtype for t in got] == [t.dtype for t in want]
-        exact = flat(ours(torch.randn(2, 3, device=device) if name.endswith("Cell") else None) if False else [])
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
-    del exact
+        return
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("engine", ["auto", "reference"])
