@@ -6,7 +6,7 @@ engine (:func:`engines` lists them).
 
 import torch as _torch
 
-from . import inspect
+from . import inspect, quantization
 from .cells import GRUSpec, LSTMSpec, RNNSpec
 from .engine import EngineInfo, engines
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
@@ -17,5 +17,6 @@ __version__ = "0.1.0"
 # gatedrnn pickles is these classes, their cell specs (frozen dataclasses of ints, bools, floats and strings) and
 # the plain types torch allows anyway.
 _torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, GRUSpec, LSTMSpec, RNNSpec])
+quantization.register_with_torch()
 
 __all__ = ["GRU", "LSTM", "RNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "inspect", "__version__"]
