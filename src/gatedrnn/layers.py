@@ -496,12 +496,29 @@ class _Cell(_TorchConversion, nn.Module):
         for pdef in spec.params(self.input_size):
             self.register_parameter(pdef.name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
             self._inits[pdef.name] = pdef.init
+        self._fused_names = self._fused_parameters()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialise as ``torch.nn``: ``U(-1/sqrt(H), 1/sqrt(H))``; layer-norm gains 1, shifts 0."""
         for name, init in self._inits.items():
             self.spec.init_(getattr(self, name), init)  # type: ignore[arg-type]
+
+    def _fused_parameters(self) -> tuple[str, ...] | None:
+        """The parameters of :meth:`_torch_step` for a cell that computes exactly what its ``torch.nn`` counterpart
+        computes (no variant option), else None."""
+        spec = self.spec
+        if (spec.layer_norm or getattr(spec, "peephole", False) or getattr(spec, "coupled", False)
+                or getattr(spec, "forget_bias", 0.0) or getattr(spec, "proj_size", 0)
+                or getattr(spec, "reset", "after") != "after"):
+            return None
+        return ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if spec.bias else ("weight_ih", "weight_hh")
+
+    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+        """One step of a standard cell by ATen's fused cell op, as ``torch.nn``'s cells run it: the same equations
+        as ``spec.step`` (the tests hold them to it) in one call, where a step of a generation loop or an LBFGS
+        closure is mostly per-op overhead."""
+        raise NotImplementedError
 
     def forward(self, input: Tensor, hx: Any = None) -> Any:
         x = check_tensor("input", input)
@@ -518,11 +535,15 @@ class _Cell(_TorchConversion, nn.Module):
             state = self.spec.zero_state(batch, x)
         else:
             state = tuple(_check_state(hx, self.spec, (batch,) if batched else (), batched, x))
-        p: Mapping[str, Tensor] = dict(self.named_parameters())
-        autocast = _autocast_dtype(x, self._lowers_on_cpu)
+        autocast = _autocast_dtype(x, self._lowers_on_cpu) if torch.is_autocast_enabled(x.device.type) else None
+        names = self._fused_names if self._fused_names is not None else self._inits
+        p: Mapping[str, Tensor] = {name: getattr(self, name) for name in names}
         if autocast is not None:
             x, state, p = x.to(autocast), tuple(s.to(autocast) for s in state), _cast(p, autocast)
-        new = self.spec.step(self.spec.input_projection(x, p), state, p)
+        if self._fused_names is not None:
+            new = self._torch_step(x, state, p)
+        else:
+            new = self.spec.step(self.spec.input_projection(x, p), state, p)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
         return new if len(new) > 1 else new[0]
@@ -567,6 +588,10 @@ class LSTMCell(_LSTMOptions, _Cell):
             raise ValueError("to_torch: torch.nn.LSTMCell has no projection (proj_size)")
         return super().to_torch()
 
+    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+        return tuple(torch._VF.lstm_cell(x, state, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                         p.get("bias_hh")))
+
 
 class GRUCell(_GRUOptions, _Cell):
     r"""One GRU step, a drop-in for ``torch.nn.GRUCell`` with the variants of :class:`GRU`.
@@ -585,6 +610,9 @@ class GRUCell(_GRUOptions, _Cell):
                  *, reset: str = "after", layer_norm: bool = False, **options: Any) -> None:
         _reject_options("GRUCell", options)
         super().__init__(self._spec(hidden_size, bias, reset, layer_norm, cell=True), input_size, device, dtype)
+
+    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+        return (torch._VF.gru_cell(x, state[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),)
 
 
 class RNNCell(_RNNOptions, _Cell):
@@ -606,3 +634,7 @@ class RNNCell(_RNNOptions, _Cell):
         _reject_options("RNNCell", options)
         super().__init__(self._spec(hidden_size, bias, nonlinearity, layer_norm, cell=True), input_size, device,
                          dtype)
+
+    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+        step = torch._VF.rnn_relu_cell if self.nonlinearity == "relu" else torch._VF.rnn_tanh_cell
+        return (step(x, state[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),)
