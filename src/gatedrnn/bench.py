@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from .gemm_floor import GemmFloor
+from .layers import GRUCell, LSTMCell, RNNCell
 from .variants import VARIANTS, Variant
 
 Shape = tuple[int, int, int, int]
@@ -67,10 +68,23 @@ PROJ_VARIANT = "lstm-proj"
 """The projected LSTM (``proj_size = H // 2``), timed beside the named variants of :mod:`gatedrnn.variants`."""
 
 
+CELL_VARIANTS: dict[str, Variant] = {
+    f"{family}-cell": Variant(f"{family}-cell", cls, {}, f"one step of {cls.__name__} (T is ignored)")
+    for family, cls in (("lstm", LSTMCell), ("gru", GRUCell), ("rnn", RNNCell))
+}
+"""Single-step cells, timed one call at a time (a generation loop's or an LBFGS closure's cost). Not in the default
+list: ``--variants lstm-cell,gru-cell,rnn-cell --impls torch.nn,gatedrnn``."""
+
+
 def bench_variants() -> dict[str, Variant]:
-    """Every named variant plus the projected LSTM, whose ``proj_size`` depends on the shape."""
+    """Every named variant plus the projected LSTM, whose ``proj_size`` depends on the shape, and the cells."""
     lstm = VARIANTS["lstm"]
-    return {**VARIANTS, PROJ_VARIANT: Variant(PROJ_VARIANT, lstm.layer, {}, "h = W_hr (o*tanh(c)), P = H/2")}
+    return {**VARIANTS, PROJ_VARIANT: Variant(PROJ_VARIANT, lstm.layer, {}, "h = W_hr (o*tanh(c)), P = H/2"),
+            **CELL_VARIANTS}
+
+
+def default_variants() -> list[str]:
+    return [name for name in bench_variants() if name not in CELL_VARIANTS]
 
 
 def _variant_kwargs(name: str, hidden_size: int) -> dict[str, Any]:
@@ -135,9 +149,31 @@ def _torch_twin(layer: nn.Module) -> nn.Module | None:
         return None
 
 
+def _is_cell(module: nn.Module) -> bool:
+    return isinstance(module, (LSTMCell, GRUCell, RNNCell, nn.RNNCellBase))
+
+
+def _as_called(layer: nn.Module) -> nn.Module:
+    """The module as users call it (``engine="auto"`` for a layer; a cell, which has no engine, itself)."""
+    return layer
+
+
+def _compiled(layer: nn.Module) -> nn.Module | None:
+    """The layer on the device's fused engine under ``torch.compile(fullgraph=True)`` (inductor); compiled during
+    the warm-up calls, so the timings are of the compiled code."""
+    if _is_cell(layer):
+        return None
+    engine = "gpu" if next(layer.parameters()).is_cuda else "cpu"
+    module = _engine(engine)(layer)
+    return None if module is None else torch.compile(module, fullgraph=True)
+
+
 def _engine(name: str) -> Callable[[nn.Module], nn.Module | None]:
     def build(layer: nn.Module) -> nn.Module | None:
         from . import engine as registry
+
+        if _is_cell(layer):
+            return None  # cells have no engine: "gatedrnn" times them
 
         try:
             registry.resolve(name, layer.spec, next(layer.parameters()))  # type: ignore[arg-type]
@@ -156,16 +192,21 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("reference", ("cpu", "cuda"), _engine("reference")),
         Implementation("cpu", ("cpu",), _engine("cpu")),
         Implementation("gpu", ("cuda",), _engine("gpu")),
-        Implementation("gemms", ("cpu",), GemmFloor),
+        Implementation("gemms", ("cpu",), lambda layer: None if _is_cell(layer) else GemmFloor(layer)),
+        Implementation("compiled", ("cpu", "cuda"), _compiled),
+        Implementation("gatedrnn", ("cpu", "cuda"), _as_called),
     ]
 }
 """``gemms`` is no engine: the variant's matrix products alone (:mod:`gatedrnn.gemm_floor`), the floor under any
-engine that runs them with torch's BLAS. Not in the default list; ``--impls torch.nn,cpu,gemms`` adds it."""
+engine that runs them with torch's BLAS. Not in the default list; ``--impls torch.nn,cpu,gemms`` adds it.
+``compiled`` is the fused engine's module under ``torch.compile``; ``gatedrnn`` the module as users call it (the
+one way to time cells)."""
 
 
 def _family_baseline(name: str) -> str:
     """The variant whose ``torch.nn`` module a variant is compared with: itself if it has one, else its family's."""
-    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru"}[bench_variants()[name].layer.__name__.lower()]
+    layer = bench_variants()[name].layer.__name__.lower()
+    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru"}.get(layer, f"{layer.removesuffix('cell')}-cell")
 
 
 # ------------------------------------------------------------------------------------------------------ the runs
@@ -174,7 +215,7 @@ class BenchConfig:
     """What to time. The defaults are the CPU grid of issue #4."""
 
     shapes: list[Shape] = field(default_factory=lambda: list(DEFAULT_SHAPES))
-    variants: list[str] = field(default_factory=lambda: list(bench_variants()))
+    variants: list[str] = field(default_factory=default_variants)
     implementations: list[str] = field(default_factory=lambda: ["torch.nn", "reference", "cpu"])
     modes: list[str] = field(default_factory=lambda: list(MODES))
     repeats: int = 5
@@ -211,6 +252,8 @@ class Row:
 
 
 def _call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    if _is_cell(getattr(module, "_orig_mod", module)):
+        return _call_cell(module, x[0], mode)
     if mode == "fwd":
         def forward() -> object:
             with torch.no_grad():
@@ -228,6 +271,26 @@ def _call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]
         return out
 
     return forward_backward
+
+
+def _call_cell(cell: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    """One step from a given state: ``x`` (B, I), as a generation loop calls a cell."""
+    H = cell.hidden_size
+    h = torch.zeros(x.shape[0], H, dtype=x.dtype, device=x.device)
+    state = (h, h.clone()) if isinstance(cell, (LSTMCell, nn.LSTMCell)) else h
+    params = list(cell.parameters())
+
+    def step() -> object:
+        if mode == "fwd":
+            with torch.no_grad():
+                return cell(x, state)
+        for p in params:
+            p.grad = None
+        out = cell(x, state)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        return out
+
+    return step
 
 
 def _modules(config: BenchConfig, shape: Shape) -> dict[tuple[str, str], nn.Module]:
@@ -407,7 +470,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         + ",".join("x".join(map(str, s)) for s in d.shapes) + "; with --device cuda: "
                         + ",".join("x".join(map(str, s)) for s in CUDA_SHAPES) + ")")
     parser.add_argument("--variants", type=_names("variant", list(bench_variants())), default=d.variants,
-                        help="comma-separated variants (default: all): " + ", ".join(bench_variants()))
+                        help="comma-separated variants (default: all but the cells): " + ", ".join(bench_variants()))
     parser.add_argument("--impls", type=_names("implementation", list(IMPLEMENTATIONS)),
                         default=None, help="comma-separated implementations (default: "
                         + ",".join(d.implementations) + "; with --device cuda: " + ",".join(CUDA_IMPLEMENTATIONS)

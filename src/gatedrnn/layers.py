@@ -497,6 +497,7 @@ class _Cell(_TorchConversion, nn.Module):
             self.register_parameter(pdef.name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
             self._inits[pdef.name] = pdef.init
         self._fused_names = self._fused_parameters()
+        self._state_count = len(spec.state_names)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -514,10 +515,10 @@ class _Cell(_TorchConversion, nn.Module):
             return None
         return ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if spec.bias else ("weight_ih", "weight_hh")
 
-    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+    def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
         """One step of a standard cell by ATen's fused cell op, as ``torch.nn``'s cells run it: the same equations
         as ``spec.step`` (the tests hold them to it) in one call, where a step of a generation loop or an LBFGS
-        closure is mostly per-op overhead."""
+        closure is mostly per-op overhead. ``weights``: those of ``_fused_names``."""
         raise NotImplementedError
 
     def forward(self, input: Tensor, hx: Any = None) -> Any:
@@ -527,26 +528,57 @@ class _Cell(_TorchConversion, nn.Module):
                 f"input: expected a 2-D tensor (B, I) or a 1-D unbatched tensor (I,), "
                 f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
             )
-        check_input(x, self.input_size, self.weight_ih, "(B, I)")
         batched = x.dim() == 2
-        x = x if batched else x.unsqueeze(0)
-        batch = x.shape[0]
-        if hx is None:
-            state = self.spec.zero_state(batch, x)
+        if self._fused_names is not None and not torch.is_autocast_enabled(x.device.type):
+            new = self._fused_forward(x, hx, batched)
         else:
-            state = tuple(_check_state(hx, self.spec, (batch,) if batched else (), batched, x))
-        autocast = _autocast_dtype(x, self._lowers_on_cpu) if torch.is_autocast_enabled(x.device.type) else None
-        names = self._fused_names if self._fused_names is not None else self._inits
-        p: Mapping[str, Tensor] = {name: getattr(self, name) for name in names}
-        if autocast is not None:
-            x, state, p = x.to(autocast), tuple(s.to(autocast) for s in state), _cast(p, autocast)
-        if self._fused_names is not None:
-            new = self._torch_step(x, state, p)
-        else:
-            new = self.spec.step(self.spec.input_projection(x, p), state, p)
+            new = self._spec_forward(x, hx, batched)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
         return new if len(new) > 1 else new[0]
+
+    def _fused_forward(self, x: Tensor, hx: Any, batched: bool) -> State:
+        """The fused op, with the checks left to it (as ``torch.nn``'s cells): a call that fails there is checked
+        here to say which argument is wrong."""
+        if hx is None:
+            state = self.spec.zero_state(x.shape[0] if batched else 1, x)
+        else:
+            parts = (hx,) if isinstance(hx, Tensor) else hx
+            if not isinstance(parts, tuple) or len(parts) != self._state_count:
+                return self._spec_forward(x, hx, batched)  # the checks explain what is wrong
+            for part in parts:
+                if not isinstance(part, Tensor) or part.dim() != x.dim():
+                    return self._spec_forward(x, hx, batched)
+            state = parts if batched else tuple(part.unsqueeze(0) for part in parts)
+        params = self._parameters
+        weights = []
+        for name in self._fused_names:
+            weight = params.get(name)
+            weights.append(weight if weight is not None else getattr(self, name))  # a parametrization computes it
+        try:
+            return self._torch_step(x if batched else x.unsqueeze(0), state, *weights)
+        except RuntimeError:
+            self._checked(x, hx, batched)  # raises the error that names the argument
+            raise
+
+    def _checked(self, x: Tensor, hx: Any, batched: bool) -> tuple[Tensor, State]:
+        """``x`` with a batch dimension and the initial state, both checked against the parameters."""
+        check_input(x, self.input_size, self.weight_ih, "(B, I)")
+        x = x if batched else x.unsqueeze(0)
+        if hx is None:
+            return x, self.spec.zero_state(x.shape[0], x)
+        return x, tuple(_check_state(hx, self.spec, (x.shape[0],) if batched else (), batched, x))
+
+    def _spec_forward(self, x: Tensor, hx: Any, batched: bool) -> State:
+        """``spec.input_projection`` then ``spec.step``, in the autocast dtype where ``torch.nn``'s cell uses it."""
+        x, state = self._checked(x, hx, batched)
+        p: Mapping[str, Tensor] = {name: getattr(self, name) for name in self._inits}
+        autocast = _autocast_dtype(x, self._lowers_on_cpu)
+        if autocast is not None:
+            x, state, p = x.to(autocast), tuple(s.to(autocast) for s in state), _cast(p, autocast)
+        if self._fused_names is not None:
+            return self._torch_step(x, state, *(p[name] for name in self._fused_names))
+        return self.spec.step(self.spec.input_projection(x, p), state, p)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -588,9 +620,8 @@ class LSTMCell(_LSTMOptions, _Cell):
             raise ValueError("to_torch: torch.nn.LSTMCell has no projection (proj_size)")
         return super().to_torch()
 
-    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
-        return tuple(torch._VF.lstm_cell(x, state, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                         p.get("bias_hh")))
+    def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
+        return tuple(torch._VF.lstm_cell(x, state, *weights))
 
 
 class GRUCell(_GRUOptions, _Cell):
@@ -611,8 +642,8 @@ class GRUCell(_GRUOptions, _Cell):
         _reject_options("GRUCell", options)
         super().__init__(self._spec(hidden_size, bias, reset, layer_norm, cell=True), input_size, device, dtype)
 
-    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
-        return (torch._VF.gru_cell(x, state[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),)
+    def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
+        return (torch._VF.gru_cell(x, state[0], *weights),)
 
 
 class RNNCell(_RNNOptions, _Cell):
@@ -635,6 +666,6 @@ class RNNCell(_RNNOptions, _Cell):
         super().__init__(self._spec(hidden_size, bias, nonlinearity, layer_norm, cell=True), input_size, device,
                          dtype)
 
-    def _torch_step(self, x: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
-        step = torch._VF.rnn_relu_cell if self.nonlinearity == "relu" else torch._VF.rnn_tanh_cell
-        return (step(x, state[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),)
+    def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
+        step = torch._VF.rnn_relu_cell if self.spec.nonlinearity == "relu" else torch._VF.rnn_tanh_cell
+        return (step(x, state[0], *weights),)
