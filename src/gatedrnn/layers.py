@@ -547,7 +547,8 @@ class _Cell(_TorchConversion, nn.Module):
             if not isinstance(parts, tuple) or len(parts) != self._state_count:
                 return self._spec_forward(x, hx, batched)  # the checks explain what is wrong
             for part in parts:
-                if not isinstance(part, Tensor) or part.dim() != x.dim():
+                # ATen's op promotes a state of another dtype silently; ours names it (the checks raise).
+                if not isinstance(part, Tensor) or part.dim() != x.dim() or part.dtype != x.dtype:
                     return self._spec_forward(x, hx, batched)
             state = parts if batched else tuple(part.unsqueeze(0) for part in parts)
         params = self._parameters
