@@ -226,7 +226,7 @@ inline int64_t chunk_steps(int64_t T, int64_t B) {
 // Blocks of whole 2 MiB pages, advised onto huge pages and kept from one call to the next, for the buffers of 2 MiB
 // and more. With 4 KiB pages the first write to each page of a fresh buffer costs a page fault, over 10,000 a call at
 // (B,T,H) = (64,100,512); huge pages took a one-thread GRU forward that saves for backward from 82 to 70 ms and its
-// backward from 140 to 126 ms (session 5). A call at (B,T,H) = (64,100,512) makes about 190 MiB of them (the input
+// backward from 140 to 126 ms (2-core Sapphire Rapids VM). A call at (B,T,H) = (64,100,512) makes about 190 MiB of them (the input
 // projection, the saved gates and states, the gradient of the gates); handed back to the OS after each call, this VM
 // backed them anew on the next one at a varying cost. Measured inside `gatedrnn bench` (one thread, 5 rounds): an
 // LSTM forward+backward took 497-729 ms with 52-240 ms of system time, and 421-487 ms with 0-16 ms once its blocks
