@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,8 @@ from .checks import (
     check_tensor,
 )
 from .sequence import from_padded, reverse_padded, to_padded
+
+_Module = TypeVar("_Module", bound="_TorchConversion")
 
 Tap = Callable[..., tuple[Tensor, State]]
 """``tap(engine, layer, direction, gx, params, state, lengths) -> (out, final_state)``; see ``_Recurrent._tap``."""
@@ -177,7 +179,7 @@ class _TorchConversion:
         raise NotImplementedError
 
     @classmethod
-    def from_torch(cls, module: nn.Module, **options: Any) -> Any:
+    def from_torch(cls: type[_Module], module: nn.Module, **options: Any) -> _Module:
         """A module of this class computing exactly what ``module`` (the ``torch.nn`` counterpart) computes.
 
         ``options`` are further keywords for the constructor, e.g. ``engine="reference"`` for layers.
@@ -189,8 +191,8 @@ class _TorchConversion:
             )
         weight = next(module.parameters())
         new = cls(**cls._from_torch_kwargs(module), device=weight.device, dtype=weight.dtype, **options)
-        new.load_state_dict(module.state_dict())
-        return new.train(module.training)
+        new.load_state_dict(module.state_dict())  # type: ignore[attr-defined]
+        return new.train(module.training)  # type: ignore[attr-defined, no-any-return]
 
     def to_torch(self) -> nn.Module:
         """The ``torch.nn`` module computing exactly what this one computes (standard configurations only).
@@ -421,6 +423,16 @@ class LSTM(_LSTMOptions, _Recurrent):
     def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
         return {**super()._from_torch_kwargs(module), "proj_size": module.proj_size}
 
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        @overload
+        def __call__(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
+        @overload
+        def __call__(self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 class GRU(_GRUOptions, _Recurrent):
     r"""Multi-layer GRU over sequences, a drop-in for ``torch.nn.GRU`` with reset-before and layer-norm variants.
@@ -453,6 +465,16 @@ class GRU(_GRUOptions, _Recurrent):
         spec = self._spec(hidden_size, bias, reset, layer_norm)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
 
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        @overload
+        def __call__(self, input: Tensor, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(self, input: PackedSequence, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[PackedSequence, Tensor]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 class RNN(_RNNOptions, _Recurrent):
     r"""Multi-layer Elman RNN (tanh or relu) over sequences, a drop-in for ``torch.nn.RNN`` with a layer-norm
@@ -480,6 +502,16 @@ class RNN(_RNNOptions, _Recurrent):
         _reject_options("RNN", options)
         spec = self._spec(hidden_size, bias, nonlinearity, layer_norm)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        @overload
+        def __call__(self, input: Tensor, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(self, input: PackedSequence, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[PackedSequence, Tensor]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class _Cell(_TorchConversion, nn.Module):
@@ -624,6 +656,10 @@ class LSTMCell(_LSTMOptions, _Cell):
     def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
         return tuple(torch._VF.lstm_cell(x, state, *weights))
 
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        def __call__(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]: ...
+
 
 class GRUCell(_GRUOptions, _Cell):
     r"""One GRU step, a drop-in for ``torch.nn.GRUCell`` with the variants of :class:`GRU`.
@@ -645,6 +681,10 @@ class GRUCell(_GRUOptions, _Cell):
 
     def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
         return (torch._VF.gru_cell(x, state[0], *weights),)
+
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        def __call__(self, input: Tensor, hx: Tensor | None = None) -> Tensor: ...
 
 
 class RNNCell(_RNNOptions, _Cell):
@@ -670,3 +710,7 @@ class RNNCell(_RNNOptions, _Cell):
     def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
         step = torch._VF.rnn_relu_cell if self.spec.nonlinearity == "relu" else torch._VF.rnn_tanh_cell
         return (step(x, state[0], *weights),)
+
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        def __call__(self, input: Tensor, hx: Tensor | None = None) -> Tensor: ...
