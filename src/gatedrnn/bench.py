@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import __version__
 from .gemm_floor import GemmFloor
 from .layers import GRUCell, LSTMCell, RNNCell
 from .variants import VARIANTS, Variant
@@ -443,6 +444,18 @@ def peak_memory(config: BenchConfig) -> list[dict[str, Any]]:
     return result
 
 
+def cpu_model() -> str:
+    """The processor's name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows): the machine a result names."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # --------------------------------------------------------------------------------------------------------- CLI
 def _shape(text: str) -> Shape:
     parts = text.lower().split("x")
@@ -509,8 +522,10 @@ def main_args(args: argparse.Namespace) -> int:
         # float32 means IEEE float32 for every implementation: cuDNN would otherwise use TF32.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    meta = {"torch": torch.__version__, "threads": config.threads or torch.get_num_threads(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "config": asdict(config)}
+    meta = {"gatedrnn": __version__, "torch": torch.__version__, "threads": config.threads or torch.get_num_threads(),
+            "machine": platform.machine(), "cpus": os.cpu_count(), "cpu_model": cpu_model(),
+            "device_name": torch.cuda.get_device_name(args.device) if cuda else None,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "config": asdict(config)}
     if args.memory:
         entries = peak_memory(config)
         print("\n".join(f"{e['B']},{e['T']},{e['I']},{e['H']}  {e['variant']:>16}  {e['implementation']:>10}  "

@@ -378,10 +378,12 @@ class LSTM(_LSTMOptions, _Recurrent):
     r"""Multi-layer LSTM over sequences, a drop-in for ``torch.nn.LSTM`` with peephole, coupled and
     layer-norm variants. The cell's equations are in :class:`gatedrnn.cells.LSTMSpec`.
 
+    ``num_layers``, ``bias``, ``batch_first``, ``dropout``, ``bidirectional``, ``proj_size``, ``device`` and
+    ``dtype`` are as in ``torch.nn.LSTM``.
+
     Args:
         input_size: ``I``, features of each input step.
         hidden_size: ``H``, width of the cell state and each gate.
-        num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype: as ``torch.nn.LSTM``.
         peephole: gates read the cell state (``weight_ci``, ``weight_cf``, ``weight_co``).
         coupled: coupled input-forget gate ``f = 1 - i``; gate blocks ``i|g|o``.
         layer_norm: layer-normalise the input and recurrent pre-activations and the cell state.
@@ -394,7 +396,7 @@ class LSTM(_LSTMOptions, _Recurrent):
     Outputs: ``output, (h_n, c_n)``: ``output`` ``(T, B, D·P)`` (zero past each length), ``h_n`` ``(L·D, B, P)``,
     ``c_n`` ``(L·D, B, H)`` with ``D`` = 2 if bidirectional else 1 and ``P`` = proj_size or ``H``.
 
-    Example:
+    Examples:
         >>> lstm = gatedrnn.LSTM(10, 20, num_layers=2, peephole=True)
         >>> out, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
     """
@@ -438,16 +440,17 @@ class GRU(_GRUOptions, _Recurrent):
     r"""Multi-layer GRU over sequences, a drop-in for ``torch.nn.GRU`` with reset-before and layer-norm variants.
     The cell's equations are in :class:`gatedrnn.cells.GRUSpec`.
 
+    ``input_size``, ``hidden_size``, ``num_layers``, ``bias``, ``batch_first``, ``dropout``, ``bidirectional``,
+    ``device`` and ``dtype`` are as in ``torch.nn.GRU``.
+
     Args:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype:
-            as ``torch.nn.GRU``.
         reset: ``"after"`` (``torch.nn``/cuDNN form, the default) or ``"before"`` (Cho et al. 2014).
         layer_norm: layer-normalise the input and recurrent pre-activations.
         engine: ``"auto"`` or an engine's name.
 
     Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.GRU``; keyword ``lengths`` as LSTM.
 
-    Example:
+    Examples:
         >>> gru = gatedrnn.GRU(10, 20, reset="before", batch_first=True)
         >>> out, h_n = gru(torch.randn(3, 5, 10))
     """
@@ -480,15 +483,16 @@ class RNN(_RNNOptions, _Recurrent):
     r"""Multi-layer Elman RNN (tanh or relu) over sequences, a drop-in for ``torch.nn.RNN`` with a layer-norm
     variant. The cell's equation is in :class:`gatedrnn.cells.RNNSpec`.
 
+    ``input_size``, ``hidden_size``, ``num_layers``, ``nonlinearity``, ``bias``, ``batch_first``, ``dropout``,
+    ``bidirectional``, ``device`` and ``dtype`` are as in ``torch.nn.RNN``.
+
     Args:
-        input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, device,
-            dtype: as ``torch.nn.RNN``.
         layer_norm: layer-normalise the input and recurrent pre-activations.
         engine: ``"auto"`` or an engine's name.
 
     Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.RNN``; keyword ``lengths`` as LSTM.
 
-    Example:
+    Examples:
         >>> rnn = gatedrnn.RNN(10, 20, nonlinearity="relu")
         >>> out, h_n = rnn(torch.randn(5, 3, 10))
     """
@@ -634,7 +638,7 @@ class LSTMCell(_LSTMOptions, _Cell):
     The equations are in :class:`gatedrnn.cells.LSTMSpec`; parameters are named without layer suffix
     (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``, ``weight_ci`` …).
 
-    Example:
+    Examples:
         >>> cell = gatedrnn.LSTMCell(10, 20, coupled=True)
         >>> h, c = cell(torch.randn(3, 10))
     """
@@ -667,7 +671,7 @@ class GRUCell(_GRUOptions, _Cell):
     Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
     The equations are in :class:`gatedrnn.cells.GRUSpec`.
 
-    Example:
+    Examples:
         >>> cell = gatedrnn.GRUCell(10, 20, reset="before")
         >>> h = cell(torch.randn(3, 10))
     """
@@ -693,7 +697,7 @@ class RNNCell(_RNNOptions, _Cell):
     Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
     The equation is in :class:`gatedrnn.cells.RNNSpec`.
 
-    Example:
+    Examples:
         >>> cell = gatedrnn.RNNCell(10, 20, nonlinearity="relu")
         >>> h = cell(torch.randn(3, 10))
     """
