@@ -9,6 +9,7 @@ a ``gatedrnn …`` command, run through :func:`gatedrnn.cli.main` and required t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -116,3 +117,26 @@ def test_page_blocks_run(page: Path, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
+
+
+def test_api_reference_shows_the_docstrings_rest_as_markdown() -> None:
+    spec = importlib.util.spec_from_file_location("docstring_roles", ROOT / "scripts" / "docstring_roles.py")
+    assert spec is not None and spec.loader is not None
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    text = """See :class:`gatedrnn.cells.LSTMSpec` and :func:`~gatedrnn.engines`.
+
+    .. math::
+        h_t = o \\odot \\tanh(c_t)
+
+    ======  =======
+    name    shape
+    ======  =======
+    ``w``   ``(H,)``, only if peephole
+    ======  =======
+    after"""
+    assert roles.markdown(text).splitlines() == [
+        "See `gatedrnn.cells.LSTMSpec` and `gatedrnn.engines`.", "",
+        "    ```tex", "    h_t = o \\odot \\tanh(c_t)", "    ```", "",
+        "    | name | shape |", "    |---|---|", "    | ``w`` | ``(H,)``, only if peephole |", "",
+        "    after"]

@@ -10,8 +10,8 @@ One timing is a block of back-to-back calls of the same pair lasting at least ``
 measured once, after the warm-up), as ``torch.utils.benchmark`` times a statement: the time per call is the
 block's time over its calls, the cost of a call inside a training or inference loop. The block's first call is
 also timed alone (``first_ms``): the latency of a call right after other work. On the 2-core development VM a
-batch-1 forward's first call cost 0.2-0.5 ms more than the calls after it, for ``torch.nn`` as for the engines
-(session 8): after a millisecond or more of other work, even a no-op ATen call took 7-9 µs instead of 1.2.
+batch-1 forward's first call cost 0.2-0.5 ms more than the calls after it, for ``torch.nn`` as for the engines:
+after a millisecond or more of other work, even a no-op ATen call took 7-9 µs instead of 1.2.
 ``--block-ms 0`` times single calls only.
 
 The table reports the median of the rounds and two ratios: against ``torch.nn.LSTM`` at the same shape, and
@@ -22,7 +22,7 @@ device, so another device's engine and its timer plug in without touching the lo
 the variant's matrix products alone (:mod:`gatedrnn.gemm_floor`): its ratio to ``torch.nn`` is the least any engine
 that runs those products with torch's BLAS can reach.
 
-With ``--device cuda`` the defaults become the GPU grid of issue #5 (:data:`CUDA_SHAPES`) and the implementations
+With ``--device cuda`` the defaults become the GPU grid (:data:`CUDA_SHAPES`) and the implementations
 ``torch.nn`` (cuDNN), ``reference`` and ``gpu``; times come from CUDA events, float32 runs with TF32 off everywhere
 (cuDNN included), and ``--dtype bfloat16`` times bfloat16 weights and inputs.
 
@@ -62,7 +62,7 @@ Shape = tuple[int, int, int, int]
 DEFAULT_SHAPES: tuple[Shape, ...] = ((1, 256, 64, 128), (32, 100, 65, 256), (64, 100, 256, 512))
 CUDA_SHAPES: tuple[Shape, ...] = (
     (1, 512, 256, 256), (16, 256, 512, 512), (64, 256, 1024, 1024), (256, 128, 1024, 1024))
-"""The GPU grid of issue #5, the default with ``--device cuda``."""
+"""The GPU grid, from one sequence to a batch of 256: the default with ``--device cuda``."""
 CUDA_IMPLEMENTATIONS = ["torch.nn", "reference", "gpu"]
 MODES = ("fwd", "fwd+bwd")
 PROJ_VARIANT = "lstm-proj"
@@ -213,7 +213,7 @@ def _family_baseline(name: str) -> str:
 # ------------------------------------------------------------------------------------------------------ the runs
 @dataclass
 class BenchConfig:
-    """What to time. The defaults are the CPU grid of issue #4."""
+    """What to time. The defaults are the CPU grid: batch 1, a small and a training-sized batch."""
 
     shapes: list[Shape] = field(default_factory=lambda: list(DEFAULT_SHAPES))
     variants: list[str] = field(default_factory=default_variants)
