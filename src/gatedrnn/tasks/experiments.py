@@ -154,8 +154,8 @@ def temporal_order_batch(batch: int, length: int, generator: torch.Generator) ->
 class Task:
     """What a task is: its generator, its read-out, its loss and metrics, its baseline and when it counts as solved.
 
-    Subclasses fill in the class attributes and the methods; the defaults are those of the recorded runs
-    (see the README), chosen so that each task finishes within its time budget on a 2-core CPU.
+    Subclasses fill in the class attributes and the methods; the defaults are those of the recorded runs (the docs'
+    Long-memory experiments page), chosen so that each task finishes within its time budget on a 2-core CPU.
     """
 
     name: ClassVar[str]
