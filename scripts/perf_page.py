@@ -127,8 +127,8 @@ def timing_tables(result: Mapping[str, Any]) -> list[str]:
                 continue
             variants = list(dict.fromkeys(v for v, _ in cells))
             lines += ["", f"**B×T×I×H = {shape}, {'forward' if mode == 'fwd' else 'forward+backward'}** — ms per "
-                      "call (in brackets: the ratio to the variant's `torch.nn` module, same run; – where "
-                      "`torch.nn` has no such module)", ""]
+                      "call; in brackets, the ratio to the `torch.nn` module of the variant's family in the same run "
+                      "(`torch.nn.LSTM` for every LSTM variant, `torch.nn.GRU` for both GRUs)", ""]
             rows = []
             for variant in variants:
                 row = [f"`{variant}`"]
