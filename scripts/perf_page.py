@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [b for b in BENCHMARKS if b.name.startswith("cpu-")] if args.record == "all" else [names.get(args.record)]
     if None in chosen:
         parser.error(f"--record: expected one of {', '.join(names)} or all, got {args.record!r}")
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
     for b in chosen:
         assert b is not None
         print(f"$ {b.command()}", flush=True)
