@@ -76,3 +76,11 @@ def test_mkdocs_hook_fills_only_the_marked_page(recorded: Path, monkeypatch: pyt
     filled = perf_page.on_page_markdown(f"# Performance\n\n{perf_page.PAGE_MARKER}\n", page=None)
     assert perf_page.PAGE_MARKER not in filled and "## CPU, larger batches" in filled
     assert perf_page.on_page_markdown("# Other\n", page=None) == "# Other\n"
+
+
+def test_record_refuses_an_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        perf_page.main(["--record", "cpu-everything"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--record: expected one of cpu-batch1, cpu-batches, cpu-memory, gpu-float32, gpu-bfloat16 or all" in err
