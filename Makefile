@@ -1,12 +1,18 @@
 # `make demo` and `make test` work on a fresh machine with only Python 3 and make: they create .venv,
-# install torch if it is not importable there, install gatedrnn in editable mode with its dev extras, then run.
+# install torch if it is not importable there, install gatedrnn in editable mode with its dev extras (plots, docs,
+# test tools), then run. `make docs` builds the documentation site into site/.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gatedrnn-installed
 TORCH_SPEC ?= torch==2.13.0
+# With a CPU build of torch the tests run the gpu engine's Triton kernels in triton's CPU interpreter; 3.9 is the
+# first whose interpreter works with NumPy >= 2.4. A CUDA build of torch brings its own triton, left as it is.
+TRITON_SPEC ?= triton==3.9.0
+CPU_TORCH_ON_LINUX_X86 := import platform, sys, torch; \
+	sys.exit(torch.version.cuda is not None or sys.platform != "linux" or platform.machine() != "x86_64")
 
-.PHONY: demo demo-inspect test install clean browser
+.PHONY: demo demo-inspect test docs install clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +20,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[dev]"
+	if $(PY) -c '$(CPU_TORCH_ON_LINUX_X86)'; then $(PY) -m pip install "$(TRITON_SPEC)"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -45,9 +52,15 @@ browser:
 # The cpu engine's kernels are compiled before the tests start (once per cache): tests that run it in
 # subprocesses with a time limit (torchrun) would otherwise wait on another worker's build.
 test: $(STAMP) browser
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests examples scripts
 	$(VENV)/bin/gatedrnn build
+	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -n 2 -q
 
+# The documentation site: --strict fails on a broken link, a missing page or an API object that does not exist.
+# The Performance page is rendered from the benchmark JSON in docs/benchmarks/ (scripts/perf_page.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache

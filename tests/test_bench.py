@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import gatedrnn
 from gatedrnn import bench
 from gatedrnn.cli import main
 
@@ -33,6 +34,9 @@ def test_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert entries[("gru-before", "cpu", "fwd")]["vs_torch_nn_family"] is None  # no torch.nn.GRU timed here
     assert entries[("lstm-proj", "torch.nn", "fwd")]["vs_torch_nn_family"] == 1.0
     assert result["config"]["shapes"] == [[2, 5, 3, 4]]
+    # what the Performance page names: the version, the processor, no GPU on a CPU run
+    assert result["gatedrnn"] == gatedrnn.__version__ and result["cpu_model"] == bench.cpu_model() != ""
+    assert result["device_name"] is None
     rows = [line.split() for line in out.splitlines() if line.startswith("2,5,3,4")]
     assert len(rows) == len(entries)
     assert "median of 2 interleaved rounds (random order)" in out

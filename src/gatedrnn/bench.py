@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import __version__
 from .gemm_floor import GemmFloor
 from .layers import GRUCell, LSTMCell, RNNCell
 from .variants import VARIANTS, Variant
@@ -61,7 +62,7 @@ Shape = tuple[int, int, int, int]
 DEFAULT_SHAPES: tuple[Shape, ...] = ((1, 256, 64, 128), (32, 100, 65, 256), (64, 100, 256, 512))
 CUDA_SHAPES: tuple[Shape, ...] = (
     (1, 512, 256, 256), (16, 256, 512, 512), (64, 256, 1024, 1024), (256, 128, 1024, 1024))
-"""The GPU grid: batch 1 to 256 at H 256 to 1024, the default with ``--device cuda``."""
+"""The GPU grid, from one sequence to a batch of 256: the default with ``--device cuda``."""
 CUDA_IMPLEMENTATIONS = ["torch.nn", "reference", "gpu"]
 MODES = ("fwd", "fwd+bwd")
 PROJ_VARIANT = "lstm-proj"
@@ -212,7 +213,7 @@ def _family_baseline(name: str) -> str:
 # ------------------------------------------------------------------------------------------------------ the runs
 @dataclass
 class BenchConfig:
-    """What to time. The defaults are the CPU grid: batch 1, 32 and 64 at H 128, 256 and 512."""
+    """What to time. The defaults are the CPU grid: batch 1, a small and a training-sized batch."""
 
     shapes: list[Shape] = field(default_factory=lambda: list(DEFAULT_SHAPES))
     variants: list[str] = field(default_factory=default_variants)
@@ -443,6 +444,18 @@ def peak_memory(config: BenchConfig) -> list[dict[str, Any]]:
     return result
 
 
+def cpu_model() -> str:
+    """The processor's name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows): the machine a result names."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # --------------------------------------------------------------------------------------------------------- CLI
 def _shape(text: str) -> Shape:
     parts = text.lower().split("x")
@@ -509,8 +522,10 @@ def main_args(args: argparse.Namespace) -> int:
         # float32 means IEEE float32 for every implementation: cuDNN would otherwise use TF32.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    meta = {"torch": torch.__version__, "threads": config.threads or torch.get_num_threads(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "config": asdict(config)}
+    meta = {"gatedrnn": __version__, "torch": torch.__version__, "threads": config.threads or torch.get_num_threads(),
+            "machine": platform.machine(), "cpus": os.cpu_count(), "cpu_model": cpu_model(),
+            "device_name": torch.cuda.get_device_name(args.device) if cuda else None,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "config": asdict(config)}
     if args.memory:
         entries = peak_memory(config)
         print("\n".join(f"{e['B']},{e['T']},{e['I']},{e['H']}  {e['variant']:>16}  {e['implementation']:>10}  "

@@ -198,7 +198,7 @@ def record(model: nn.Module, *, pre_activations: bool = False) -> Iterator[Recor
     they are without recording; the recorded values are computed without gradient from what each layer and
     direction received (see the module docstring).
 
-    Example:
+    Examples:
         >>> lstm = gatedrnn.LSTM(10, 20, num_layers=2)
         >>> with gatedrnn.inspect.record(lstm) as rec:
         ...     out, _ = lstm(torch.randn(7, 3, 10))
@@ -282,7 +282,7 @@ def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor], **
 
     Returns a dict keyed like :attr:`Trace.key` (``"lstm_l0"``, ``"l1_reverse"`` …), in the order the layers ran.
 
-    Example:
+    Examples:
         >>> rnn = gatedrnn.RNN(8, 16)
         >>> flow = gatedrnn.inspect.gradient_flow(rnn, torch.randn(50, 4, 8), lambda out: out[0][-1].sum())
         >>> flow["l0"].shape

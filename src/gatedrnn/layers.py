@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,8 @@ from .checks import (
     check_tensor,
 )
 from .sequence import from_padded, reverse_padded, to_padded
+
+_Module = TypeVar("_Module", bound="_TorchConversion")
 
 Tap = Callable[..., tuple[Tensor, State]]
 """``tap(engine, layer, direction, gx, params, state, lengths) -> (out, final_state)``; see ``_Recurrent._tap``."""
@@ -177,7 +179,7 @@ class _TorchConversion:
         raise NotImplementedError
 
     @classmethod
-    def from_torch(cls, module: nn.Module, **options: Any) -> Any:
+    def from_torch(cls: type[_Module], module: nn.Module, **options: Any) -> _Module:
         """A module of this class computing exactly what ``module`` (the ``torch.nn`` counterpart) computes.
 
         ``options`` are further keywords for the constructor, e.g. ``engine="reference"`` for layers.
@@ -189,8 +191,8 @@ class _TorchConversion:
             )
         weight = next(module.parameters())
         new = cls(**cls._from_torch_kwargs(module), device=weight.device, dtype=weight.dtype, **options)
-        new.load_state_dict(module.state_dict())
-        return new.train(module.training)
+        new.load_state_dict(module.state_dict())  # type: ignore[attr-defined]
+        return new.train(module.training)  # type: ignore[attr-defined, no-any-return]
 
     def to_torch(self) -> nn.Module:
         """The ``torch.nn`` module computing exactly what this one computes (standard configurations only).
@@ -376,10 +378,12 @@ class LSTM(_LSTMOptions, _Recurrent):
     r"""Multi-layer LSTM over sequences, a drop-in for ``torch.nn.LSTM`` with peephole, coupled and
     layer-norm variants. The cell's equations are in :class:`gatedrnn.cells.LSTMSpec`.
 
+    ``num_layers``, ``bias``, ``batch_first``, ``dropout``, ``bidirectional``, ``proj_size``, ``device`` and
+    ``dtype`` are as in ``torch.nn.LSTM``.
+
     Args:
         input_size: ``I``, features of each input step.
         hidden_size: ``H``, width of the cell state and each gate.
-        num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype: as ``torch.nn.LSTM``.
         peephole: gates read the cell state (``weight_ci``, ``weight_cf``, ``weight_co``).
         coupled: coupled input-forget gate ``f = 1 - i``; gate blocks ``i|g|o``.
         layer_norm: layer-normalise the input and recurrent pre-activations and the cell state.
@@ -392,7 +396,7 @@ class LSTM(_LSTMOptions, _Recurrent):
     Outputs: ``output, (h_n, c_n)``: ``output`` ``(T, B, D·P)`` (zero past each length), ``h_n`` ``(L·D, B, P)``,
     ``c_n`` ``(L·D, B, H)`` with ``D`` = 2 if bidirectional else 1 and ``P`` = proj_size or ``H``.
 
-    Example:
+    Examples:
         >>> lstm = gatedrnn.LSTM(10, 20, num_layers=2, peephole=True)
         >>> out, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
     """
@@ -421,21 +425,32 @@ class LSTM(_LSTMOptions, _Recurrent):
     def _from_torch_kwargs(cls, module: nn.Module) -> dict[str, Any]:
         return {**super()._from_torch_kwargs(module), "proj_size": module.proj_size}
 
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        @overload
+        def __call__(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
+        @overload
+        def __call__(self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 class GRU(_GRUOptions, _Recurrent):
     r"""Multi-layer GRU over sequences, a drop-in for ``torch.nn.GRU`` with reset-before and layer-norm variants.
     The cell's equations are in :class:`gatedrnn.cells.GRUSpec`.
 
+    ``input_size``, ``hidden_size``, ``num_layers``, ``bias``, ``batch_first``, ``dropout``, ``bidirectional``,
+    ``device`` and ``dtype`` are as in ``torch.nn.GRU``.
+
     Args:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype:
-            as ``torch.nn.GRU``.
         reset: ``"after"`` (``torch.nn``/cuDNN form, the default) or ``"before"`` (Cho et al. 2014).
         layer_norm: layer-normalise the input and recurrent pre-activations.
         engine: ``"auto"`` or an engine's name.
 
     Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.GRU``; keyword ``lengths`` as LSTM.
 
-    Example:
+    Examples:
         >>> gru = gatedrnn.GRU(10, 20, reset="before", batch_first=True)
         >>> out, h_n = gru(torch.randn(3, 5, 10))
     """
@@ -453,20 +468,31 @@ class GRU(_GRUOptions, _Recurrent):
         spec = self._spec(hidden_size, bias, reset, layer_norm)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
 
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        @overload
+        def __call__(self, input: Tensor, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(self, input: PackedSequence, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[PackedSequence, Tensor]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 class RNN(_RNNOptions, _Recurrent):
     r"""Multi-layer Elman RNN (tanh or relu) over sequences, a drop-in for ``torch.nn.RNN`` with a layer-norm
     variant. The cell's equation is in :class:`gatedrnn.cells.RNNSpec`.
 
+    ``input_size``, ``hidden_size``, ``num_layers``, ``nonlinearity``, ``bias``, ``batch_first``, ``dropout``,
+    ``bidirectional``, ``device`` and ``dtype`` are as in ``torch.nn.RNN``.
+
     Args:
-        input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, device,
-            dtype: as ``torch.nn.RNN``.
         layer_norm: layer-normalise the input and recurrent pre-activations.
         engine: ``"auto"`` or an engine's name.
 
     Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.RNN``; keyword ``lengths`` as LSTM.
 
-    Example:
+    Examples:
         >>> rnn = gatedrnn.RNN(10, 20, nonlinearity="relu")
         >>> out, h_n = rnn(torch.randn(5, 3, 10))
     """
@@ -480,6 +506,16 @@ class RNN(_RNNOptions, _Recurrent):
         _reject_options("RNN", options)
         spec = self._spec(hidden_size, bias, nonlinearity, layer_norm)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        @overload
+        def __call__(self, input: Tensor, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(self, input: PackedSequence, hx: Tensor | None = None, *,
+                     lengths: Tensor | None = None) -> tuple[PackedSequence, Tensor]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class _Cell(_TorchConversion, nn.Module):
@@ -602,7 +638,7 @@ class LSTMCell(_LSTMOptions, _Cell):
     The equations are in :class:`gatedrnn.cells.LSTMSpec`; parameters are named without layer suffix
     (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``, ``weight_ci`` …).
 
-    Example:
+    Examples:
         >>> cell = gatedrnn.LSTMCell(10, 20, coupled=True)
         >>> h, c = cell(torch.randn(3, 10))
     """
@@ -624,6 +660,10 @@ class LSTMCell(_LSTMOptions, _Cell):
     def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
         return tuple(torch._VF.lstm_cell(x, state, *weights))
 
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        def __call__(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]: ...
+
 
 class GRUCell(_GRUOptions, _Cell):
     r"""One GRU step, a drop-in for ``torch.nn.GRUCell`` with the variants of :class:`GRU`.
@@ -631,7 +671,7 @@ class GRUCell(_GRUOptions, _Cell):
     Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
     The equations are in :class:`gatedrnn.cells.GRUSpec`.
 
-    Example:
+    Examples:
         >>> cell = gatedrnn.GRUCell(10, 20, reset="before")
         >>> h = cell(torch.randn(3, 10))
     """
@@ -646,6 +686,10 @@ class GRUCell(_GRUOptions, _Cell):
     def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
         return (torch._VF.gru_cell(x, state[0], *weights),)
 
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        def __call__(self, input: Tensor, hx: Tensor | None = None) -> Tensor: ...
+
 
 class RNNCell(_RNNOptions, _Cell):
     r"""One Elman RNN step, a drop-in for ``torch.nn.RNNCell`` with a layer-norm variant.
@@ -653,7 +697,7 @@ class RNNCell(_RNNOptions, _Cell):
     Inputs: ``input`` ``(B, I)`` or ``(I,)``, ``h`` (zeros if omitted). Output: ``h'``.
     The equation is in :class:`gatedrnn.cells.RNNSpec`.
 
-    Example:
+    Examples:
         >>> cell = gatedrnn.RNNCell(10, 20, nonlinearity="relu")
         >>> h = cell(torch.randn(3, 10))
     """
@@ -670,3 +714,7 @@ class RNNCell(_RNNOptions, _Cell):
     def _torch_step(self, x: Tensor, state: State, *weights: Tensor) -> State:
         step = torch._VF.rnn_relu_cell if self.spec.nonlinearity == "relu" else torch._VF.rnn_tanh_cell
         return (step(x, state[0], *weights),)
+
+    if TYPE_CHECKING:  # what a call returns, for type checkers: torch.nn.Module's __call__ is untyped
+
+        def __call__(self, input: Tensor, hx: Tensor | None = None) -> Tensor: ...

@@ -332,7 +332,7 @@ def report(config: ClassifyConfig, scores: dict[str, object], title: str, plot: 
              " " * width + " " + " ".join(label.rjust(width) for label in config.labels)]
     for label, row in zip(config.labels, matrix):
         lines.append(label.rjust(width) + " " + " ".join(str(n).rjust(width) for n in row))
-    lines.append(f"plot: {plot}")
+    lines.append(plots.plot_line(plot))
     return "\n".join(lines)
 
 

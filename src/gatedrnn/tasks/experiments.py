@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from .. import training
 from ..engine import check_name, resolve
 from ..variants import VARIANTS, variant
+from ..viz import INSTALL_VIZ, has_matplotlib
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Tasks
@@ -153,8 +154,8 @@ def temporal_order_batch(batch: int, length: int, generator: torch.Generator) ->
 class Task:
     """What a task is: its generator, its read-out, its loss and metrics, its baseline and when it counts as solved.
 
-    Subclasses fill in the class attributes and the methods; the defaults are those of the recorded runs
-    (see the README), chosen so that each task finishes within its time budget on a 2-core CPU.
+    Subclasses fill in the class attributes and the methods; the defaults are those of the recorded runs (the docs'
+    Long-memory experiments page), chosen so that each task finishes within its time budget on a 2-core CPU.
     """
 
     name: ClassVar[str]
@@ -684,9 +685,10 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike[str], *, pro
     table = results_table(config, runs)
     write_reports(config, runs, out, seconds)
     cpu = sum(r.cpu_seconds for r in runs)
+    no_plot = "" if has_matplotlib() else f" (no plot.png: matplotlib is not installed; {INSTALL_VIZ})"
     print(f"{config.task}: {'finished' if finished else 'interrupted (run again to resume)'} in {seconds:.0f} s "
           f"wall clock ({workers} worker{'s' if workers > 1 else ''}; {cpu:.0f} CPU seconds of training over all "
-          f"runs); reports in {out}\n\n{table}", file=log)
+          f"runs); reports in {out}{no_plot}\n\n{table}", file=log)
     return ExperimentResult(config, runs, seconds, out, finished, table)
 
 
@@ -806,7 +808,10 @@ def write_reports(config: ExperimentConfig, runs: Sequence[RunResult], out: Path
 
 
 def plot(config: ExperimentConfig, runs: Sequence[RunResult], path: Path) -> None:
-    """Test metric against training step, one colour per cell (a line per seed), the baseline dashed."""
+    """Test metric against training step, one colour per cell (a line per seed), the baseline dashed; nothing
+    without matplotlib (the ``viz`` extra: the tables and metrics do not need it)."""
+    if not has_matplotlib():
+        return
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed

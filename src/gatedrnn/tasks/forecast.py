@@ -326,7 +326,7 @@ def report(config: ForecastConfig, result: dict[str, object], split: str, plot: 
         ratio = model_rmse / scores[name]["RMSE"]
         verdict = "beats" if ratio < 1 else "does NOT beat"
         lines.append(f"the model {verdict} {name}: RMSE ratio {ratio:.3f}")
-    lines.append(f"plot: {plot}")
+    lines.append(plots.plot_line(plot))
     return "\n".join(lines)
 
 

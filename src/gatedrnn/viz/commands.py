@@ -12,6 +12,7 @@ import torch
 
 from ..inspect import record
 from ..tasks import charlm
+from . import require_matplotlib
 
 PLOTS = ("all", "heatmaps", "cells", "saturation")
 
@@ -77,6 +78,7 @@ def _held_out(lm: charlm.LanguageModel, chars: int) -> str:
 
 
 def _gates(args: argparse.Namespace) -> int:
+    require_matplotlib("viz gates")
     from . import plots  # matplotlib loads only for the commands that draw
 
     plots.check_path(args.out)
@@ -119,6 +121,7 @@ def _gates(args: argparse.Namespace) -> int:
 
 
 def _gradient_flow(args: argparse.Namespace) -> int:
+    require_matplotlib("viz gradient-flow")
     from . import flow, plots
 
     plots.check_path(args.out)

@@ -1,5 +1,6 @@
 """Plots of the tasks' results (confusion matrix, forecast against truth): PNG files written with matplotlib's
-file-only backend (no display needed)."""
+file-only backend (no display needed). Without matplotlib (the ``viz`` extra) no plot is drawn and the report's
+plot line says so (:func:`plot_line`); the scores do not need it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from . import INSTALL_VIZ, has_matplotlib
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -18,8 +21,18 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def plot_line(path: Path) -> str:
+    """The report's line about its plot: where it is, or why it was not drawn."""
+    if has_matplotlib():
+        return f"plot: {path}"
+    return f"plot: not drawn (matplotlib is not installed; {INSTALL_VIZ})"
+
+
 def confusion_plot(path: Path, matrix: np.ndarray, labels: Sequence[str], title: str) -> None:
-    """A confusion-matrix heat map with the count in each cell (rows: true class, columns: predicted)."""
+    """A confusion-matrix heat map with the count in each cell (rows: true class, columns: predicted); nothing
+    without matplotlib."""
+    if not has_matplotlib():
+        return
     plt = _pyplot()
     size = 2.5 + 0.5 * len(labels)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -40,7 +53,9 @@ def confusion_plot(path: Path, matrix: np.ndarray, labels: Sequence[str], title:
 
 def forecast_plot(path: Path, truth: np.ndarray, forecasts: Mapping[str, np.ndarray], title: str,
                   ylabel: str) -> None:
-    """The true series and each named forecast over the same target steps."""
+    """The true series and each named forecast over the same target steps; nothing without matplotlib."""
+    if not has_matplotlib():
+        return
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 4))
     ax.plot(truth, color="black", linewidth=1.2, label="truth")
