@@ -85,11 +85,15 @@ def test_chronological_split_and_windows_never_cross_forward() -> None:
 
 
 def test_scaler_is_fitted_on_the_training_span_only() -> None:
-    values = np.concatenate([np.full(70, 10.0), np.full(30, 1000.0)])
+    values = np.concatenate([np.tile([9.0, 11.0], 35), np.full(30, 1000.0)])
     train_end, _ = chronological_split(len(values))
     scaler = Scaler.fit(values[:train_end])
-    assert (scaler.mean, scaler.std) == (10.0, 1.0)  # a constant training span: std falls back to 1
+    assert (scaler.mean, scaler.std) == (10.0, 1.0)
     np.testing.assert_allclose(scaler.inverse(scaler.transform(values)), values)
+    with pytest.raises(ValueError, match=r"^the training span is constant \(10 throughout\)"):
+        Scaler.fit(np.full(70, 10.0))
+    with pytest.raises(ValueError, match=r"^--season: the training span repeats exactly every 2 steps"):
+        mase_scale(np.tile([9.0, 11.0], 35), 2)
 
 
 def test_baselines_and_errors() -> None:
