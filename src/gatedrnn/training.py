@@ -576,18 +576,19 @@ LAYER_OVERHEAD = 4096
 
 
 def recurrent_bytes(*, layers: int, hidden: int, inputs: int, directions: int = 1, batch: int = 0, steps: int = 0,
-                    dtype: torch.dtype = torch.float32, training: bool = False) -> int:
+                    dtype: torch.dtype = torch.float32, training: bool = False, overhead: bool = True) -> int:
     """A lower bound of the memory a recurrent stack of this size takes, for any sizes (plain integer arithmetic).
 
     Each layer and direction holds at least ``W_ih`` (``H × width``) and ``W_hh`` (``H × H``) — one gate's worth;
     gated cells hold 3 or 4 times that. Training adds gradients and two Adam moments per weight and keeps the
-    outputs ``(T, B, H)`` of every layer for the backward pass; inference keeps one layer's.
+    outputs ``(T, B, H)`` of every layer for the backward pass; inference keeps one layer's. ``overhead=False``
+    leaves out what is not tensor data (for comparing with a weights file).
     """
     width = directions * hidden
     weights = directions * (hidden * inputs + hidden * hidden + (layers - 1) * (hidden * width + hidden * hidden))
     kept = steps * batch * width * (layers if training else 1)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return (weights * (4 if training else 1) + kept) * itemsize + layers * directions * LAYER_OVERHEAD
+    return (weights * (4 if training else 1) + kept) * itemsize + layers * directions * LAYER_OVERHEAD * overhead
 
 
 def check_weights_header(path: str | os.PathLike[str], module: nn.Module) -> None:
@@ -596,19 +597,7 @@ def check_weights_header(path: str | os.PathLike[str], module: nn.Module) -> Non
     Only the header is read, and ``module`` may live on the ``meta`` device, so a configuration that does not
     match its weights is found before anything of its size is allocated.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (not a checkpoint directory, or the run never saved)")
-    try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > min(path.stat().st_size, 100 * 2**20):
-                raise ValueError(f"a header of {length} bytes")
-            header = json.loads(f.read(length))
-        shapes = {name: (tuple(entry["shape"]), entry["dtype"]) for name, entry in header.items()
-                  if name != "__metadata__"}
-    except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
-        raise CheckpointError(f"{path}: corrupt safetensors file ({type(error).__name__}: {error})") from None
+    shapes = _header_shapes(path)
     own = _unwrap(module).state_dict()
     names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
@@ -624,12 +613,35 @@ def check_weights_header(path: str | os.PathLike[str], module: nn.Module) -> Non
             raise CheckpointError(f"{path}: {name} is {dtype}, the model expects {tensor.dtype}")
 
 
+def _header_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name → (shape, safetensors dtype) of every tensor in a safetensors file, from its header alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (not a checkpoint directory, or the run never saved)")
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > min(path.stat().st_size, 100 * 2**20):
+                raise ValueError(f"a header of {length} bytes")
+            header = json.loads(f.read(length))
+        return {name: (tuple(int(n) for n in entry["shape"]), str(entry["dtype"])) for name, entry in header.items()
+                if name != "__metadata__"}
+    except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({type(error).__name__}: {error})") from None
+
+
 def build_and_load(path: str | os.PathLike[str], build: Callable[[], nn.Module], *, what: str, nbytes: int,
-                   device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
-    """The model ``build()`` makes, with the weights of ``path``, checked before anything of its size is allocated:
-    ``nbytes`` (a lower bound, see :func:`recurrent_bytes`) against the memory of ``device``, then the file's
-    header against the model built on the ``meta`` device. ``what`` names the configuration in errors."""
+                   weights: int, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """The model ``build()`` makes, with the weights of ``path``, checked before anything of its size is allocated
+    (or built): ``nbytes`` (a lower bound, see :func:`recurrent_bytes`) against the memory of ``device``; ``weights``
+    (a lower bound of its tensor data) against the elements the file's header lists; then every name and shape of
+    the header against the model built on the ``meta`` device. ``what`` names the configuration in errors."""
     require_memory(what, nbytes, device)
+    elements = sum(math.prod(shape) for shape, _ in _header_shapes(path).values())
+    itemsize = torch.empty((), dtype=dtype or torch.get_default_dtype()).element_size()
+    if weights > elements * itemsize:
+        raise CheckpointError(f"{path}: holds {elements:,} weights; {what} has at least {weights // itemsize:,} "
+                              f"(the configuration does not match its weights)")
     with torch.device("meta"):
         skeleton = build()
         check_weights_header(path, skeleton if dtype is None else skeleton.to(dtype))

@@ -170,6 +170,8 @@ def read_text(path: str | os.PathLike[str] | None, encoding: str = "utf-8") -> t
         raise ValueError(f"text: cannot read {p}: {error.strerror}") from None
     try:
         text = data.decode(encoding)
+    except LookupError:
+        raise ValueError(f"encoding: unknown text encoding {encoding!r}") from None
     except UnicodeDecodeError as error:
         raise ValueError(
             f"text: {p} is not valid {encoding} (byte {data[error.start]:#04x} at offset {error.start}); "
@@ -371,7 +373,7 @@ class LanguageModel:
             raise ValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
         if not prime:
             raise ValueError("prime: expected at least one character")
-        _int("seed", seed, 0)
+        training.check_seed("seed", seed)
         ids = self.vocab.encode(prime, "prime").unsqueeze(0).to(self.device)  # (1, P)
         return self._stream(ids, length, temperature, top_k, top_p, seed)
 
@@ -459,20 +461,21 @@ def load(directory: str | os.PathLike[str], *, weights: str = "best", device: st
     model = training.build_and_load(
         path, lambda: CharLM(len(chars), config), device=on, dtype=dtype,
         what=f"model: {run / 'config.json'} (layers {config.layers}, hidden {config.hidden}, embed {config.embed})",
-        nbytes=model_bytes(config, len(chars), dtype))
+        nbytes=model_bytes(config, len(chars), dtype), weights=model_bytes(config, len(chars), dtype, overhead=False))
     return LanguageModel(model, Vocab(chars), config, text=saved.get("text"), text_sha256=saved.get("text_sha256"))
 
 
-def model_bytes(config: CharLMConfig, vocab_size: int, dtype: torch.dtype, *, train: bool = False) -> int:
+def model_bytes(config: CharLMConfig, vocab_size: int, dtype: torch.dtype, *, train: bool = False,
+                overhead: bool = True) -> int:
     """A lower bound of the memory the model takes (training: with gradients, optimizer state and one batch's
     activations), computed before anything is allocated."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     rows = config.batch * config.seq_len if train else 0
-    around = (2 * vocab_size * (config.embed + config.hidden) * (4 if train else 1)  # embedding, softmax layer
+    around = (vocab_size * (config.embed + config.hidden) * (4 if train else 1)  # embedding, softmax layer
               + rows * (2 * vocab_size + config.embed)) * itemsize + rows * 16  # logits and their gradient; ids
     return around + training.recurrent_bytes(layers=config.layers, hidden=config.hidden, inputs=config.embed,
                                              batch=config.batch if train else 0, steps=config.seq_len,
-                                             dtype=dtype, training=train)
+                                             dtype=dtype, training=train, overhead=overhead)
 
 
 def _config_from(saved: Any, source: Path) -> CharLMConfig:
@@ -599,7 +602,7 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
             mine = slice(info.rank * config.batch, (info.rank + 1) * config.batch)
             carried = _state_from(tuple(t[:, mine].to(info.device) for t in state.extra["carried"]))
     elif info.is_main:
-        training.begin_run(out, RUN_FILES, log)
+        training.begin_run(out, RUN_FILES)
         training.write_json(out / "config.json", {"config": dataclasses.asdict(config), "text": text_path,
                                                   "text_sha256": _sha256(raw), "characters": len(raw),
                                                   "parameters": sum(p.numel() for p in model.parameters())})

@@ -263,7 +263,8 @@ def build_model(config: ClassifyConfig, vocab: Vocabulary | None) -> SequenceCla
     return SequenceClassifier(config, len(vocab) if vocab is not None else 0, len(config.channel_mean))
 
 
-def model_bytes(config: ClassifyConfig, vocab: Vocabulary | None, steps: int = 0, *, train: bool = False) -> int:
+def model_bytes(config: ClassifyConfig, vocab: Vocabulary | None, steps: int = 0, *, train: bool = False,
+                overhead: bool = True) -> int:
     """A lower bound of the memory the classifier takes (training: with gradients, optimizer state and the
     activations of a batch of ``steps`` steps), computed before anything is allocated."""
     width = config.embedding_size if vocab is not None else len(config.channel_mean)
@@ -271,7 +272,7 @@ def model_bytes(config: ClassifyConfig, vocab: Vocabulary | None, steps: int = 0
     inputs = config.batch_size * steps * width if train else 0
     return 4 * (embedding + inputs) + training.recurrent_bytes(
         layers=config.layers, hidden=config.hidden_size, inputs=width, directions=2 if config.bidirectional else 1,
-        batch=config.batch_size if train else 0, steps=steps, training=train)
+        batch=config.batch_size if train else 0, steps=steps, training=train, overhead=overhead)
 
 
 @torch.no_grad()
@@ -386,7 +387,8 @@ def load(out: Path, device: torch.device) -> tuple[ClassifyConfig, Vocabulary | 
     model = training.build_and_load(
         out / supervised.WEIGHTS, lambda: build_model(config, vocab), device=device,
         what=f"model: {out / supervised.CONFIG} (layers {config.layers}, hidden_size {config.hidden_size}, "
-             f"embedding_size {config.embedding_size})", nbytes=model_bytes(config, vocab))
+             f"embedding_size {config.embedding_size})", nbytes=model_bytes(config, vocab),
+        weights=model_bytes(config, vocab, overhead=False))
     return config, vocab, model.eval()
 
 

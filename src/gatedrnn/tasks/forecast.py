@@ -305,11 +305,12 @@ def load_config(out: Path) -> ForecastConfig:
     return config
 
 
-def model_bytes(config: ForecastConfig, *, train: bool = False) -> int:
+def model_bytes(config: ForecastConfig, *, train: bool = False, overhead: bool = True) -> int:
     """A lower bound of the memory the forecaster takes (training: with gradients, optimizer state and the
     activations of one batch of windows), computed before anything is allocated."""
     return training.recurrent_bytes(layers=config.layers, hidden=config.hidden_size, inputs=1,
-                                    batch=config.batch_size if train else 0, steps=config.window, training=train)
+                                    batch=config.batch_size if train else 0, steps=config.window, training=train,
+                                    overhead=overhead)
 
 
 def load(out: Path, device: torch.device) -> tuple[ForecastConfig, Forecaster]:
@@ -318,6 +319,7 @@ def load(out: Path, device: torch.device) -> tuple[ForecastConfig, Forecaster]:
     config = load_config(out)
     model = training.build_and_load(
         out / supervised.WEIGHTS, lambda: Forecaster(config), device=device, nbytes=model_bytes(config),
+        weights=model_bytes(config, overhead=False),
         what=f"model: {out / supervised.CONFIG} (layers {config.layers}, hidden_size {config.hidden_size})")
     return config, model.eval()
 

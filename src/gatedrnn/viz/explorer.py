@@ -123,9 +123,9 @@ def render(data: dict[str, Any]) -> str:
 def check_path(path: str | os.PathLike[str]) -> Path:
     """``path`` if the page can be written there (an existing directory), else ``ValueError``."""
     path = Path(path)
-    if not path.parent.is_dir():
+    if not Path(os.path.abspath(path)).parent.is_dir():
         raise ValueError(f"out: directory {str(path.parent)!r} does not exist")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise ValueError(f"out: {str(path)!r} is a directory; expected a file name such as explorer.html")
     return check_output_file("out", path)
 
