@@ -61,11 +61,11 @@ def _train(argv: list[str], status: int) -> str:
 def _signal_at(monkeypatch: pytest.MonkeyPatch, step: int, *signals: signal.Signals) -> None:
     """Send ``signals`` to this process while step ``step`` is under way (as a user at a terminal would)."""
     schedule = charlm.learning_rate
+    pending = list(signals)
 
     def learning_rate(config: charlm.CharLMConfig, at: int, fraction: float) -> float:
-        if at == step:
-            for sig in signals:
-                signal.raise_signal(sig)
+        while at == step and pending:  # (asked once per parameter group: send only once)
+            signal.raise_signal(pending.pop(0))
         return schedule(config, at, fraction)
 
     monkeypatch.setattr(charlm, "learning_rate", learning_rate)

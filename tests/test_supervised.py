@@ -44,7 +44,11 @@ def _fit(out: Path, steps: int, interrupt_at: int | None = None, resume: bool = 
 def test_ctrl_c_saves_and_resume_finishes_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, result = _fit(tmp_path / "a", steps=20, interrupt_at=6)
     assert result.step == 7  # the step under way finishes, then the loop saves and stops
+    assert result.signal == signal.SIGINT and training.exit_status(result.signal) == 130
     assert "interrupted at step 7; continue with --resume" in capsys.readouterr().out
+    # No validation at the interrupt: the kept weights are those of step 4, as in a run that stops there.
+    _fit(tmp_path / "c", steps=4)
+    assert (tmp_path / "a" / supervised.WEIGHTS).read_bytes() == (tmp_path / "c" / supervised.WEIGHTS).read_bytes()
     model = nn.Linear(3, 1)
     state = training.load_trainer_state(tmp_path / "a" / supervised.STATE, model=model,
                                         optimizer=torch.optim.AdamW(model.parameters()))

@@ -129,3 +129,21 @@ def test_log_returns_need_positive_values() -> None:
 def test_series_shorter_than_window_and_horizon() -> None:
     with pytest.raises(ValueError, match=r"^the series has 10 steps, shorter than --window \+ --horizon = 8 \+ 3; "):
         check_long_enough(10, 8, 3, "the series")
+
+
+def test_series_csv_with_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_bytes("\ufeffdate,value\r\n2021-01-02,2\r\n2021-01-01,1\r\n".encode())
+    series = read_series_csv(path, "date", "value")
+    assert series.dates == ["2021-01-01", "2021-01-02"] and series.values.tolist() == [1.0, 2.0]
+
+
+def test_series_csv_mixing_zoned_and_plain_dates_or_naming_a_column_twice(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("date,value\n2021-01-01 00:00,1\n2021-01-01 01:00+02:00,2\n")
+    with pytest.raises(ValueError, match=r"^csv: line 3 of .*: date '2021-01-01 01:00\+02:00' has time zone, the "
+                                         r"date on line 2 has none; expected all dates alike$"):
+        read_series_csv(path, "date", "value")
+    path.write_text("date,value,value\n2021-01-01,1,2\n")
+    with pytest.raises(ValueError, match=r"^--value-column: the header of .* names the column 'value' 2 times"):
+        read_series_csv(path, "date", "value")
