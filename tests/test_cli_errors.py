@@ -58,6 +58,8 @@ CHARLM = ["--hidden", "8", "--embed", "4", "--seq-len", "8", "--batch", "2", "--
           "--device", "cpu"]
 CLASSIFY = ["--text-column", "review", "--label-column", "verdict", "--min-count", "1", "--embedding-size", "4",
             "--hidden-size", "4", "--batch-size", "16", "--device", "cpu"]
+EXPERIMENT = ["--length", "4", "--hidden", "4", "--batch", "4", "--steps", "2", "--eval-every", "2", "--test-size", "4",
+              "--cells", "lstm", "--workers", "1", "--quiet"]
 FORECAST = ["--date-column", "when", "--value-column", "load", "--hidden-size", "4", "--window", "24",
             "--horizon", "4", "--season", "24", "--device", "cpu"]
 
@@ -92,7 +94,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  "--out", str(cls)]) == 0
     assert main(["forecast", "train", "--csv", str(paths["series"]), *FORECAST, "--steps", "2", "--eval-every",
                  "2", "--out", str(fc)]) == 0
-    paths.update(lm=lm, cls=cls, fc=fc)
+    exp = root / "exp"
+    assert main(["experiment", "adding", *EXPERIMENT, "--out", str(exp)]) == 0
+    paths.update(lm=lm, cls=cls, fc=fc, exp=exp)
     return paths
 
 
@@ -269,8 +273,8 @@ CASES: list[tuple[str, str, str, tuple[str, Callable[[Path], None]] | None]] = [
      ("lm", _set("config.json", "text_sha256", "0" * 64))),
     # viz and explore
     ("gates-format", "viz gates --model {lm} --out {new}.jpg", "expected a file name ending in .png or .svg", None),
-    ("gates-width", "viz gates --model {lm} --out {new}.png --width 100000", "--width and --height", None),
-    ("gates-height", "viz gates --model {lm} --out {new}.png --height 10", "--width and --height", None),
+    ("gates-width", "viz gates --model {lm} --out {new}.png --width 100000", "size: expected (width, height)", None),
+    ("gates-height", "viz gates --model {lm} --out {new}.png --height 10", "size: expected (width, height)", None),
     ("gates-layer", "viz gates --model {lm} --out {new}.png --layer 7", "layer: expected a layer in [0, 2)",
      None),
     ("gates-chars", "viz gates --model {lm} --out {new}.png --chars 0", "chars: expected an int >= 1", None),
@@ -428,6 +432,12 @@ CASES: list[tuple[str, str, str, tuple[str, Callable[[Path], None]] | None]] = [
     ("exp-out-file", "experiment adding --out {file}", "is a file; expected a directory", None),
     ("exp-out-long", "experiment adding --out {long}", "bytes long", None),
     ("exp-lr", "experiment adding --lr 0 --out {new}", "lr: expected a number > 0", None),
+    ("exp-other-config", "experiment adding " + " ".join(EXPERIMENT).replace("--hidden 4", "--hidden 5")
+     + " --out {exp}", "different configuration", None),
+    ("exp-config-list", "experiment adding " + " ".join(EXPERIMENT) + " --out {run}",
+     "not an experiment configuration", ("exp", _write("config.json", "[]"))),
+    ("exp-result", "experiment adding " + " ".join(EXPERIMENT) + " --out {run}", "not a run result",
+     ("exp", _write("runs/lstm-seed0/result.json", '{"cell": "lstm"}'))),
     # bench
     ("bench-json-dir", "bench --json {dir} --shapes 1x2x3x4", "json: ", None),
     ("bench-json-under-file", "bench --json {file}/x.json --shapes 1x2x3x4", "is a file, not a directory", None),

@@ -538,8 +538,10 @@ def main_args(args: argparse.Namespace) -> int:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m gatedrnn.bench", description=__doc__.splitlines()[0],
-                                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .cli import Parser  # cli imports this module for `gatedrnn bench`
+
+    parser = parser or Parser(prog="python -m gatedrnn.bench", description=__doc__.splitlines()[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(run=main_args)
     return parser

@@ -168,7 +168,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         signum = error.signum if isinstance(error, training.Interrupted) else signal.SIGINT
         print(f"gatedrnn: interrupted ({signal.Signals(signum).name}); stopped at once", file=sys.stderr)
         return training.exit_status(signum)
-    print(f"gatedrnn: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"gatedrnn: error: {' '.join(message.splitlines())}", file=sys.stderr)
     return 2
 
 

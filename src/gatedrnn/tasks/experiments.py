@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
@@ -513,7 +514,7 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
     spec = task(config.task)
     done = directory / "result.json"
     if done.is_file():
-        return RunResult(**training.read_json(done))
+        return _read_result(done)
     directory.mkdir(parents=True, exist_ok=True)
     checkpoint = directory / "trainer_state.safetensors"
     csv_path = directory / "metrics.csv"
@@ -593,6 +594,18 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
     return result
 
 
+def _read_result(path: Path) -> RunResult:
+    """A finished run's ``result.json`` (a ``CheckpointError`` naming it when it is not one)."""
+    saved = training.read_json(path)
+    try:
+        result = RunResult(**saved)
+        if not isinstance(result.steps, int):
+            raise TypeError(f"steps is {result.steps!r}")
+    except TypeError as error:
+        raise training.CheckpointError(f"{path}: not a run result ({error})") from None
+    return result
+
+
 def _extra(metrics: dict[str, float]) -> str:
     value = metrics.get("sequence_accuracy")
     return "" if value is None else f"{value:.6g}"
@@ -667,12 +680,17 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike[str], *, pro
     training.require_memory(f"experiment: --length {config.length} --hidden {config.hidden} --batch {config.batch} "
                             f"--test-size {config.test_size} ({workers} worker{'s' if workers > 1 else ''})",
                             workers * memory_bytes(config), torch.device("cpu"))
-    out.mkdir(parents=True, exist_ok=True)
-    training.remove_stale_temporaries(out)
-    training.write_json(config_path, {"config": dataclasses.asdict(config), "trajectory": config.trajectory()})
-
     jobs = [(cell, seed) for cell in config.cells for seed in range(config.seed, config.seed + config.seeds)]
     directories = {job: str(out / "runs" / f"{job[0]}-seed{job[1]}") for job in jobs}
+    for directory in directories.values():  # finished runs are read back: a damaged one is found before any write
+        if (Path(directory) / "result.json").is_file():
+            _read_result(Path(directory) / "result.json")
+    out.mkdir(parents=True, exist_ok=True)
+    training.remove_stale_temporaries(out)
+    wanted = {"config": dataclasses.asdict(config), "trajectory": config.trajectory()}
+    if not config_path.is_file() or training.read_json(config_path) != json.loads(json.dumps(wanted)):
+        training.write_json(config_path, wanted)
+
     budget = training.Budget(steps=config.steps * len(jobs))
     bar = training.Progress(budget, unit="seq", enabled=progress, desc=config.task)
     steps_done = {job: _steps_done(Path(directories[job])) for job in jobs}
@@ -718,7 +736,7 @@ def memory_bytes(config: ExperimentConfig) -> int:
 def _steps_done(directory: Path) -> int:
     """Steps a run already has (from its result or checkpoint): the progress bar starts there."""
     if (directory / "result.json").is_file():
-        return int(training.read_json(directory / "result.json")["steps"])
+        return _read_result(directory / "result.json").steps
     path = directory / "metrics.csv"
     if not (directory / "trainer_state.safetensors").is_file() or not path.is_file():
         return 0

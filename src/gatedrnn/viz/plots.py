@@ -39,8 +39,8 @@ def check_size(size: tuple[int, int]) -> tuple[int, int]:
     width, height = size
     if not (isinstance(width, int) and isinstance(height, int) and 100 <= width <= MAX_PIXELS
             and 100 <= height <= MAX_PIXELS):
-        raise ValueError(f"size: expected --width and --height in pixels, each an int in [100, {MAX_PIXELS}], "
-                         f"got {width} x {height}")
+        raise ValueError(f"size: expected (width, height) in pixels, each an int >= 100 and <= {MAX_PIXELS} "
+                         f"(--width, --height), got {(width, height)!r}")
     training.require_memory(f"image: --width {width} --height {height}", 8 * width * height, torch.device("cpu"))
     return width, height
 
