@@ -194,7 +194,10 @@ def fit(
         if last_saved != step:
             # An interrupt saves the state an uninterrupted run has at this step: a validation here could
             # replace the best weights, which the uninterrupted run would not.
-            save() if interrupted else checkpoint()
+            if interrupted:
+                save()
+            else:
+                checkpoint()
     if interrupted:
         progress.write(f"interrupted at step {step}; continue with --resume")
     progress.close()
