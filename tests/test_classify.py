@@ -147,7 +147,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixtu
                                                                              *base[4:]])
     out = _train(tmp_path, "--steps", "2", "--eval-every", "2")
     capsys.readouterr()
-    assert "already holds a classify run; pass --resume" in _error(capsys, [
+    assert "already holds a classify run; continue it with --resume" in _error(capsys, [
         "classify", "train", "--csv", str(tmp_path / "reviews.csv"), "--text-column", "review", "--label-column",
         "verdict", "--out", str(out)])
     assert "different configuration: hidden_size=8 (asked 16)" in _error(capsys, [
@@ -166,4 +166,4 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixtu
                                                               str(bundled("JapaneseVowels_TEST.ts"))])
     assert "split: expected 'train' or 'validation' or 'test', got 'dev'" in _error(
         capsys, ["classify", "eval", "--out", str(out), "--split", "dev"])
-    assert "config.json: missing" in _error(capsys, ["classify", "eval", "--out", str(tmp_path / "nothing")])
+    assert "nothing is not a directory" in _error(capsys, ["classify", "eval", "--out", str(tmp_path / "nothing")])

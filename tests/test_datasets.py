@@ -123,3 +123,40 @@ def test_metrics_against_hand_computed_values() -> None:
     assert accuracy(matrix) == pytest.approx(4 / 6)
     # F1 per class: 2·2/(4+0+1) = 0.8, 2·1/(2+1+1) = 0.5, 2·1/(2+1+0) = 2/3
     assert macro_f1(matrix) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+
+
+@pytest.mark.parametrize("compress", ["", ".gz", ".bz2"])
+def test_csv_with_a_byte_order_mark_and_crlf_line_ends(tmp_path: Path, compress: str) -> None:
+    import bz2
+    import gzip
+
+    data = '\ufefftext,label\r\n"a good, long film",pos\r\n"a bad one\r\nover two lines",neg\r\n'.encode()
+    path = tmp_path / f"reviews.csv{compress}"
+    path.write_bytes({"": data, ".gz": gzip.compress(data), ".bz2": bz2.compress(data)}[compress])
+    read = read_text_csv(path, "text", "label")
+    assert read.texts == ["a good, long film", "a bad one\r\nover two lines"]
+    assert read.labels == ["pos", "neg"]
+
+
+def test_csv_errors_name_the_file_and_what_was_expected(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,label,text\na,pos,b\n")
+    with pytest.raises(ValueError, match=r"^--text-column: the header of .*twice.csv names the column 'text' 2 "
+                                         r"times; expected it once$"):
+        read_text_csv(twice, "text", "label")
+    long = tmp_path / "long.csv"
+    long.write_text("text,label\n" + "x" * 200_000 + ",pos\n")
+    with pytest.raises(ValueError, match=r"^csv: line \d of .*long.csv: field larger than field limit"):
+        read_text_csv(long, "text", "label")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9,pos\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"^csv: .*latin.csv is not UTF-8 text \(byte 0xe9"):
+        read_text_csv(latin, "text", "label")
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 6)
+    with pytest.raises(ValueError, match=r"^csv: cannot read .*broken.csv.gz"):
+        read_text_csv(broken, "text", "label")
+    with pytest.raises(ValueError, match=r"^csv: .* is a directory; expected a file$"):
+        read_text_csv(tmp_path, "text", "label")
+    with pytest.raises(ValueError, match=r"^ts: .* is a directory; expected a file$"):
+        read_ts(tmp_path)

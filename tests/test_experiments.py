@@ -254,7 +254,7 @@ def test_cli_runs_in_parallel_workers_and_refuses_a_different_configuration(
     ({"seeds": 0}, "seeds: expected an int >= 1, got 0"),
     ({"lr": -1.0}, "lr: expected a number > 0, got -1.0"),
     ({"clip": math.inf}, "clip: expected a number > 0, got inf"),
-    ({"workers": -1}, "workers: expected an int >= 0, got -1"),
+    ({"workers": 0}, "workers: expected an int >= 1, got 0"),
     ({"engine": "warp"}, "engine: unknown engine 'warp'"),
     ({"init": "xavier"}, "init: expected one of chrono, torch, got 'xavier'"),
 ], ids=lambda v: str(v)[:30] if isinstance(v, dict) else "")

@@ -136,4 +136,4 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--window: the seasonal base reads one season back; expected a window >= --season 24, got 12" in _error(
         capsys, [*base, "--base", "seasonal", "--window", "12"])
     assert "--horizon: expected an int >= 1, got 0" in _error(capsys, [*base, "--horizon", "0"])
-    assert "config.json: missing" in _error(capsys, ["forecast", "predict", "--out", str(tmp_path / "nothing")])
+    assert "nothing is not a directory" in _error(capsys, ["forecast", "predict", "--out", str(tmp_path / "nothing")])

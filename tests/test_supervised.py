@@ -44,7 +44,12 @@ def _fit(out: Path, steps: int, interrupt_at: int | None = None, resume: bool = 
 def test_ctrl_c_saves_and_resume_finishes_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, result = _fit(tmp_path / "a", steps=20, interrupt_at=6)
     assert result.step == 7  # the step under way finishes, then the loop saves and stops
+    assert result.signal == signal.SIGINT and training.exit_status(result.signal) == 130
     assert "interrupted at step 7; continue with --resume" in capsys.readouterr().out
+    # No validation at the interrupt: the kept weights are those of step 4, as in a run that stops there.
+    _fit(tmp_path / "c", steps=4)
+    torch.testing.assert_close(training._read_safetensors(tmp_path / "a" / supervised.WEIGHTS)[0],
+                               training._read_safetensors(tmp_path / "c" / supervised.WEIGHTS)[0], rtol=0, atol=0)
     model = nn.Linear(3, 1)
     state = training.load_trainer_state(tmp_path / "a" / supervised.STATE, model=model,
                                         optimizer=torch.optim.AdamW(model.parameters()))

@@ -85,11 +85,15 @@ def test_chronological_split_and_windows_never_cross_forward() -> None:
 
 
 def test_scaler_is_fitted_on_the_training_span_only() -> None:
-    values = np.concatenate([np.full(70, 10.0), np.full(30, 1000.0)])
+    values = np.concatenate([np.tile([9.0, 11.0], 35), np.full(30, 1000.0)])
     train_end, _ = chronological_split(len(values))
     scaler = Scaler.fit(values[:train_end])
-    assert (scaler.mean, scaler.std) == (10.0, 1.0)  # a constant training span: std falls back to 1
+    assert (scaler.mean, scaler.std) == (10.0, 1.0)
     np.testing.assert_allclose(scaler.inverse(scaler.transform(values)), values)
+    with pytest.raises(ValueError, match=r"^the training span is constant \(10 throughout\)"):
+        Scaler.fit(np.full(70, 10.0))
+    with pytest.raises(ValueError, match=r"^--season: the training span repeats exactly every 2 steps"):
+        mase_scale(np.tile([9.0, 11.0], 35), 2)
 
 
 def test_baselines_and_errors() -> None:
@@ -125,3 +129,21 @@ def test_log_returns_need_positive_values() -> None:
 def test_series_shorter_than_window_and_horizon() -> None:
     with pytest.raises(ValueError, match=r"^the series has 10 steps, shorter than --window \+ --horizon = 8 \+ 3; "):
         check_long_enough(10, 8, 3, "the series")
+
+
+def test_series_csv_with_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_bytes("\ufeffdate,value\r\n2021-01-02,2\r\n2021-01-01,1\r\n".encode())
+    series = read_series_csv(path, "date", "value")
+    assert series.dates == ["2021-01-01", "2021-01-02"] and series.values.tolist() == [1.0, 2.0]
+
+
+def test_series_csv_mixing_zoned_and_plain_dates_or_naming_a_column_twice(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("date,value\n2021-01-01 00:00,1\n2021-01-01 01:00+02:00,2\n")
+    with pytest.raises(ValueError, match=r"^csv: line 3 of .*: date '2021-01-01 01:00\+02:00' has time zone, the "
+                                         r"date on line 2 has none; expected all dates alike$"):
+        read_series_csv(path, "date", "value")
+    path.write_text("date,value,value\n2021-01-01,1,2\n")
+    with pytest.raises(ValueError, match=r"^--value-column: the header of .* names the column 'value' 2 times"):
+        read_series_csv(path, "date", "value")

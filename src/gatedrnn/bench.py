@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, training
 from .gemm_floor import GemmFloor
 from .layers import GRUCell, LSTMCell, RNNCell
 from .variants import VARIANTS, Variant
@@ -508,17 +508,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main_args(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         raise ValueError("repeats: expected >= 1 (and --warmup, --threads >= 0)")
-    if not args.block_ms >= 0:
+    if not 0 <= args.block_ms < math.inf:
         raise ValueError(f"block-ms: expected a duration >= 0, got {args.block_ms}")
-    cuda = torch.device(args.device).type == "cuda"  # a bad --device fails here, before anything is built
+    training.check_seed("seed", args.seed)
+    if args.json:
+        training.check_output_file("json", args.json)  # before the benchmark, not after
+    device = training.resolve_device(args.device)  # a bad --device fails here, before anything is built
+    cuda = device.type == "cuda"
     d = BenchConfig()
     config = BenchConfig(shapes=args.shapes or list(CUDA_SHAPES if cuda else d.shapes), variants=args.variants,
                          implementations=args.impls or (CUDA_IMPLEMENTATIONS if cuda else d.implementations),
                          modes=args.modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
                          dtype=args.dtype, threads=args.threads, seed=args.seed, block_ms=args.block_ms)
+    dtype = training.resolve_dtype(config.dtype)
+    largest = max(training.recurrent_bytes(layers=1, hidden=H, inputs=I, batch=B, steps=T, dtype=dtype, training=True)
+                  + 2 * B * T * I * dtype.itemsize for B, T, I, H in config.shapes)
+    training.require_memory("shapes: the largest --shapes entry", largest, device)
     if cuda:
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: {args.device!r} asked for, but torch sees no CUDA device")
         # float32 means IEEE float32 for every implementation: cuDNN would otherwise use TF32.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -541,15 +547,15 @@ def main_args(args: argparse.Namespace) -> int:
               f"the block's first call alone; wall {time.perf_counter() - start:.0f} s")
         result = {**meta, "results": entries}
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, args.json)
+        training.atomic_write(args.json, json.dumps(result, indent=1))
     return 0
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m gatedrnn.bench", description=__doc__.splitlines()[0],
-                                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .cli import Parser  # cli imports this module for `gatedrnn bench`
+
+    parser = parser or Parser(prog="python -m gatedrnn.bench", description=__doc__.splitlines()[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(run=main_args)
     return parser

@@ -71,6 +71,21 @@ def check_finite_float(name: str, value: object) -> float:
     return float(value)
 
 
+def check_positive(name: str, value: object, *, zero: bool = False) -> float:
+    """A finite number ``> 0`` (``>= 0`` with ``zero=True``): learning rates, budgets, weight decay, scales."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not (
+            value >= 0 if zero else value > 0):
+        raise ValueError(f"{name}: expected a finite number {'>= 0' if zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def check_fraction(name: str, value: object) -> float:
+    """A probability that is not 1, as dropout during training needs: ``[0, 1)``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
 def check_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")

@@ -10,12 +10,16 @@ character-level language model: ``train``, ``sample``, ``eval``; the demo), ``vi
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 
+from . import training
 from .engine import engines, resolve
 from .tasks import charlm, classify, experiments, forecast
 from .variants import VARIANTS, variant
@@ -30,9 +34,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def cells(args: argparse.Namespace) -> int:
     """Build each cell variant, run it forward and backward in float64, and compare it with torch.nn."""
-    torch.manual_seed(args.seed)
     names = args.cells.split(",") if args.cells else list(VARIANTS)
+    for name in names:
+        variant(name)
     B, T, I, H, L = args.batch, args.steps, args.input_size, args.hidden_size, args.layers
+    for option, value in (("batch", B), ("steps", T), ("input-size", I), ("hidden-size", H), ("layers", L)):
+        if value < 1:
+            raise ValueError(f"{option}: expected an int >= 1, got {value}")
+    training.check_seed("seed", args.seed)
+    # Two models (gatedrnn's and its torch.nn twin) of the largest cell, 4 gates, trained on one batch.
+    training.require_memory(f"cells: --layers {L} --hidden-size {H} --input-size {I} --batch {B} --steps {T}",
+                            8 * training.recurrent_bytes(layers=L, hidden=H, inputs=I, batch=B, steps=T,
+                                                         dtype=torch.float64, training=True), torch.device("cpu"))
+    torch.manual_seed(args.seed)
     x = torch.randn(T, B, I, dtype=torch.float64)
     rows = []
     for name in names:
@@ -91,8 +105,15 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
                                            formatter_class=argparse.ArgumentDefaultsHelpFormatter))
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the command, the option and what was expected), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gatedrnn", description="Gated recurrent networks: RNN, LSTM, GRU.")
+    parser = Parser(prog="gatedrnn", description="Gated recurrent networks: RNN, LSTM, GRU.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = commands.add_parser("cells", help="build, run and compare every cell variant",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -117,14 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(error: OSError) -> str:
+    """An operating-system error as the file it concerns and what went wrong ("Permission denied" …)."""
+    reason = error.strerror or errno.errorcode.get(error.errno or 0, "") or str(error)
+    where = error.filename if error.filename is not None else ""
+    if error.filename2 is not None:
+        where = f"{where} -> {error.filename2}"
+    return f"{where}: {reason}" if where else reason
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; a ``ValueError`` is one line on stderr and exit code 2."""
+    """Parse ``argv`` and run the chosen command: the one error path of the command line.
+
+    Whatever a user can cause — a bad option or file (``ValueError``, checkpoint errors included), an operating
+    system error (permission, read-only file system, name too long, no space), memory running out — is one line on
+    stderr and exit code 2. An interrupt exits with ``128 + signal`` (130 for Ctrl-C, 143 for SIGTERM) without a
+    traceback. Anything else is a bug and keeps its traceback.
+    """
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except ValueError as error:
-        print(f"gatedrnn: error: {error}", file=sys.stderr)
-        return 2
+        message = str(error)
+    except OSError as error:
+        message = _os_error(error)
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        message = f"out of memory ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    except KeyboardInterrupt as error:
+        signum = error.signum if isinstance(error, training.Interrupted) else signal.SIGINT
+        print(f"gatedrnn: interrupted ({signal.Signals(signum).name}); stopped at once", file=sys.stderr)
+        return training.exit_status(signum)
+    print(f"gatedrnn: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,33 +31,50 @@ def bundled(name: str) -> Path:
     return Path(str(resources.files("gatedrnn").joinpath("data", name)))
 
 
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Open a text file for reading, transparently decompressing ``.bz2`` and ``.gz``."""
+def open_text(path: str | Path, what: str = "csv") -> io.TextIOBase:
+    """Open a UTF-8 text file for reading (a byte-order mark is skipped), transparently decompressing ``.bz2`` and
+    ``.gz``. Universal newlines are left to the reader: the ``csv`` module takes ``\n`` and ``\r\n`` alike."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what}: {path} is a directory; expected a file")
     if not path.is_file():
-        raise ValueError(f"csv: no such file: {path}")
+        raise ValueError(f"{what}: no such file: {path}")
     if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+        return bz2.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
     if path.suffix == ".gz":
         import gzip
 
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def read_csv_rows(path: str | Path, columns: Sequence[tuple[str, str]]) -> list[tuple[int, dict[str, str]]]:
     """The rows of a CSV with the file line each ends on; every ``(option, column)`` of ``columns`` must be in
-    the header. ``option`` names the command-line option that chose the column, so the error says what to change.
+    the header, once. ``option`` names the command-line option that chose the column, so the error says what to
+    change. A file that cannot be read or parsed is an error naming it (and the line, where there is one).
     """
-    with open_text(path) as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        if not header:
-            raise ValueError(f"csv: {path} is empty (no header line)")
-        for option, column in columns:
-            if column not in header:
-                raise ValueError(f"{option}: no column {column!r} in {path}; its columns are: {', '.join(header)}")
-        return [(reader.line_num, row) for row in reader]  # line_num: quoted fields may span lines
+    reader: csv.DictReader | None = None
+    try:
+        with open_text(path) as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            if not header:
+                raise ValueError(f"csv: {path} is empty (no header line)")
+            twice = sorted({c for c in header if header.count(c) > 1})
+            for option, column in columns:
+                if column not in header:
+                    raise ValueError(f"{option}: no column {column!r} in {path}; its columns are: {', '.join(header)}")
+                if column in twice:
+                    raise ValueError(f"{option}: the header of {path} names the column {column!r} "
+                                     f"{header.count(column)} times; expected it once")
+            return [(reader.line_num, row) for row in reader]  # line_num: quoted fields may span lines
+    except csv.Error as error:
+        raise ValueError(f"csv: line {reader.line_num if reader else 1} of {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"csv: {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start} of its text)") from None
+    except (OSError, EOFError) as error:
+        raise ValueError(f"csv: cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
 
 
 @dataclass
@@ -122,13 +139,18 @@ def read_ts(path: str | Path) -> SeriesData:
     The header holds ``@key value`` lines (``#`` lines are comments) up to ``@data``; each data line is
     ``dim_1:dim_2:...:dim_C:label`` with comma-separated values per dimension.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"ts: no such file: {path}")
+    try:
+        return _read_ts(Path(path))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"ts: {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start})") from None
+
+
+def _read_ts(path: Path) -> SeriesData:
     header: dict[str, str] = {}
     series, labels = [], []
     in_data = False
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "ts") as f:
         for number, raw in enumerate(f, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -143,7 +165,10 @@ def read_ts(path: str | Path) -> SeriesData:
                     raise ValueError(f"ts: line {number} of {path}: expected '@key value' before @data, got {line!r}")
                 continue
             *dims, label = line.split(":")
-            expected = int(header.get("dimensions", len(dims)))
+            try:
+                expected = int(header.get("dimensions", len(dims)))
+            except ValueError:
+                raise ValueError(f"ts: {path}: @dimensions {header['dimensions']!r} is not an integer") from None
             if len(dims) != expected:
                 raise ValueError(f"ts: line {number} of {path}: expected {expected} dimensions, got {len(dims)}")
             try:

@@ -46,6 +46,7 @@ def read_series_csv(
     columns = [("--date-column", date_column), ("--value-column", value_column)]
     columns += [("--filter", column) for column in filters]
     found: dict[datetime, tuple[str, float]] = {}
+    zoned: tuple[int, bool] | None = None  # the first date's line and whether it has a time zone
     for line, row in read_csv_rows(path, columns):
         if any(row[column] != wanted for column, wanted in filters.items()):
             continue
@@ -62,6 +63,13 @@ def read_series_csv(
             ) from None
         if not math.isfinite(value):
             raise ValueError(f"csv: line {line} of {path}: {value_column} is {raw_value!r}; expected a finite number")
+        aware = date.utcoffset() is not None
+        if zoned is None:
+            zoned = (line, aware)
+        elif aware != zoned[1]:
+            raise ValueError(f"csv: line {line} of {path}: {date_column} {raw_date!r} "
+                             f"{'has' if aware else 'has no'} time zone, the date on line {zoned[0]} "
+                             f"{'has none' if aware else 'has one'}; expected all dates alike")
         if date in found:
             raise ValueError(f"csv: line {line} of {path}: duplicate date {raw_date!r}")
         found[date] = (raw_date.strip(), value)
@@ -133,9 +141,15 @@ class Scaler:
 
     @classmethod
     def fit(cls, train_values: np.ndarray) -> Scaler:
-        """Fit on the training span only: statistics of later spans would leak into the inputs."""
+        """Fit on the training span only: statistics of later spans would leak into the inputs.
+
+        A constant span has no scale (and nothing to learn): a ``ValueError``.
+        """
         std = float(np.std(train_values))
-        return cls(float(np.mean(train_values)), std if std > 0 else 1.0)
+        if not std > 0:
+            raise ValueError(f"the training span is constant ({float(train_values[0]):g} throughout); "
+                             f"there is nothing to learn from it")
+        return cls(float(np.mean(train_values)), std)
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         return (values - self.mean) / self.std
@@ -185,7 +199,11 @@ def mase_scale(train_values: np.ndarray, season: int) -> float:
     """The in-sample MAE of the (seasonal) naive forecast on the training span: MASE's denominator."""
     if len(train_values) <= season:
         raise ValueError(f"season: the training span ({len(train_values)} steps) must be longer than {season}")
-    return float(np.mean(np.abs(train_values[season:] - train_values[:-season])))
+    scale = float(np.mean(np.abs(train_values[season:] - train_values[:-season])))
+    if not scale > 0:
+        raise ValueError(f"--season: the training span repeats exactly every {season} steps, so the seasonal naive "
+                         f"forecast is perfect there and MASE (its error as the unit) is undefined")
+    return scale
 
 
 def errors(forecast: np.ndarray, truth: np.ndarray, scale: float) -> dict[str, float]:

@@ -30,11 +30,40 @@ Checkpoints (safetensors + JSON, each file written atomically: temp file + ``os.
                                          the nested-dict ↔ (JSON tree, tensors) codec used by the above.
     ``capture_rng()`` / ``restore_rng(state)``
 
+Checks before anything is written or allocated (each a one-line ``ValueError`` naming the option)
+    ``check_output_dir(option, path)`` / ``check_output_file(option, path)``
+                                         a path the run can create and write: not under a file, not a file where
+                                         a directory is wanted (or the reverse), names the file system allows, a
+                                         writable directory.
+    ``check_seed(name, seed)``           an int in ``[0, 2**63)`` (what every generator and :func:`fold_seed` take).
+    ``check_engine(name)``               ``"auto"`` or an engine that is registered and available on this machine.
+    ``available_memory(device)`` / ``require_memory(what, nbytes, device)``
+                                         what the device can still hold (RAM: ``MemAvailable`` and the cgroup
+                                         limit; CUDA: free memory), and an error saying how much is needed.
+    ``recurrent_bytes(...)``             a lower bound of what a recurrent model of that size takes, cheap to
+                                         compute for any size (checked before a model is built).
+    ``check_weights_header(path, module)`` the names, shapes and dtypes of a safetensors file against a module
+                                         (built on the ``meta`` device: nothing allocated), from the header alone.
+    ``build_and_load(path, build, what=, nbytes=, device=)``
+                                         memory, then header, then build and load: a checkpoint whose
+                                         configuration was edited to a huge size is refused before allocating.
+
+Run directories (a directory is a complete run or nothing)
+    ``open_run_dir(option, out, resume=, what=)`` → bool
+                                         check ``--out``/``--resume DIR`` before anything is written; whether
+                                         there is a trainer state to resume.
+    ``begin_run(out, files, log)``       right before a fresh run's first write: clear what a run stopped before
+                                         its first checkpoint left (saying so) and stale ``.tmp`` files.
+
 Running
     ``Budget(steps=, minutes=)``         when to stop: a step count, a wall-clock budget, or both (first wins).
     ``Progress(budget, unit=)``          a tqdm bar: step, the task's losses, units/s (characters/s …), ETA.
-    ``GracefulInterrupt()``              context manager: the first Ctrl-C (or SIGTERM) sets ``.requested`` so the
-                                         loop can save and leave; a second one interrupts at once.
+    ``GracefulInterrupt()``              context manager: the first Ctrl-C (or SIGTERM) sets ``.requested`` (and
+                                         ``.signum``) so the loop can save and leave; a second one raises
+                                         :class:`Interrupted` at once.
+    ``Interrupted``                      a ``KeyboardInterrupt`` that knows its signal.
+    ``exit_status(signum)``              what a command returns: 0, or ``128 + signum`` when interrupted (as shells
+                                         expect: 130 for Ctrl-C, 143 for SIGTERM).
 
 Distributed data parallel (``torchrun``)
     ``setup_distributed(device)`` → :class:`DistInfo`  init the process group from torchrun's environment
@@ -56,10 +85,11 @@ import os
 import random
 import signal
 import struct
+import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -76,10 +106,16 @@ from tqdm.auto import tqdm
 # Seeding and placement
 
 
+def check_seed(name: str, seed: object) -> int:
+    """A seed every generator takes: an int in ``[0, 2**63)`` (torch's and :func:`fold_seed`'s range)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"{name}: expected an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch on every device."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+    check_seed("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -171,6 +207,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: corrupt JSON ({error})") from error
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupt JSON (nested too deeply)") from None
 
 
 def _write_safetensors(
@@ -202,6 +240,8 @@ def save_weights(path: str | os.PathLike[str], module: nn.Module, metadata: Mapp
 
 def _check_and_load(source: str, module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
     own = module.state_dict()
+    if not isinstance(tensors, Mapping):
+        raise CheckpointError(f"{source}: no weights in the file")
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
@@ -215,6 +255,8 @@ def _check_and_load(source: str, module: nn.Module, tensors: Mapping[str, Tensor
             raise CheckpointError(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)}"
             )
+        if not isinstance(tensor, Tensor):
+            raise CheckpointError(f"{source}: {name} is not a tensor")
         if tensor.dtype != own[name].dtype:
             raise CheckpointError(f"{source}: {name} is {tensor.dtype}, the model expects {own[name].dtype}")
     module.load_state_dict(dict(tensors))
@@ -371,18 +413,29 @@ def load_trainer_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any = None,
     restore_random: bool = True,
+    extra_keys: tuple[str, ...] = (),
 ) -> TrainerState:
     """Load a file written by :func:`save_trainer_state` into ``model``, ``optimizer`` and ``scheduler``.
 
-    Also restores the RNG states (unless ``restore_random=False``). Tensors of ``extra`` come back on the CPU.
+    Also restores the RNG states (unless ``restore_random=False``). Tensors of ``extra`` come back on the CPU;
+    ``extra_keys`` are the task's keys that must be there (a file without them is a :class:`CheckpointError`).
     """
     tensors, metadata = _read_safetensors(path)
     if metadata.get("format") != _TRAINER_FORMAT:
         raise CheckpointError(f"{path}: not a gatedrnn trainer state (format {metadata.get('format')!r})")
     try:
         state = unflatten_state(json.loads(metadata["state"]), tensors)
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: corrupt trainer state ({error})") from error
+        missing = [key for key in ("model", "optimizer", "rng", "step", "elapsed", "extra") if key not in state]
+        if missing:
+            raise KeyError(", ".join(missing))
+        if not (isinstance(state["step"], int) and state["step"] >= 0 and _number(state["elapsed"])
+                and isinstance(state["extra"], dict) and isinstance(state["model"], dict)):
+            raise TypeError("step, elapsed or extra has the wrong type")
+        absent = [key for key in extra_keys if key not in state["extra"]]
+        if absent:
+            raise KeyError(", ".join(absent))
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: corrupt trainer state ({type(error).__name__}: {error})") from None
     _check_and_load(str(path), _unwrap(model), state["model"])
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -390,11 +443,255 @@ def load_trainer_state(
             if state["scheduler"] is None:
                 raise ValueError("it was saved without a learning-rate scheduler")
             scheduler.load_state_dict(state["scheduler"])
-    except (KeyError, ValueError) as error:
-        raise CheckpointError(f"{path}: the optimizer state does not fit ({error})") from error
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: the optimizer state does not fit ({error})") from None
     if restore_random:
-        restore_rng(state["rng"])
+        try:
+            restore_rng(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            raise CheckpointError(f"{path}: corrupt random generator state ({type(error).__name__}: {error})") from None
     return TrainerState(step=state["step"], elapsed=state["elapsed"], extra=state["extra"])
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks before anything is written or allocated
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (``/`` at worst)."""
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_path(option: str, path: str | os.PathLike[str], *, directory: bool) -> Path:
+    path = Path(path)
+    if not str(path):
+        raise ValueError(f"{option}: expected a path, got an empty string")
+    ancestor = _existing_ancestor(path)
+    longest = _name_max(ancestor if ancestor.is_dir() else ancestor.parent)
+    for part in Path(os.path.abspath(path)).parts:
+        if len(os.fsencode(part)) > longest:
+            raise ValueError(f"{option}: {path}: the name {part[:16]}… is {len(os.fsencode(part))} bytes long; "
+                             f"the file system allows at most {longest}")
+    wanted = "a directory" if directory else "a file name"
+    if ancestor == Path(os.path.abspath(path)):
+        if directory and not path.is_dir():
+            raise ValueError(f"{option}: {path} is a file; expected {wanted}")
+        if not directory and path.is_dir():
+            raise ValueError(f"{option}: {path} is a directory; expected {wanted}")
+        if not directory and not os.access(path, os.W_OK):
+            raise ValueError(f"{option}: {path} is not writable")
+        if not directory:
+            ancestor = path.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option}: {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        reason = "on a read-only file system" if _read_only(ancestor) else "not writable"
+        raise ValueError(f"{option}: {path}: the directory {ancestor} is {reason}")
+    return path
+
+
+def _read_only(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def check_output_dir(option: str, path: str | os.PathLike[str]) -> Path:
+    """``path`` is a directory this process can create (with its parents) or write into; else a ``ValueError``."""
+    return _check_path(option, path, directory=True)
+
+
+def check_output_file(option: str, path: str | os.PathLike[str]) -> Path:
+    """``path`` is a file this process can create or replace (its directory may be created); else a ``ValueError``."""
+    return _check_path(option, path, directory=False)
+
+
+def check_engine(name: object) -> str:
+    """``"auto"`` or the name of an engine that is registered and available on this machine."""
+    from .engine import check_name, engines
+
+    check_name(name)
+    for info in engines():
+        if info.name == name and not info.available:
+            raise ValueError(f"engine: {name!r} is not available on this machine ({info.reason}); "
+                             f"use --engine auto")
+    return str(name)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes ``device`` can still hold: free CUDA memory, or for RAM ``MemAvailable`` and the cgroup's headroom."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    limits = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        ceiling = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if ceiling != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            limits.append(max(0, int(ceiling) - used))
+    except (OSError, ValueError):
+        pass
+    if not limits:
+        try:
+            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            return 2**63
+    return min(limits)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def require_memory(what: str, nbytes: int, device: torch.device) -> None:
+    """Raise a ``ValueError`` saying what ``what`` needs when ``nbytes`` exceed what ``device`` can hold now."""
+    free = available_memory(device)
+    if nbytes > free:
+        where = "on this machine" if device.type == "cpu" else f"on {device}"
+        raise ValueError(f"{what} needs at least {_gib(nbytes)} of memory; {_gib(free)} is available {where}")
+
+
+LAYER_OVERHEAD = 4096
+"""Bytes a recurrent layer and direction costs besides its parameters (Python objects, tensor headers)."""
+
+
+def recurrent_bytes(*, layers: int, hidden: int, inputs: int, directions: int = 1, batch: int = 0, steps: int = 0,
+                    dtype: torch.dtype = torch.float32, training: bool = False, overhead: bool = True) -> int:
+    """A lower bound of the memory a recurrent stack of this size takes, for any sizes (plain integer arithmetic).
+
+    Each layer and direction holds at least ``W_ih`` (``H × width``) and ``W_hh`` (``H × H``) — one gate's worth;
+    gated cells hold 3 or 4 times that. Training adds gradients and two Adam moments per weight and keeps the
+    outputs ``(T, B, H)`` of every layer for the backward pass; inference keeps one layer's. ``overhead=False``
+    leaves out what is not tensor data (for comparing with a weights file).
+    """
+    width = directions * hidden
+    weights = directions * (hidden * inputs + hidden * hidden + (layers - 1) * (hidden * width + hidden * hidden))
+    kept = steps * batch * width * (layers if training else 1)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return (weights * (4 if training else 1) + kept) * itemsize + layers * directions * LAYER_OVERHEAD * overhead
+
+
+def check_weights_header(path: str | os.PathLike[str], module: nn.Module) -> None:
+    """Check the names, shapes and dtypes in a safetensors file's header against ``module``'s state dict.
+
+    Only the header is read, and ``module`` may live on the ``meta`` device, so a configuration that does not
+    match its weights is found before anything of its size is allocated.
+    """
+    shapes = _header_shapes(path)
+    own = _unwrap(module).state_dict()
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:4])}"] if missing else []) + (
+            [f"unexpected {', '.join(unexpected[:4])}"] if unexpected else [])
+        raise CheckpointError(f"{path}: the weights do not fit this model ({'; '.join(parts)})")
+    for name, tensor in own.items():
+        shape, dtype = shapes[name]
+        if shape != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: {name} has shape {shape}, the model expects {tuple(tensor.shape)}")
+        if names.get(dtype, dtype) != tensor.dtype and tensor.is_floating_point():
+            raise CheckpointError(f"{path}: {name} is {dtype}, the model expects {tensor.dtype}")
+
+
+def _header_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name → (shape, safetensors dtype) of every tensor in a safetensors file, from its header alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (not a checkpoint directory, or the run never saved)")
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > min(path.stat().st_size, 100 * 2**20):
+                raise ValueError(f"a header of {length} bytes")
+            header = json.loads(f.read(length))
+        return {name: (tuple(int(n) for n in entry["shape"]), str(entry["dtype"])) for name, entry in header.items()
+                if name != "__metadata__"}
+    except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({type(error).__name__}: {error})") from None
+
+
+def build_and_load(path: str | os.PathLike[str], build: Callable[[], nn.Module], *, what: str, nbytes: int,
+                   weights: int, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """The model ``build()`` makes, with the weights of ``path``, checked before anything of its size is allocated
+    (or built): ``nbytes`` (a lower bound, see :func:`recurrent_bytes`) against the memory of ``device``; ``weights``
+    (a lower bound of its tensor data) against the elements the file's header lists; then every name and shape of
+    the header against the model built on the ``meta`` device. ``what`` names the configuration in errors."""
+    require_memory(what, nbytes, device)
+    elements = sum(math.prod(shape) for shape, _ in _header_shapes(path).values())
+    itemsize = torch.empty((), dtype=dtype or torch.get_default_dtype()).element_size()
+    if weights > elements * itemsize:
+        raise CheckpointError(f"{path}: holds {elements:,} weights; {what} has at least {weights // itemsize:,} "
+                              f"(the configuration does not match its weights)")
+    with torch.device("meta"):
+        skeleton = build()
+        check_weights_header(path, skeleton if dtype is None else skeleton.to(dtype))
+    model = build().to(device=device, dtype=dtype)
+    load_weights(path, model)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run directories: a complete run or nothing
+
+TRAINER_STATE = "trainer_state.safetensors"
+
+
+def open_run_dir(option: str, out: str | os.PathLike[str], *, resume: bool, what: str) -> bool:
+    """Check a run directory before anything is written, and say whether there is a trainer state to resume.
+
+    A fresh run (``resume=False``) refuses a directory that holds a saved run. ``--resume`` of a directory
+    whose run stopped before its first checkpoint (a configuration but no trainer state) starts that run over:
+    :func:`begin_run` says so.
+    """
+    out = check_output_dir(option, out)
+    if (out / TRAINER_STATE).is_file():
+        if not resume:
+            raise ValueError(f"{option}: {out} already holds a {what} run; continue it with --resume or choose "
+                             f"another directory")
+        return True
+    if resume and not (out / "config.json").is_file():
+        raise CheckpointError(f"resume: {out} holds no {what} run (no config.json, no {TRAINER_STATE})")
+    return False
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporary files of writes that a kill interrupted (see :func:`atomic_write`)."""
+    if out.is_dir():
+        for tmp in out.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def begin_run(out: Path, files: tuple[str, ...], log: Any = None) -> None:
+    """Right before a fresh run's first write: create ``out`` and clear what a run that stopped before its first
+    checkpoint left there (``files``), saying so; stale temporary files go too."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    left = [out / name for name in files if (out / name).is_file()]
+    if left:
+        print(f"{out}: a run that stopped before its first checkpoint left {', '.join(p.name for p in left)}; "
+              f"starting it over", file=log or sys.stderr)
+        for path in left:
+            path.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -492,21 +789,37 @@ class Progress:
         self._bar.close()
 
 
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM while a run was saving and leaving: stop at once. ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_status(signum: int | None) -> int:
+    """A command's exit status: 0, or ``128 + signum`` after an interrupt (130: Ctrl-C, 143: SIGTERM)."""
+    return 128 + signum if signum else 0
+
+
 class GracefulInterrupt:
     """Within ``with GracefulInterrupt() as stop:``, Ctrl-C (SIGINT) or SIGTERM sets ``stop.requested``.
 
-    The loop checks it after each step, saves and leaves cleanly; a second signal raises ``KeyboardInterrupt``
-    at once. Outside the main thread (where handlers cannot be installed) it does nothing.
+    The loop checks it after each step, saves and leaves cleanly; ``stop.signum`` is the signal (for
+    :func:`exit_status`). A second signal raises :class:`Interrupted` at once. Outside the main thread (where
+    handlers cannot be installed) it does nothing.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.requested = True
+        self.signum = signum
 
     def __enter__(self) -> GracefulInterrupt:
         try:

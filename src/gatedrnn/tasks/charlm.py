@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import training
+from ..engine import check_name
 from ..layers import GRU, LSTM, RNN
 from ..training import CheckpointError
 
@@ -94,8 +95,9 @@ class CharLMConfig:
         _choice("schedule", self.schedule, ("cosine", "constant"))
         for name in ("layers", "hidden", "embed", "seq_len", "batch", "eval_every"):
             _int(name, getattr(self, name), 1)
-        for name in ("warmup", "patience", "seed"):
+        for name in ("warmup", "patience"):
             _int(name, getattr(self, name), 0)
+        training.check_seed("seed", self.seed)
         if self.steps is not None:
             _int("steps", self.steps, 1)
         if self.minutes is not None and not (_number(self.minutes) and 0 < self.minutes < math.inf):
@@ -122,6 +124,7 @@ class CharLMConfig:
         if self.coupled and self.forget_bias:
             raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i)")
         training.resolve_dtype(self.dtype)
+        check_name(self.engine)
         try:
             "".encode(self.encoding)
         except LookupError as error:
@@ -167,6 +170,8 @@ def read_text(path: str | os.PathLike[str] | None, encoding: str = "utf-8") -> t
         raise ValueError(f"text: cannot read {p}: {error.strerror}") from None
     try:
         text = data.decode(encoding)
+    except LookupError:
+        raise ValueError(f"encoding: unknown text encoding {encoding!r}") from None
     except UnicodeDecodeError as error:
         raise ValueError(
             f"text: {p} is not valid {encoding} (byte {data[error.start]:#04x} at offset {error.start}); "
@@ -368,7 +373,7 @@ class LanguageModel:
             raise ValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
         if not prime:
             raise ValueError("prime: expected at least one character")
-        _int("seed", seed, 0)
+        training.check_seed("seed", seed)
         ids = self.vocab.encode(prime, "prime").unsqueeze(0).to(self.device)  # (1, P)
         return self._stream(ids, length, temperature, top_k, top_p, seed)
 
@@ -444,13 +449,33 @@ def load(directory: str | os.PathLike[str], *, weights: str = "best", device: st
     chars = training.read_json(run / "vocab.json")
     if not (isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars)):
         raise CheckpointError(f"{run / 'vocab.json'}: corrupt vocabulary (expected a list of single characters)")
-    model = CharLM(len(chars), dataclasses.replace(config, engine="auto"))
-    model.to(device=training.resolve_device(device), dtype=training.resolve_dtype(config.dtype))
+    if len(set(chars)) != len(chars):
+        twice = sorted({c for c in chars if chars.count(c) > 1})
+        raise CheckpointError(f"{run / 'vocab.json'}: corrupt vocabulary (characters listed twice: "
+                              f"{', '.join(map(repr, twice[:8]))})")
+    on, dtype = training.resolve_device(device), training.resolve_dtype(config.dtype)
     path = run / "best.safetensors"
     if weights == "latest" or not path.exists():
         path = run / "model.safetensors"
-    training.load_weights(path, model)
+    config = dataclasses.replace(config, engine="auto")
+    model = training.build_and_load(
+        path, lambda: CharLM(len(chars), config), device=on, dtype=dtype,
+        what=f"model: {run / 'config.json'} (layers {config.layers}, hidden {config.hidden}, embed {config.embed})",
+        nbytes=model_bytes(config, len(chars), dtype), weights=model_bytes(config, len(chars), dtype, overhead=False))
     return LanguageModel(model, Vocab(chars), config, text=saved.get("text"), text_sha256=saved.get("text_sha256"))
+
+
+def model_bytes(config: CharLMConfig, vocab_size: int, dtype: torch.dtype, *, train: bool = False,
+                overhead: bool = True) -> int:
+    """A lower bound of the memory the model takes (training: with gradients, optimizer state and one batch's
+    activations), computed before anything is allocated."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = config.batch * config.seq_len if train else 0
+    around = (vocab_size * (config.embed + config.hidden) * (4 if train else 1)  # embedding, softmax layer
+              + rows * (2 * vocab_size + config.embed)) * itemsize + rows * 16  # logits and their gradient; ids
+    return around + training.recurrent_bytes(layers=config.layers, hidden=config.hidden, inputs=config.embed,
+                                             batch=config.batch if train else 0, steps=config.seq_len,
+                                             dtype=dtype, training=train, overhead=overhead)
 
 
 def _config_from(saved: Any, source: Path) -> CharLMConfig:
@@ -480,6 +505,8 @@ class TrainResult:
     chars_per_second: float
     stopped: str
     """``budget``, ``early stopping`` or ``interrupted``."""
+    signal: int | None = None
+    """The signal that interrupted the run (see :func:`training.exit_status`)."""
 
 
 def learning_rate(config: CharLMConfig, step: int, fraction: float) -> float:
@@ -501,22 +528,23 @@ def train(config: CharLMConfig, *, text: str | os.PathLike[str] | None = None, o
     All are written atomically, by rank 0 only, at every evaluation, at the end and on Ctrl-C.
 
     With ``resume=True`` training continues from ``out``'s trainer state; the configuration must match the saved
-    one except for :attr:`CharLMConfig.RUN_FIELDS`. Without it, ``out`` must not already hold a run.
+    one except for :attr:`CharLMConfig.RUN_FIELDS` (a run that stopped before its first checkpoint starts over).
+    Without it, ``out`` must not already hold a saved run. Everything is checked before anything is written.
     """
     log = log or sys.stdout
     if config.steps is None and config.minutes is None:
         raise ValueError("steps: give --steps, --minutes or both")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} exists and is not a directory")
-    if resume:
+    asked = resume
+    resume = training.open_run_dir("resume" if asked else "out", out, resume=asked, what="charlm")
+    training.check_engine(config.engine)
+    device = training.resolve_device(config.device)
+    if asked:
         saved = training.read_json(out / "config.json")
         saved_config = _config_from(saved, out / "config.json")
         fixed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                  if f.name not in CharLMConfig.RUN_FIELDS}
         training.check_config(dataclasses.asdict(saved_config), fixed, f"resume: {out}")
-    elif (out / "config.json").exists() or (out / "trainer_state.safetensors").exists():
-        raise ValueError(f"out: {out} already holds a run; continue it with --resume {out} or pick another --out")
 
     # -- data
     raw, source = read_text(text, config.encoding)
@@ -528,6 +556,9 @@ def train(config: CharLMConfig, *, text: str | os.PathLike[str] | None = None, o
     vocab = Vocab.of(raw)
     if resume and training.read_json(out / "vocab.json") != vocab.chars:
         raise CheckpointError(f"resume: {out / 'vocab.json'} does not match the text's characters")
+    training.require_memory(f"model: --layers {config.layers} --hidden {config.hidden} --embed {config.embed} "
+                            f"--batch {config.batch} --seq-len {config.seq_len}",
+                            model_bytes(config, len(vocab), training.resolve_dtype(config.dtype), train=True), device)
     info = training.setup_distributed(config.device)
     try:
         return _train(config, raw, text_path, source, vocab, info, out, resume, progress, sample_length, log)
@@ -553,22 +584,25 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
                                    {"params": rest, "weight_decay": 0.0}], lr=config.lr)
     ddp = training.wrap_ddp(model, info)
 
-    step, elapsed, position, carried = 0, 0.0, 0, None
+    step, elapsed, position, carried, train_avg = 0, 0.0, 0, None, math.nan
     history: list[dict[str, float]] = []
     best_val, best_step, stale = math.inf, 0, 0
     if resume:
-        state = training.load_trainer_state(out / "trainer_state.safetensors", model=model, optimizer=optimizer)
+        training.remove_stale_temporaries(out)
+        state = training.load_trainer_state(out / "trainer_state.safetensors", model=model, optimizer=optimizer,
+                                            extra_keys=("position", "history", "best_val", "best_step", "stale"))
         step, elapsed = state.step, state.elapsed
         if config.stateful and state.extra.get("world_size", 1) != info.world_size:
             raise CheckpointError(f"resume: the stateful run in {out} read its streams with "
                                   f"{state.extra.get('world_size', 1)} process(es); resume it with as many")
         position, history = state.extra["position"], state.extra["history"]
         best_val, best_step, stale = state.extra["best_val"], state.extra["best_step"], state.extra["stale"]
+        train_avg = state.extra.get("train_avg", math.nan)
         if config.stateful and state.extra.get("carried") is not None:
             mine = slice(info.rank * config.batch, (info.rank + 1) * config.batch)
             carried = _state_from(tuple(t[:, mine].to(info.device) for t in state.extra["carried"]))
     elif info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        training.begin_run(out, RUN_FILES)
         training.write_json(out / "config.json", {"config": dataclasses.asdict(config), "text": text_path,
                                                   "text_sha256": _sha256(raw), "characters": len(raw),
                                                   "parameters": sum(p.numel() for p in model.parameters())})
@@ -582,7 +616,7 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
         if not info.is_main:
             return
         extra = {"position": position, "history": history, "best_val": best_val, "best_step": best_step,
-                 "stale": stale, "carried": gathered, "world_size": info.world_size}
+                 "stale": stale, "carried": gathered, "world_size": info.world_size, "train_avg": train_avg}
         training.save_trainer_state(out / "trainer_state.safetensors", model=model, optimizer=optimizer,
                                     step=step, elapsed=budget.elapsed(), extra=extra)
         training.save_weights(out / "model.safetensors", model, {"step": str(step)})
@@ -609,7 +643,7 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
 
     budget = training.Budget(steps=config.steps, minutes=config.minutes, elapsed=elapsed)
     bar = training.Progress(budget, unit="char", enabled=progress and info.is_main, start_step=step)
-    train_avg, last_val = math.nan, history[-1]["val_nats"] if history else math.nan
+    last_val = history[-1]["val_nats"] if history else math.nan
     saved_step = step if resume else -1
     stopped = "budget"
     model.train()
@@ -662,11 +696,14 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
             bar.update(step, config.batch * config.seq_len * info.world_size, loss=train_avg,
                        val=f"{last_val:.4f}" if seen else "-", bpc=f"{last_val / math.log(2):.3f}" if seen else "-")
         if saved_step != step:  # stopped by the clock or Ctrl-C between evaluations
-            if step and (not history or history[-1]["step"] != step):
+            # An interrupt saves the state an uninterrupted run has at this step: no evaluation, which would
+            # count toward --patience and could replace best.safetensors.
+            if stopped != "interrupted" and step and (not history or history[-1]["step"] != step):
                 last_val = evaluate()
             checkpoint()
     bar.close()
-    result = TrainResult(str(out), step, best_val, best_step, last_val, budget.elapsed(), bar.rate, stopped)
+    result = TrainResult(str(out), step, best_val, best_step, last_val, budget.elapsed(), bar.rate, stopped,
+                         interrupt.signum if stopped == "interrupted" else None)
     if info.is_main:
         print(f"{stopped} after step {step} ({result.elapsed:.0f} s, {bar.rate:,.0f} chars/s): best validation "
               f"loss {best_val:.4f} nats/char ({best_val / math.log(2):.3f} bits/char) at step {best_step}; "
@@ -676,6 +713,9 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
 
 # ----------------------------------------------------------------------------------------------------------------
 # 6. Command line: ``gatedrnn charlm train|sample|eval``
+
+RUN_FILES = ("config.json", "vocab.json", "model.safetensors", "best.safetensors", "history.json")
+"""What a run writes besides its trainer state (cleared when a run that never saved one starts over)."""
 
 DEFAULT_MINUTES = 9.0
 """``gatedrnn charlm train`` without ``--steps`` or ``--minutes`` trains for this many minutes."""
@@ -770,6 +810,8 @@ def _cli_train(args: Any) -> int:
         out = Path(args.resume)
         if not out.is_dir():
             raise ValueError(f"resume: {out} is not a run directory")
+        if not (out / "config.json").is_file():
+            raise CheckpointError(f"resume: {out} holds no charlm run (no config.json)")
         if args.out and Path(args.out) != out:
             raise ValueError(f"out: --resume continues the run in {out}; leave out --out or give the same")
         base = _config_from(training.read_json(out / "config.json"), out / "config.json")
@@ -781,9 +823,10 @@ def _cli_train(args: Any) -> int:
             given["minutes"] = DEFAULT_MINUTES
         text = args.text
     config = dataclasses.replace(base, **given)
-    train(config, text=text, out=out, resume=bool(args.resume), progress=not args.quiet,
-          sample_length=0 if args.quiet else args.sample_length)
-    return 0
+    _int("sample_length", args.sample_length, 0)
+    result = train(config, text=text, out=out, resume=bool(args.resume), progress=not args.quiet,
+                   sample_length=0 if args.quiet else args.sample_length)
+    return training.exit_status(result.signal)
 
 
 def _cli_sample(args: Any) -> int:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import training
-from ..checks import check_choice
+from ..checks import check_choice, check_finite_float, check_positive
 from ..datasets import (
     SeriesData,
     Vocabulary,
@@ -85,12 +85,37 @@ class ClassifyConfig:
     channel_std: list[float] = field(default_factory=list)
 
     def check(self) -> None:
+        """Raise ``ValueError`` naming the first option with a bad value."""
         check_choice("data", self.data, DATASETS)
         check_choice("tokens", self.tokens, ("word", "char"))
         check_choice("pooling", self.pooling, POOLINGS)
-        variant(self.cell)
+        supervised.check_model(self)
+        for name in ("min_count", "embedding_size"):
+            supervised.check_int(f"--{name.replace('_', '-')}", getattr(self, name))
+        check_positive("--lr", self.lr)
+        check_positive("--weight-decay", self.weight_decay, zero=True)
+        if not isinstance(self.bidirectional, bool):
+            raise ValueError(f"bidirectional: expected true or false, got {self.bidirectional!r}")
+        for name in ("text_column", "label_column"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"--{name.replace('_', '-')}: expected a column name, got {getattr(self, name)!r}")
         if (self.data == "csv") != (self.csv is not None):
             raise ValueError("csv: give --csv FILE exactly when --data is 'csv'")
+
+    def check_fitted(self) -> None:
+        """What training fitted: two or more distinct labels; for series, a finite mean and a positive standard
+        deviation per channel."""
+        labels = self.labels
+        if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)
+                and len(set(labels)) == len(labels)):
+            raise ValueError(f"labels: expected a list of 2 or more distinct names, got {labels!r}")
+        mean, std = self.channel_mean, self.channel_std
+        if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std)
+                and (self.is_text or mean)):
+            raise ValueError("channel_mean, channel_std: expected one value per channel in each")
+        for i, (m, d) in enumerate(zip(mean, std)):
+            check_finite_float(f"channel_mean[{i}]", m)
+            check_positive(f"channel_std[{i}]", d)
 
     @property
     def is_text(self) -> bool:
@@ -155,6 +180,9 @@ def prepare(config: ClassifyConfig, vocab: Vocabulary | None = None) -> Prepared
             if len(config.labels) < 2:
                 raise ValueError(f"label: the training split has only the label(s) {config.labels}; need 2 or more")
             vocab = Vocabulary.build((tokenize(t, config.tokens) for t in texts[0]), config.min_count)
+            if len(vocab) <= 2:
+                raise ValueError(f"--min-count: no {config.tokens} token occurs {config.min_count} times in the "
+                                 f"training split; the vocabulary would be empty (lower --min-count)")
         for name, part in zip(("validation split", "test split"), labels[1:]):
             check_labels(part, config.labels, name)
         assert vocab is not None
@@ -235,6 +263,18 @@ def build_model(config: ClassifyConfig, vocab: Vocabulary | None) -> SequenceCla
     return SequenceClassifier(config, len(vocab) if vocab is not None else 0, len(config.channel_mean))
 
 
+def model_bytes(config: ClassifyConfig, vocab: Vocabulary | None, steps: int = 0, *, train: bool = False,
+                overhead: bool = True) -> int:
+    """A lower bound of the memory the classifier takes (training: with gradients, optimizer state and the
+    activations of a batch of ``steps`` steps), computed before anything is allocated."""
+    width = config.embedding_size if vocab is not None else len(config.channel_mean)
+    embedding = len(vocab) * config.embedding_size * (4 if train else 1) if vocab is not None else 0
+    inputs = config.batch_size * steps * width if train else 0
+    return 4 * (embedding + inputs) + training.recurrent_bytes(
+        layers=config.layers, hidden=config.hidden_size, inputs=width, directions=2 if config.bidirectional else 1,
+        batch=config.batch_size if train else 0, steps=steps, training=train, overhead=overhead)
+
+
 @torch.no_grad()
 def predict_proba(model: SequenceClassifier, inputs: Sequence[Tensor], device: torch.device,
                   batch_size: int = 256) -> Tensor:
@@ -258,8 +298,15 @@ def evaluate(model: SequenceClassifier, split: Split, classes: int, device: torc
 
 def train(config: ClassifyConfig, loop: supervised.Loop, out: Path, *, resume: bool = False,
           device: str = "auto") -> supervised.Result:
-    """Train a classifier into ``out``; the weights with the best validation accuracy are kept."""
+    """Train a classifier into ``out``; the weights with the best validation accuracy are kept.
+
+    Every option, the data and the memory the model needs are checked before anything is written.
+    """
     config.check()
+    loop.check()
+    training.check_engine(config.engine)
+    placement = training.resolve_device(device)
+    resume = training.open_run_dir("--out", out, resume=resume, what="classify")
     dist = training.setup_distributed(device)
     try:
         training.seed_everything(config.seed)
@@ -268,12 +315,17 @@ def train(config: ClassifyConfig, loop: supervised.Loop, out: Path, *, resume: b
             config = load_config(out)
             data = prepare(config, load_vocab(out, config))
         else:
-            supervised.check_fresh(out, "classify")
             data = prepare(config)
-            if dist.is_main:
-                training.write_json(out / supervised.CONFIG, asdict(config))
-                if data.vocab is not None:
-                    training.write_json(out / "vocab.json", data.vocab.tokens)
+        longest = max(len(x) for x in data.train.inputs)
+        training.require_memory(
+            f"model: --layers {config.layers} --hidden-size {config.hidden_size} --embedding-size "
+            f"{config.embedding_size} --batch-size {config.batch_size} (sequences of up to {longest} steps)",
+            model_bytes(config, data.vocab, longest, train=True), placement)
+        if not resume and dist.is_main:
+            training.begin_run(out, supervised.RUN_FILES)
+            training.write_json(out / supervised.CONFIG, asdict(config))
+            if data.vocab is not None:
+                training.write_json(out / "vocab.json", data.vocab.tokens)
         model = build_model(config, data.vocab).to(dist.device)
         classes = len(config.labels)
 
@@ -295,27 +347,49 @@ def train(config: ClassifyConfig, loop: supervised.Loop, out: Path, *, resume: b
 
 
 def load_config(out: Path) -> ClassifyConfig:
-    saved = training.read_json(out / supervised.CONFIG)
+    """The configuration of the run in ``out``, every field checked (a ``CheckpointError`` naming the file)."""
+    path = out / supervised.CONFIG
+    saved = training.read_json(path)
     known = {f.name for f in fields(ClassifyConfig)}
     if not isinstance(saved, dict) or set(saved) - known:
-        raise training.CheckpointError(f"{out / supervised.CONFIG}: not a classify configuration")
-    return ClassifyConfig(**saved)
+        raise training.CheckpointError(f"{path}: not a classify configuration")
+    if set(known) - set(saved):
+        raise training.CheckpointError(f"{path}: missing {', '.join(sorted(set(known) - set(saved)))}")
+    try:
+        config = ClassifyConfig(**saved)
+        config.check()
+        config.check_fitted()
+    except (TypeError, ValueError) as error:
+        raise training.CheckpointError(f"{path}: invalid configuration ({error})") from None
+    return config
 
 
 def load_vocab(out: Path, config: ClassifyConfig) -> Vocabulary | None:
     if not config.is_text:
         return None
-    tokens = training.read_json(out / "vocab.json")
+    path = out / "vocab.json"
+    tokens = training.read_json(path)
+    if not (isinstance(tokens, list) and tokens[:2] == [Vocabulary.PAD, Vocabulary.UNK] and len(tokens) > 2
+            and all(isinstance(t, str) for t in tokens)):
+        raise training.CheckpointError(f"{path}: corrupt vocabulary (expected a list of tokens starting with "
+                                       f"{Vocabulary.PAD!r}, {Vocabulary.UNK!r})")
+    if len(set(tokens)) != len(tokens):
+        raise training.CheckpointError(f"{path}: corrupt vocabulary (a token is listed twice)")
     return Vocabulary(tokens[2:])  # the first two are <pad> and <unk>
 
 
 def load(out: Path, device: torch.device) -> tuple[ClassifyConfig, Vocabulary | None, SequenceClassifier]:
     """The configuration, vocabulary and best weights of a trained classifier."""
+    if not out.is_dir():
+        raise ValueError(f"--out: {out} is not a directory (expected a run directory from classify train)")
     config = load_config(out)
     vocab = load_vocab(out, config)
-    model = build_model(config, vocab)
-    training.load_weights(out / supervised.WEIGHTS, model)
-    return config, vocab, model.to(device).eval()
+    model = training.build_and_load(
+        out / supervised.WEIGHTS, lambda: build_model(config, vocab), device=device,
+        what=f"model: {out / supervised.CONFIG} (layers {config.layers}, hidden_size {config.hidden_size}, "
+             f"embedding_size {config.embedding_size})", nbytes=model_bytes(config, vocab),
+        weights=model_bytes(config, vocab, overhead=False))
+    return config, vocab, model.eval()
 
 
 # ---------------------------------------------------------------------------------------------- evaluation, use
@@ -398,16 +472,17 @@ def _train_command(args: argparse.Namespace) -> int:
         config.csv = str(Path(config.csv).resolve())  # eval and predict may run from another directory
     result = train(config, supervised.loop_from(args), args.out, resume=args.resume, device=args.device)
     if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun only rank 0 reports
+        return training.exit_status(result.signal)  # under torchrun only rank 0 reports
     print(f"trained {result.step} steps in {result.elapsed:.0f} s; best validation accuracy "
           f"{result.best_score:.4f} at step {result.best_step}; weights in {args.out / supervised.WEIGHTS}")
-    return 0
+    return training.exit_status(result.signal)
 
 
 def _eval_command(args: argparse.Namespace) -> int:
     device = training.resolve_device(args.device)
-    config, scores, where = eval_split(args.out, device, args.split, args.csv)
     plot = args.plot or args.out / f"confusion_{args.split if args.csv is None else 'csv'}.png"
+    training.check_output_file("--plot", plot)
+    config, scores, where = eval_split(args.out, device, args.split, args.csv)
     print(report(config, scores, f"{config.cell} on {where}", plot))
     return 0
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
@@ -400,8 +401,8 @@ class ExperimentConfig:
     """End a run at the first evaluation that meets the task's solved criterion."""
     init: str = "chrono"
     """Gate biases: ``chrono`` (Tallec & Ollivier 2018) or ``torch`` (see :func:`chrono_init_`)."""
-    workers: int = 0
-    """Parallel runs, each a process with one torch thread; 0: one per CPU core (at most the number of runs)."""
+    workers: int | None = None
+    """Parallel runs, each a process with one torch thread; None: one per CPU core (at most the number of runs)."""
     engine: str = "auto"
 
     TRAJECTORY_FIELDS: ClassVar[tuple[str, ...]] = ("task", "length", "hidden", "batch", "lr", "clip", "steps",
@@ -429,8 +430,11 @@ class ExperimentConfig:
         _int("length", self.length, minimum_length)
         for name in ("hidden", "batch", "steps", "eval_every", "test_size", "seeds"):
             _int(name, getattr(self, name), 1)
-        for name in ("seed", "workers"):
-            _int(name, getattr(self, name), 0)
+        training.check_seed("seed", self.seed)
+        if self.seed + self.seeds > 2**63:
+            raise ValueError(f"seeds: the seeds {self.seed} .. {self.seed + self.seeds - 1} go past 2**63 - 1")
+        if self.workers is not None:
+            _int("workers", self.workers, 1)
         for name in ("lr", "clip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -511,7 +515,7 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
     spec = task(config.task)
     done = directory / "result.json"
     if done.is_file():
-        return RunResult(**training.read_json(done))
+        return _read_result(done)
     directory.mkdir(parents=True, exist_ok=True)
     checkpoint = directory / "trainer_state.safetensors"
     csv_path = directory / "metrics.csv"
@@ -524,7 +528,8 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
 
     step, elapsed, cpu, history, solved_at = 0, 0.0, 0.0, [], None
     if checkpoint.is_file():
-        state = training.load_trainer_state(checkpoint, model=model, optimizer=optimizer)
+        state = training.load_trainer_state(checkpoint, model=model, optimizer=optimizer,
+                                            extra_keys=("cpu", "history", "solved_at"))
         step, elapsed = state.step, state.elapsed
         cpu, history, solved_at = state.extra["cpu"], state.extra["history"], state.extra["solved_at"]
         _truncate_csv(csv_path, step)
@@ -590,6 +595,18 @@ def train_one(config: ExperimentConfig, cell: str, seed: int, directory: Path, *
     return result
 
 
+def _read_result(path: Path) -> RunResult:
+    """A finished run's ``result.json`` (a ``CheckpointError`` naming it when it is not one)."""
+    saved = training.read_json(path)
+    try:
+        result = RunResult(**saved)
+        if not isinstance(result.steps, int):
+            raise TypeError(f"steps is {result.steps!r}")
+    except TypeError as error:
+        raise training.CheckpointError(f"{path}: not a run result ({error})") from None
+    return result
+
+
 def _extra(metrics: dict[str, float]) -> str:
     value = metrics.get("sequence_accuracy")
     return "" if value is None else f"{value:.6g}"
@@ -640,6 +657,8 @@ class ExperimentResult:
     finished: bool
     table: str
     """The results table in markdown."""
+    signal: int | None = None
+    """The signal that interrupted the runs (see :func:`training.exit_status`)."""
 
 
 def run_experiment(config: ExperimentConfig, out: str | os.PathLike[str], *, progress: bool = True,
@@ -650,16 +669,29 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike[str], *, pro
     resumes it. ``out`` may already hold runs of other cells or seeds of the same configuration.
     """
     log = log if log is not None else sys.stdout
-    out = Path(out)
+    out = training.check_output_dir("--out", out)
+    training.check_engine(config.engine)
     config_path = out / "config.json"
     if config_path.is_file():
-        training.check_config(training.read_json(config_path)["trajectory"], config.trajectory(), str(config_path))
-    out.mkdir(parents=True, exist_ok=True)
-    training.write_json(config_path, {"config": dataclasses.asdict(config), "trajectory": config.trajectory()})
-
+        saved = training.read_json(config_path)
+        if not (isinstance(saved, dict) and isinstance(saved.get("trajectory"), dict)):
+            raise training.CheckpointError(f"{config_path}: not an experiment configuration")
+        training.check_config(saved["trajectory"], config.trajectory(), str(config_path))
+    workers = min(config.seeds * len(config.cells), config.workers or os.cpu_count() or 1)
+    training.require_memory(f"experiment: --length {config.length} --hidden {config.hidden} --batch {config.batch} "
+                            f"--test-size {config.test_size} ({workers} worker{'s' if workers > 1 else ''})",
+                            workers * memory_bytes(config), torch.device("cpu"))
     jobs = [(cell, seed) for cell in config.cells for seed in range(config.seed, config.seed + config.seeds)]
     directories = {job: str(out / "runs" / f"{job[0]}-seed{job[1]}") for job in jobs}
-    workers = min(len(jobs), config.workers or os.cpu_count() or 1)
+    for directory in directories.values():  # finished runs are read back: a damaged one is found before any write
+        if (Path(directory) / "result.json").is_file():
+            _read_result(Path(directory) / "result.json")
+    out.mkdir(parents=True, exist_ok=True)
+    training.remove_stale_temporaries(out)
+    wanted = {"config": dataclasses.asdict(config), "trajectory": config.trajectory()}
+    if not config_path.is_file() or training.read_json(config_path) != json.loads(json.dumps(wanted)):
+        training.write_json(config_path, wanted)
+
     budget = training.Budget(steps=config.steps * len(jobs))
     bar = training.Progress(budget, unit="seq", enabled=progress, desc=config.task)
     steps_done = {job: _steps_done(Path(directories[job])) for job in jobs}
@@ -689,13 +721,24 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike[str], *, pro
     print(f"{config.task}: {'finished' if finished else 'interrupted (run again to resume)'} in {seconds:.0f} s "
           f"wall clock ({workers} worker{'s' if workers > 1 else ''}; {cpu:.0f} CPU seconds of training over all "
           f"runs); reports in {out}{no_plot}\n\n{table}", file=log)
-    return ExperimentResult(config, runs, seconds, out, finished, table)
+    return ExperimentResult(config, runs, seconds, out, finished, table,
+                            None if finished else interrupt.signum or signal.SIGINT)
+
+
+def memory_bytes(config: ExperimentConfig) -> int:
+    """A lower bound of the memory one run takes: its test set, a training batch with the activations kept for
+    the backward pass, and the test set's outputs (computed before anything is allocated)."""
+    spec = task(config.task)
+    steps = spec.steps(config.length)
+    data = (config.test_size + config.batch) * steps * spec.input_size * 4
+    return data + training.recurrent_bytes(layers=1, hidden=config.hidden, inputs=spec.input_size,
+                                           batch=max(config.batch, config.test_size), steps=steps, training=True)
 
 
 def _steps_done(directory: Path) -> int:
     """Steps a run already has (from its result or checkpoint): the progress bar starts there."""
     if (directory / "result.json").is_file():
-        return int(training.read_json(directory / "result.json")["steps"])
+        return _read_result(directory / "result.json").steps
     path = directory / "metrics.csv"
     if not (directory / "trainer_state.safetensors").is_file() or not path.is_file():
         return 0
@@ -872,7 +915,7 @@ def add_command(commands: Any) -> None:
     p.add_argument("--init", default="chrono", choices=INITS,
                    help="gate biases: chrono (Tallec & Ollivier 2018: forget/keep gates open to time scales up to "
                         "the sequence length) or torch (torch.nn's uniform draw) (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=0, help="parallel runs, one thread each (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs, one thread each (default: one per core)")
     p.add_argument("--engine", default="auto", help="recurrence engine (default: %(default)s; see `gatedrnn engines`)")
     p.add_argument("--out", default=None, help="output directory (default: experiments/TASK)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -885,4 +928,4 @@ def _cli(args: Any) -> int:
         clip=args.clip, steps=args.steps, eval_every=args.eval_every, test_size=args.test_size, seeds=args.seeds,
         seed=args.seed, stop_when_solved=not args.full, init=args.init, workers=args.workers, engine=args.engine)
     result = run_experiment(config, args.out or Path("experiments") / args.task, progress=not args.quiet)
-    return 0 if result.finished else 130
+    return training.exit_status(result.signal)

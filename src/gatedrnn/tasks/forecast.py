@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import training
-from ..checks import check_choice
+from ..checks import check_choice, check_finite_float, check_positive
 from ..datasets import bundled
 from ..timeseries import (
     TRANSFORMS,
@@ -105,19 +105,30 @@ class ForecastConfig:
     mase_scale: float = 1.0
 
     def check(self) -> None:
+        """Raise ``ValueError`` naming the first option with a bad value."""
         check_choice("data", self.data, ("seattle", "stocks", "csv"))
         check_choice("transform", self.transform, TRANSFORMS)
         check_choice("base", self.base, BASES)
-        variant(self.cell)
+        supervised.check_model(self)
         for name in ("window", "horizon", "season"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"--{name}: expected an int >= 1, got {value}")
+            supervised.check_int(f"--{name}", getattr(self, name))
+        for name in ("date_column", "value_column"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"--{name.replace('_', '-')}: expected a column name, got {getattr(self, name)!r}")
+        if not (isinstance(self.filters, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in self.filters.items())):
+            raise ValueError(f"--filter: expected COLUMN=VALUE pairs, got {self.filters!r}")
         if self.base == "seasonal" and self.window < self.season:
             raise ValueError(f"--window: the seasonal base reads one season back; expected a window >= --season "
                              f"{self.season}, got {self.window}")
         if self.data == "csv" and self.csv is None:
             raise ValueError("csv: --data csv needs --csv FILE")
+
+    def check_fitted(self) -> None:
+        """What training fitted: a finite mean, and a positive scale and MASE denominator."""
+        check_finite_float("scaler_mean", self.scaler_mean)
+        check_positive("scaler_std", self.scaler_std)
+        check_positive("mase_scale", self.mase_scale)
 
     def source(self) -> str:
         return self.csv if self.data == "csv" else str(bundled(PRESETS[self.data]["csv"]))  # type: ignore[return-value]
@@ -154,7 +165,11 @@ def prepare(config: ForecastConfig, fit: bool) -> Prepared:
             raise ValueError(f"--horizon: the {name} span has {length} steps, fewer than --horizon {config.horizon}")
     raw = apply_transform(values, config.transform, config.season)
     if fit:
-        scaler = Scaler.fit(raw[lag:train_end])
+        try:
+            scaler = Scaler.fit(raw[lag:train_end])
+        except ValueError as error:
+            what = "" if config.transform == "none" else f" (after the {config.transform} transform)"
+            raise ValueError(f"csv: {config.source()}: {error}{what}") from None
         config.scaler_mean, config.scaler_std = scaler.mean, scaler.std
         config.mase_scale = mase_scale(values[:train_end], config.season)
     model_values = Scaler(config.scaler_mean, config.scaler_std).transform(raw)
@@ -226,18 +241,27 @@ def forecast(model: Forecaster, model_values: np.ndarray, values: np.ndarray, or
 
 def train(config: ForecastConfig, loop: supervised.Loop, out: Path, *, resume: bool = False,
           device: str = "auto") -> supervised.Result:
-    """Train a forecaster into ``out``; the weights with the lowest validation RMSE are kept."""
+    """Train a forecaster into ``out``; the weights with the lowest validation RMSE are kept.
+
+    Every option, the data and the memory the model needs are checked before anything is written.
+    """
     config.check()
+    loop.check()
+    training.check_engine(config.engine)
+    placement = training.resolve_device(device)
+    resume = training.open_run_dir("--out", out, resume=resume, what="forecast")
     dist = training.setup_distributed(device)
     try:
         training.seed_everything(config.seed)
         if resume:  # the scaling comes from the saved run, fitted on its training span
             supervised.check_resume(out, {k: v for k, v in asdict(config).items() if k not in FITTED})
             config = load_config(out)
-        else:
-            supervised.check_fresh(out, "forecast")
         data = prepare(config, fit=not resume)
+        training.require_memory(
+            f"model: --layers {config.layers} --hidden-size {config.hidden_size} --batch-size {config.batch_size} "
+            f"--window {config.window}", model_bytes(config, train=True), placement)
         if not resume and dist.is_main:
+            training.begin_run(out, supervised.RUN_FILES)
             training.write_json(out / supervised.CONFIG, asdict(config))
         model = Forecaster(config).to(dist.device)
         train_origins = torch.from_numpy(data.origins["train"])
@@ -264,17 +288,40 @@ def train(config: ForecastConfig, loop: supervised.Loop, out: Path, *, resume: b
 
 
 def load_config(out: Path) -> ForecastConfig:
-    saved = training.read_json(out / supervised.CONFIG)
-    if not isinstance(saved, dict) or set(saved) - {f.name for f in fields(ForecastConfig)}:
-        raise training.CheckpointError(f"{out / supervised.CONFIG}: not a forecast configuration")
-    return ForecastConfig(**saved)
+    """The configuration of the run in ``out``, every field checked (a ``CheckpointError`` naming the file)."""
+    path = out / supervised.CONFIG
+    saved = training.read_json(path)
+    known = {f.name for f in fields(ForecastConfig)}
+    if not isinstance(saved, dict) or set(saved) - known:
+        raise training.CheckpointError(f"{path}: not a forecast configuration")
+    if known - set(saved):
+        raise training.CheckpointError(f"{path}: missing {', '.join(sorted(known - set(saved)))}")
+    try:
+        config = ForecastConfig(**saved)
+        config.check()
+        config.check_fitted()
+    except (TypeError, ValueError) as error:
+        raise training.CheckpointError(f"{path}: invalid configuration ({error})") from None
+    return config
+
+
+def model_bytes(config: ForecastConfig, *, train: bool = False, overhead: bool = True) -> int:
+    """A lower bound of the memory the forecaster takes (training: with gradients, optimizer state and the
+    activations of one batch of windows), computed before anything is allocated."""
+    return training.recurrent_bytes(layers=config.layers, hidden=config.hidden_size, inputs=1,
+                                    batch=config.batch_size if train else 0, steps=config.window, training=train,
+                                    overhead=overhead)
 
 
 def load(out: Path, device: torch.device) -> tuple[ForecastConfig, Forecaster]:
+    if not out.is_dir():
+        raise ValueError(f"--out: {out} is not a directory (expected a run directory from forecast train)")
     config = load_config(out)
-    model = Forecaster(config)
-    training.load_weights(out / supervised.WEIGHTS, model)
-    return config, model.to(device).eval()
+    model = training.build_and_load(
+        out / supervised.WEIGHTS, lambda: Forecaster(config), device=device, nbytes=model_bytes(config),
+        weights=model_bytes(config, overhead=False),
+        what=f"model: {out / supervised.CONFIG} (layers {config.layers}, hidden_size {config.hidden_size})")
+    return config, model.eval()
 
 
 # ---------------------------------------------------------------------------------------------- evaluation, use
@@ -391,15 +438,18 @@ def config_from(args: argparse.Namespace) -> ForecastConfig:
 def _train_command(args: argparse.Namespace) -> int:
     result = train(config_from(args), supervised.loop_from(args), args.out, resume=args.resume, device=args.device)
     if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun only rank 0 reports
+        return training.exit_status(result.signal)  # under torchrun only rank 0 reports
     print(f"trained {result.step} steps in {result.elapsed:.0f} s; best validation RMSE {-result.best_score:.4f} "
           f"at step {result.best_step}; weights in {args.out / supervised.WEIGHTS}")
-    return 0
+    return training.exit_status(result.signal)
 
 
 def _eval_command(args: argparse.Namespace) -> int:
-    config, result = evaluate(args.out, training.resolve_device(args.device), args.split)
-    print(report(config, result, args.split, args.plot or args.out / f"forecast_{args.split}.png"))
+    device = training.resolve_device(args.device)
+    plot = args.plot or args.out / f"forecast_{args.split}.png"
+    training.check_output_file("--plot", plot)
+    config, result = evaluate(args.out, device, args.split)
+    print(report(config, result, args.split, plot))
     return 0
 
 

@@ -14,6 +14,7 @@ Batches come from the task as a list of index tensors per epoch, drawn with a ge
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import training
-from ..variants import VARIANTS
+from ..checks import check_fraction, check_positive, check_size
+from ..engine import check_name
+from ..variants import VARIANTS, variant
 
 CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "trainer_state.safetensors"
 
@@ -40,6 +43,19 @@ class Loop:
     clip: float = 1.0
     """Largest gradient norm: recurrent nets occasionally produce exploding gradients."""
 
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first option with a bad value."""
+        if self.steps is None and self.minutes is None:
+            raise ValueError("--steps: give --steps, --minutes or both")
+        for name in ("steps", "eval_every"):
+            if getattr(self, name) is not None:
+                check_int(f"--{name.replace('_', '-')}", getattr(self, name))
+        if self.minutes is not None:
+            check_positive("--minutes", self.minutes)
+        check_positive("--lr", self.lr)
+        check_positive("--weight-decay", self.weight_decay, zero=True)
+        check_positive("clip", self.clip)
+
 
 @dataclass
 class Result:
@@ -47,21 +63,41 @@ class Result:
     best_score: float
     best_step: int
     elapsed: float
+    signal: int | None = None
+    """The signal that interrupted the run (see :func:`training.exit_status`)."""
 
 
-def check_fresh(out: Path, what: str) -> None:
-    """A new run must not overwrite a saved one."""
-    if (out / STATE).exists():
-        raise ValueError(f"out: {out} already holds a {what} run; pass --resume to continue it or choose another --out")
+def check_int(name: str, value: object) -> int:
+    """An int ``>= 1`` (a ``ValueError`` also for a value of another type, as from an edited ``config.json``)."""
+    try:
+        return check_size(name, value)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
+
+
+def check_model(config: Any) -> None:
+    """The options every supervised task's configuration shares (``config.json`` holds them too)."""
+    variant(config.cell)
+    for name in ("layers", "hidden_size", "batch_size"):
+        check_int(f"--{name.replace('_', '-')}", getattr(config, name))
+    check_fraction("--dropout", config.dropout)
+    training.check_seed("--seed", config.seed)
+    if not isinstance(config.engine, str):
+        raise ValueError(f"--engine: expected a name, got {config.engine!r}")
+    check_name(config.engine)
+
+
+RUN_FILES = (CONFIG, WEIGHTS, "vocab.json")
+"""What a run writes besides its trainer state (cleared when a run that never saved one starts over)."""
 
 
 def check_resume(out: Path, wanted: Mapping[str, Any]) -> dict[str, Any]:
     """The saved configuration of the run in ``out``, after checking that ``wanted`` (the options given now,
     without what training fits to the data) asks for the same."""
     saved = training.read_json(out / CONFIG)
+    if not isinstance(saved, dict):
+        raise training.CheckpointError(f"{out / CONFIG}: not a run configuration")
     training.check_config(saved, wanted, f"--resume {out}")
-    if not (out / STATE).is_file():
-        raise training.CheckpointError(f"--resume: {out / STATE} is missing; the run never saved its state")
     return saved
 
 
@@ -88,7 +124,9 @@ def fit(
     step, epoch, position, elapsed = 0, 0, 0, 0.0
     best_score, best_step = float("-inf"), 0
     if resume:
-        state = training.load_trainer_state(out / STATE, model=model, optimizer=optimizer)
+        training.remove_stale_temporaries(out)
+        state = training.load_trainer_state(out / STATE, model=model, optimizer=optimizer,
+                                            extra_keys=("epoch", "position", "best_score", "best_step"))
         step, elapsed = state.step, state.elapsed
         epoch, position = state.extra["epoch"], state.extra["position"]
         best_score, best_step = state.extra["best_score"], state.extra["best_step"]
@@ -104,6 +142,12 @@ def fit(
         usable = len(batches) - len(batches) % dist.world_size
         return batches[dist.rank : usable : dist.world_size]
 
+    def save() -> None:
+        if dist.is_main:
+            training.save_trainer_state(
+                out / STATE, model=model, optimizer=optimizer, step=step, elapsed=budget.elapsed(),
+                extra={"epoch": epoch, "position": position, "best_score": best_score, "best_step": best_step})
+
     def checkpoint() -> None:
         """Validate; keep the weights if they are the best so far; save the trainer state."""
         nonlocal best_score, best_step
@@ -114,16 +158,17 @@ def fit(
             if dist.is_main:
                 training.save_weights(out / WEIGHTS, model)
         progress.write(f"step {step}: {report} (best at step {best_step})")
-        if dist.is_main:
-            training.save_trainer_state(
-                out / STATE, model=model, optimizer=optimizer, step=step, elapsed=budget.elapsed(),
-                extra={"epoch": epoch, "position": position, "best_score": best_score, "best_step": best_step})
+        save()
+
+    interrupted = False
 
     def finished() -> bool:
         """Whether to stop; in a distributed run every rank stops at the same step (a budget in minutes or a
         Ctrl-C may come to one rank first), or the others would wait for it forever."""
-        flag = torch.tensor([float(budget.done(step) or interrupt.requested)], device=dist.device)
-        return bool(training.all_reduce_max(flag, dist).item() > 0)
+        nonlocal interrupted
+        flags = torch.tensor([float(budget.done(step)), float(interrupt.requested)], device=dist.device)
+        done, interrupted = (v > 0 for v in training.all_reduce_max(flags, dist).tolist())
+        return done or interrupted
 
     batches = shard()
     last_saved = step if resume else -1
@@ -147,11 +192,17 @@ def fit(
                 checkpoint()
                 last_saved = step
         if last_saved != step:
-            checkpoint()
-    if interrupt.requested:
+            # An interrupt saves the state an uninterrupted run has at this step: a validation here could
+            # replace the best weights, which the uninterrupted run would not.
+            if interrupted:
+                save()
+            else:
+                checkpoint()
+    if interrupted:
         progress.write(f"interrupted at step {step}; continue with --resume")
     progress.close()
-    return Result(step, best_score, best_step, budget.elapsed())
+    return Result(step, best_score, best_step, budget.elapsed(), (interrupt.signum or signal.SIGINT)
+                  if interrupted else None)
 
 
 def add_options(p: Any, *, steps: int, eval_every: int, lr: float, batch_size: int) -> None:
@@ -173,10 +224,6 @@ def add_options(p: Any, *, steps: int, eval_every: int, lr: float, batch_size: i
 
 
 def loop_from(args: Any) -> Loop:
-    for name in ("steps", "eval_every", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1, got {value}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr: expected a number > 0, got {args.lr}")
-    return Loop(args.steps, args.minutes, args.lr, args.weight_decay, args.eval_every)
+    loop = Loop(args.steps, args.minutes, args.lr, args.weight_decay, args.eval_every)
+    loop.check()
+    return loop

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import training
 from ..inspect import record
 from ..tasks import charlm
 from . import require_matplotlib
@@ -82,6 +83,8 @@ def _gates(args: argparse.Namespace) -> int:
     from . import plots  # matplotlib loads only for the commands that draw
 
     plots.check_path(args.out)
+    plots.check_size((args.width, args.height))
+    _positive("chars", args.chars)
     lm = charlm.load(args.model, weights=args.weights)
     text = _held_out(lm, args.chars) if args.text is None else args.text
     if len(text) < 2:
@@ -127,6 +130,9 @@ def _gradient_flow(args: argparse.Namespace) -> int:
     plots.check_path(args.out)
     for name in ("hidden", "train_steps", "seq_len", "windows"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    training.check_seed("seed", args.seed)
+    if args.runs:
+        training.check_output_dir("runs", args.runs)
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="gatedrnn-flow-") as temp:
         if args.model:
@@ -161,6 +167,9 @@ def _explore(args: argparse.Namespace) -> int:
     explorer.check_path(args.out)
     if args.screenshot:
         explorer.check_screenshot_path(args.screenshot)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"port: expected a port number in [0, 65535] (0: any free port), got {args.port}")
+    _positive("chars", args.chars)
     lm = charlm.load(args.model, weights=args.weights)
     if args.text is None:
         text = _held_out(lm, args.chars)
@@ -172,7 +181,10 @@ def _explore(args: argparse.Namespace) -> int:
     if args.screenshot:
         print(explorer.screenshot(args.out, args.screenshot))
     if args.serve:
-        server = explorer.serve(page, args.host, args.port)
+        try:
+            server = explorer.serve(page, args.host, args.port)
+        except OSError as error:
+            raise ValueError(f"port: cannot serve on {args.host}:{args.port}: {error.strerror or error}") from None
         host, port = server.server_address[:2]
         print(f"serving the explorer on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
         try:

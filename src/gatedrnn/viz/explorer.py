@@ -25,7 +25,7 @@ import torch
 
 from ..inspect import record
 from ..tasks.charlm import LanguageModel
-from ..training import atomic_write
+from ..training import atomic_write, check_output_file
 from .features import FEATURES, correlations
 from .plots import SIGMOID_GATES
 
@@ -123,11 +123,11 @@ def render(data: dict[str, Any]) -> str:
 def check_path(path: str | os.PathLike[str]) -> Path:
     """``path`` if the page can be written there (an existing directory), else ``ValueError``."""
     path = Path(path)
-    if not path.parent.is_dir():
+    if not Path(os.path.abspath(path)).parent.is_dir():
         raise ValueError(f"out: directory {str(path.parent)!r} does not exist")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise ValueError(f"out: {str(path)!r} is a directory; expected a file name such as explorer.html")
-    return path
+    return check_output_file("out", path)
 
 
 def write(page: str, path: str | os.PathLike[str]) -> Path:
@@ -151,7 +151,7 @@ def check_screenshot_path(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png" or not path.parent.is_dir():
         raise ValueError(f"screenshot: expected a .png file name in an existing directory, got {str(path)!r}")
-    return path
+    return check_output_file("screenshot", path)
 
 
 def screenshot(page: str | os.PathLike[str], out: str | os.PathLike[str], *, size: tuple[int, int] = (1400, 900),

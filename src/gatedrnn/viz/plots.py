@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure, SubFigure
 from torch import Tensor
 
+from .. import training
 from ..inspect import Trace
 from ..training import atomic_write
 
@@ -27,11 +29,25 @@ FORMATS = (".png", ".svg")
 Canvas = Figure | SubFigure
 
 
+MAX_PIXELS = 2**16 - 1
+"""The longest side of an image that matplotlib's renderer draws."""
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``(width, height)`` in pixels that can be drawn: each side an int in ``[100, 65535]``, and the image's
+    pixels (rendered and encoded: 8 bytes each) within the memory available."""
+    width, height = size
+    if not (isinstance(width, int) and isinstance(height, int) and 100 <= width <= MAX_PIXELS
+            and 100 <= height <= MAX_PIXELS):
+        raise ValueError(f"size: expected (width, height) in pixels, each an int >= 100 and <= {MAX_PIXELS} "
+                         f"(--width, --height), got {(width, height)!r}")
+    training.require_memory(f"image: --width {width} --height {height}", 8 * width * height, torch.device("cpu"))
+    return width, height
+
+
 def new_figure(size: tuple[int, int], dpi: int = 100) -> Figure:
     """A figure of exactly ``size = (width, height)`` pixels when saved as PNG at ``dpi``."""
-    width, height = size
-    if not (isinstance(width, int) and isinstance(height, int) and width >= 100 and height >= 100):
-        raise ValueError(f"size: expected (width, height) in pixels, each an int >= 100, got {size!r}")
+    width, height = check_size(size)
     return Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
 
 
@@ -42,7 +58,7 @@ def check_path(path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"out: expected a file name ending in .png or .svg, got {str(path)!r}")
     if not path.parent.is_dir():
         raise ValueError(f"out: directory {str(path.parent)!r} does not exist")
-    return path
+    return training.check_output_file("out", path)
 
 
 def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
