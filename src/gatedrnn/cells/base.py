@@ -48,7 +48,7 @@ class ParamDef:
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``LN(x) = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`` over the last dimension."""
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, LN_EPS)
+    return F.layer_norm(x, weight.shape, weight, bias, LN_EPS)
 
 
 @dataclass(frozen=True)
