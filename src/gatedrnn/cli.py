@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from .engine import engines, resolve
-from .tasks import charlm, classify, experiments, forecast
+from .tasks import charlm, classify, experiments, export, forecast
 from .variants import VARIANTS, variant
 from .viz import commands as viz_commands
 
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.register(commands)
     _add_bench(commands)
     experiments.add_command(commands)
+    export.register(commands)
     return parser
 
 
