@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from .engine.base import Engine
+from .engine.reference import loop as reference_loop
 
 OPSET = 18
 """The ONNX opset :func:`export_onnx` asks for (onnxruntime runs it; the legacy exporter supports it)."""
@@ -107,9 +108,9 @@ def native_inputs(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state
 
 def active_steps(gx: Tensor, lengths: Tensor | None) -> Tensor:
     """``(T, B)`` bool: whether step ``t`` of sequence ``b`` is within its length (all true without lengths)."""
-    steps = torch.arange(gx.shape[0], device=gx.device).unsqueeze(1)  # (T, 1)
     if lengths is None:
-        return steps >= 0
+        return gx.new_ones(gx.shape[:2], dtype=torch.bool)
+    steps = torch.arange(gx.shape[0], device=gx.device).unsqueeze(1)  # (T, 1)
     return steps < lengths.to(gx.device).unsqueeze(0)
 
 
@@ -138,16 +139,13 @@ class ExportEngine(Engine):
         if op is None:
             return super().run_input(spec, x, params, state, lengths)
         inputs, attrs = native_inputs(spec, x, params, state, lengths)
-        count = len(state)
-        T, B = x.shape[0], x.shape[1]
-        shapes = [(T, 1, B, spec.hidden_size)] + [(1, B, spec.hidden_size)] * count
         if torch.jit.is_tracing():
-            order = tuple(params)
-            outputs = _NativeNode.apply(spec, op, tuple(attrs.items()), order, len(inputs), *inputs, *state,
+            outputs = _NativeNode.apply(spec, op, tuple(attrs.items()), tuple(params), len(inputs), *inputs, *state,
                                         lengths, *params.values())
         else:
-            outputs = torch.onnx.ops.symbolic_multi_out(op, inputs, attrs, dtypes=[x.dtype] * (1 + count),
-                                                        shapes=shapes, version=OPSET)
+            T, B, H = x.shape[0], x.shape[1], spec.hidden_size
+            outputs = torch.onnx.ops.symbolic_multi_out(op, inputs, attrs, dtypes=[x.dtype] * (1 + len(state)),
+                                                        shapes=[(T, 1, B, H)] + [(1, B, H)] * len(state))
         return outputs[0].squeeze(1), tuple(s.squeeze(0) for s in outputs[1:])
 
     def run(self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
@@ -156,20 +154,17 @@ class ExportEngine(Engine):
         names = _recurrent_names(spec, params)
         weights = [params[name] for name in names]
         if torch.jit.is_tracing():
-            loop = _script_loop(spec, names, tuple(tuple(w.shape) for w in weights), len(state))
+            loop = _script_loop(spec, names, tuple(tuple(w.shape) for w in weights))
             out, final = loop(gx, list(state), active, weights)
-            return out, tuple(final)
+            # The loop's results have no static rank in the TorchScript graph; reshaping gives them theirs, which
+            # what follows (a batch-first transpose) needs.
+            T, B = gx.shape[0], gx.shape[1]
+            final = [s.reshape(B, w) for s, w in zip(final, spec.state_widths())]
+            return out.reshape(T, B, spec.state_size), tuple(final)
         return _scan(spec, names, gx, state, active, weights)
 
 
 ENGINE = ExportEngine()
-
-
-def _reference(spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
-               lengths: Tensor | None) -> tuple[Tensor, State]:
-    from .engine.reference import loop
-
-    return loop(spec, spec.input_projection(x, params), params, state, lengths)
 
 
 class _NativeNode(torch.autograd.Function):
@@ -184,7 +179,8 @@ class _NativeNode(torch.autograd.Function):
         count = len(spec.state_names)
         rest = tensors[n_inputs:]
         state, lengths, values = tuple(rest[:count]), rest[count], rest[count + 1 :]
-        out, final = _reference(spec, x, dict(zip(order, values)), state, lengths)
+        params = dict(zip(order, values))
+        out, final = reference_loop(spec, spec.input_projection(x, params), params, state, lengths)
         return (out.unsqueeze(1), *(s.unsqueeze(0) for s in final))
 
     @staticmethod
@@ -220,12 +216,12 @@ def _scan(spec: CellSpec, names: Sequence[str], gx: Tensor, state: State, active
 
 
 @functools.lru_cache(maxsize=64)
-def _script_loop(spec: CellSpec, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...],
-                 count: int) -> Any:
+def _script_loop(spec: CellSpec, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]) -> Any:
     """A TorchScript loop over time around ``spec.step`` traced once: ONNX ``Loop`` in the TorchScript exporter.
 
-    The step is traced with random inputs of the layer's shapes, outside the exporter's trace (whose tracer would
-    otherwise record the step's example run into the model's graph)."""
+    The step is traced with random inputs of the layer's shapes (from a generator of its own: the caller's random
+    state is left as it was), outside the exporter's trace, whose tracer would otherwise record the step's example
+    run into the model's graph."""
 
     def step(gx_t: Tensor, state: list[Tensor], weights: list[Tensor]) -> list[Tensor]:
         return list(spec.step(gx_t, tuple(state), dict(zip(names, weights))))
@@ -233,8 +229,10 @@ def _script_loop(spec: CellSpec, names: tuple[str, ...], shapes: tuple[tuple[int
     tracing = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
-        example_state = [torch.randn(2, w) for w in spec.state_widths()]
-        example = (torch.randn(2, spec.gate_size), example_state, [torch.randn(s) for s in shapes])
+        generator = torch.Generator().manual_seed(0)
+        example_state = [torch.randn(2, w, generator=generator) for w in spec.state_widths()]
+        example = (torch.randn(2, spec.gate_size, generator=generator), example_state,
+                   [torch.randn(s, generator=generator) for s in shapes])
         traced = torch.jit.trace(step, example, check_trace=False)
 
         def loop(gx: Tensor, state: list[Tensor], active: Tensor,

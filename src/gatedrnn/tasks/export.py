@@ -69,6 +69,9 @@ def _task(run: Path) -> str:
     """``charlm``, ``classify`` or ``forecast``, from the run's ``config.json``."""
     if not run.is_dir():
         raise ValueError(f"model: {run} is not a directory (expected a run directory of charlm, classify or forecast)")
+    if not (run / supervised.CONFIG).is_file():
+        raise ValueError(f"model: {run} has no {supervised.CONFIG}; expected a run directory of charlm, classify or "
+                         f"forecast")
     saved = training.read_json(run / supervised.CONFIG)
     if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
         return "charlm"
