@@ -353,6 +353,12 @@ def test_export_command_classify_and_forecast(tmp_path: Path) -> None:
     for T, B in ((6, 3), (2, 1)):
         x = torch.randint(0, len(vocab), (T, B), generator=generator)
         _assert_equal_to_eager(session, model, ["x", "lengths"], (x, _lengths(T, B, generator)))
+    texts = ["A great film, 3!", "dull", "the plot was dull and unknown-words abound"]
+    printed = _without_torch(ROOT / "examples" / "onnx_classify.py", tmp_path / "classify.onnx", *texts)
+    expected = classify.predict_texts(run, texts, torch.device("cpu"))
+    for line, text, (label, probability) in zip(printed.splitlines(), texts, expected, strict=True):
+        got_label, got_probability, got_text = line.split("\t")
+        assert (got_label, got_text) == (label, text) and abs(float(got_probability) - probability) < 1e-4
 
     values = 20 + 5 * np.sin(2 * np.pi * np.arange(200) / 24) + np.random.default_rng(0).normal(0, 0.3, 200)
     (tmp_path / "load.csv").write_text("when,load\n" + "\n".join(
@@ -384,7 +390,17 @@ def test_export_command_bad_input_is_one_line(charlm_run: Path, tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-# ------------------------------------------------------------------------------------------------ the example
+# ---------------------------------------------------------------------------------------------- the examples
+
+
+def _without_torch(example: Path, *args: object) -> str:
+    """What ``example`` prints, run with ``args`` in a process where ``import torch`` fails."""
+    block_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+                   "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", block_torch, str(example), *map(str, args)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def test_example_generates_with_onnxruntime_alone(charlm_run: Path, tmp_path: Path) -> None:
@@ -393,13 +409,8 @@ def test_example_generates_with_onnxruntime_alone(charlm_run: Path, tmp_path: Pa
 
     path = tmp_path / "lm.onnx"
     assert main(["export", "--model", str(charlm_run), "--out", str(path), "--exporter", "torchscript"]) == 0
-    block_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
-                   "runpy.run_path(sys.argv[0], run_name='__main__')")
-    example = ROOT / "examples" / "onnx_generate.py"
-    result = subprocess.run([sys.executable, "-c", block_torch, str(example), str(path), "--prime", "MACBETH.",
-                             "--length", "40", "--seed", "3"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    text = result.stdout.rstrip("\n")
+    text = _without_torch(ROOT / "examples" / "onnx_generate.py", path, "--prime", "MACBETH.", "--length", "40",
+                          "--seed", "3").rstrip("\n")
 
     lm = charlm.load(charlm_run)
     rng = np.random.default_rng(3)

@@ -122,7 +122,8 @@ def _recurrent_names(spec: CellSpec, params: Mapping[str, Tensor]) -> tuple[str,
 class ExportEngine(Engine):
     """What layers run while ``torch.onnx.export`` traces them: ONNX's recurrent op where it computes the cell,
     else a ``Scan``/``Loop`` of the cell's step (see the module docstring). Its eager values are the reference
-    engine's, so the exporters' tracing sees the numbers the model computes."""
+    engine's, so the exporters' tracing sees the numbers the model computes. It is not in the engine registry:
+    layers take it while exporting, never by name."""
 
     name = "onnx"
     priority = -1

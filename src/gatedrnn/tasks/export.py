@@ -10,8 +10,9 @@ task       inputs                                      outputs                  
 =========  ==========================================  ===========================  ==============================
 charlm     ``ids`` (B, T) int64, ``h0`` (L, B, H)      ``logits`` (B, T, V),        ``vocab`` (the characters, by
            (and ``c0`` for LSTM)                       ``h_n`` (and ``c_n``)        id)
-classify   ``x`` (T, B) int64 token ids or (T, B, C)   ``logits`` (B, K)            ``labels``, ``vocab`` and
-           float32 scaled values, ``lengths`` (B,)                                  ``tokens`` (text) or
+classify   ``x`` (T, B) int64 token ids or (T, B, C)   ``logits`` (B, K)            ``labels``; ``vocab``,
+           float32 scaled values, ``lengths`` (B,)                                  ``tokens`` and
+                                                                                    ``token_pattern`` (text) or
                                                                                     ``channel_mean``/``_std``
 forecast   ``x`` (window, B, 1) float32 scaled values  ``forecast`` (B, horizon),   ``scaler_mean``,
                                                        scaled                       ``scaler_std``, ``transform``,
@@ -40,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import training
+from ..datasets import WORD_PATTERN
 from ..onnx import export_onnx
 from . import charlm, classify, forecast, supervised
 
@@ -103,7 +105,8 @@ def _classify(run: Path) -> tuple[nn.Module, tuple[Tensor, ...], list[str], list
     T, B = 5, 2
     if vocab is not None:
         x = torch.ones(T, B, dtype=torch.int64)
-        meta: dict[str, Any] = {"vocab": vocab.tokens, "tokens": config.tokens}
+        # word tokens: the lower-cased text's matches of token_pattern (Python's re), as training read them
+        meta: dict[str, Any] = {"vocab": vocab.tokens, "tokens": config.tokens, "token_pattern": WORD_PATTERN}
         dynamic = {"x": {0: "T", 1: "B"}, "lengths": {0: "B"}}
     else:
         x = torch.zeros(T, B, len(config.channel_mean))
