@@ -155,8 +155,9 @@ class ExportEngine(Engine):
         names = _recurrent_names(spec, params)
         weights = [params[name] for name in names]
         if torch.jit.is_tracing():
-            loop = _script_loop(spec, names, tuple(tuple(w.shape) for w in weights))
-            out, final = loop(gx, list(state), active, weights)
+            loop = _script_loop(spec, names, tuple(tuple(w.shape) for w in weights), gx.dtype)
+            zero = gx.new_zeros(())  # outputs past each length, in the layer's dtype (a scripted zeros_like has none)
+            out, final = loop(gx, list(state), active, zero, weights)
             # The loop's results have no static rank in the TorchScript graph; reshaping gives them theirs, which
             # what follows (a batch-first transpose) needs.
             T, B = gx.shape[0], gx.shape[1]
@@ -217,12 +218,13 @@ def _scan(spec: CellSpec, names: Sequence[str], gx: Tensor, state: State, active
 
 
 @functools.lru_cache(maxsize=64)
-def _script_loop(spec: CellSpec, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]) -> Any:
+def _script_loop(spec: CellSpec, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...],
+                 dtype: torch.dtype) -> Any:
     """A TorchScript loop over time around ``spec.step`` traced once: ONNX ``Loop`` in the TorchScript exporter.
 
-    The step is traced with random inputs of the layer's shapes (from a generator of its own: the caller's random
-    state is left as it was), outside the exporter's trace, whose tracer would otherwise record the step's example
-    run into the model's graph."""
+    The step is traced with random inputs of the layer's shapes and dtype, which the exported body keeps (from a
+    generator of its own: the caller's random state is left as it was), outside the exporter's trace, whose tracer
+    would otherwise record the step's example run into the model's graph."""
 
     def step(gx_t: Tensor, state: list[Tensor], weights: list[Tensor]) -> list[Tensor]:
         return list(spec.step(gx_t, tuple(state), dict(zip(names, weights))))
@@ -231,19 +233,19 @@ def _script_loop(spec: CellSpec, names: tuple[str, ...], shapes: tuple[tuple[int
     torch._C._set_tracing_state(None)
     try:
         generator = torch.Generator().manual_seed(0)
-        example_state = [torch.randn(2, w, generator=generator) for w in spec.state_widths()]
-        example = (torch.randn(2, spec.gate_size, generator=generator), example_state,
-                   [torch.randn(s, generator=generator) for s in shapes])
+        example_state = [torch.randn(2, w, generator=generator, dtype=dtype) for w in spec.state_widths()]
+        example = (torch.randn(2, spec.gate_size, generator=generator, dtype=dtype), example_state,
+                   [torch.randn(s, generator=generator, dtype=dtype) for s in shapes])
         traced = torch.jit.trace(step, example, check_trace=False)
 
-        def loop(gx: Tensor, state: list[Tensor], active: Tensor,
+        def loop(gx: Tensor, state: list[Tensor], active: Tensor, zero: Tensor,
                  weights: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
             outs = []
             for t in range(gx.size(0)):
                 new = traced(gx[t], state, weights)
                 keep = active[t].unsqueeze(1)
                 state = [torch.where(keep, n, old) for n, old in zip(new, state)]
-                outs.append(torch.where(keep, state[0], torch.zeros_like(state[0])))
+                outs.append(torch.where(keep, state[0], zero))
             return torch.stack(outs), state
 
         return torch.jit.script(loop)
