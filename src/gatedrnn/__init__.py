@@ -10,6 +10,7 @@ from . import inspect, quantization
 from .cells import GRUSpec, LSTMSpec, RNNSpec
 from .engine import EngineInfo, engines
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .onnx import export_onnx
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,5 @@ __version__ = "0.1.0"
 _torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, GRUSpec, LSTMSpec, RNNSpec])
 quantization.register_with_torch()
 
-__all__ = ["GRU", "LSTM", "RNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "inspect", "__version__"]
+__all__ = ["GRU", "LSTM", "RNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "export_onnx", "inspect",
+           "__version__"]

@@ -21,7 +21,7 @@ import torch
 
 from . import training
 from .engine import engines, resolve
-from .tasks import charlm, classify, experiments, forecast
+from .tasks import charlm, classify, experiments, export, forecast
 from .variants import VARIANTS, variant
 from .viz import commands as viz_commands
 
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.register(commands)
     _add_bench(commands)
     experiments.add_command(commands)
+    export.register(commands)
     return parser
 
 

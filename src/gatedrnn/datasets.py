@@ -220,9 +220,10 @@ def stratified_split(
     return sorted(parts[0]), sorted(parts[1]), sorted(parts[2])
 
 
-# Words are runs of letters/digits with an optional apostrophe suffix ("it's", "don't"); every other
-# non-space character (punctuation) is a token of its own.
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[^\w\s]|_")
+WORD_PATTERN = r"[^\W_]+(?:'[^\W_]+)?|[^\w\s]|_"
+"""Word tokens (of lower-cased text): runs of letters/digits with an optional apostrophe suffix ("it's", "don't");
+every other non-space character (punctuation) is a token of its own. Exported classifiers carry it."""
+_WORD = re.compile(WORD_PATTERN)
 
 
 def tokenize(text: str, level: str) -> list[str]:

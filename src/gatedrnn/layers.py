@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import engine as engine_registry
+from . import onnx as onnx_export
 from .cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from .checks import (
     ShapeError,
@@ -302,11 +303,17 @@ class _Recurrent(_TorchConversion, nn.Module):
             first = _cast(first, autocast)
         # An empty batch (an empty bucket of a batch sampler) runs as torch.nn's does: an empty output, and a
         # backward of zeros, on the engine that runs any shape.
-        engine = engine_registry.resolve(self.engine if batch else "reference", self.spec, x)
+        # While torch.onnx.export traces the model, the recurrence is written as ONNX's recurrent ops or a loop.
+        exporting = torch.onnx.is_in_onnx_export()
+        if exporting:
+            engine = onnx_export.ENGINE
+        else:
+            engine = engine_registry.resolve(self.engine if batch else "reference", self.spec, x)
         # Masking is needed only where some sequence ends before T; while tracing (compile, export) that is data the
         # graph cannot branch on, and the mask, correct either way, stays.
         mask = lengths
-        if lengths is not None and not torch.compiler.is_compiling() and not bool((lengths < steps).any()):
+        if (lengths is not None and not torch.compiler.is_compiling() and not exporting
+                and not bool((lengths < steps).any())):
             mask = None
         finals: list[State] = []
         for layer in range(self.num_layers):

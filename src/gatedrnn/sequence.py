@@ -23,6 +23,8 @@ class Layout:
     batched: bool
     batch_first: bool
     packed: PackedSequence | None
+    sorted_lengths: Tensor | None = None
+    """A ``PackedSequence``'s lengths in its sorted order (CPU int64), to pack the output the same way."""
 
 
 def to_padded(
@@ -34,7 +36,9 @@ def to_padded(
             raise ValueError("lengths: not allowed with a PackedSequence input, which carries its own lengths")
         check_input(input.data, input_size, weight, "(sum of lengths, I)")
         x, packed_lengths = pad_packed_sequence(input)  # (T, B, I), batch in the caller's original order
-        return x, packed_lengths.to(x.device), Layout(True, False, input)
+        sorted_indices = input.sorted_indices
+        sorted_lengths = packed_lengths if sorted_indices is None else packed_lengths[sorted_indices.cpu()]
+        return x, packed_lengths.to(x.device), Layout(True, False, input, sorted_lengths)
     x = check_tensor("input", input)
     if x.dim() == 2:
         if lengths is not None:
@@ -67,10 +71,10 @@ def from_padded(out: Tensor, layout: Layout) -> Tensor | PackedSequence:
         sorted_indices = packed.sorted_indices
         if sorted_indices is not None:
             out = out.index_select(1, sorted_indices)
-        rank = torch.arange(int(packed.batch_sizes[0])).unsqueeze(0)  # (1, B): position in the sorted batch
-        lengths = (rank < packed.batch_sizes.unsqueeze(1)).sum(0)  # (B,) in sorted order
-        data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
-        return PackedSequence(data, packed.batch_sizes, sorted_indices, packed.unsorted_indices)
+        # The output's own batch sizes (equal to the input's): an ONNX export pairs each packing with the unpacking
+        # of its own result, and removes both.
+        result = pack_padded_sequence(out, layout.sorted_lengths, enforce_sorted=True)
+        return PackedSequence(result.data, result.batch_sizes, sorted_indices, packed.unsorted_indices)
     if not layout.batched:
         return out.squeeze(1)
     return out.transpose(0, 1) if layout.batch_first else out

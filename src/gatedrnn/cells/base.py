@@ -48,7 +48,8 @@ class ParamDef:
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``LN(x) = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`` over the last dimension."""
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, LN_EPS)
+    # weight.shape is x.shape[-1], and stays a constant while the TorchScript ONNX exporter traces the layer
+    return F.layer_norm(x, weight.shape, weight, bias, LN_EPS)
 
 
 @dataclass(frozen=True)
