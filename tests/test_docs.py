@@ -117,8 +117,10 @@ def test_page_blocks_run(page: Path, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    # the pages use today's option names: a deprecated spelling still runs, but a reader should not copy it
-    assert "deprecat" not in run.stderr.lower(), run.stderr[-4000:]
+    # the pages use today's option names: a deprecated spelling still runs, but a reader should not copy it (torch's
+    # own deprecation warnings, e.g. of the TorchScript ONNX exporter the Deploy page shows, are not ours)
+    ours = [line for line in run.stderr.splitlines() if line.startswith("gatedrnn") and "deprecat" in line.lower()]
+    assert not ours, "\n".join(ours)
 
 
 def test_api_reference_shows_the_docstrings_rest_as_markdown() -> None:
