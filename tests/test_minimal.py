@@ -415,49 +415,6 @@ def test_auto_engine_runs_the_scan() -> None:
         gatedrnn.MinGRU(3, 4, engine="gpu")(torch.randn(2, 1, 3))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# torch.compile and torch.export: one scan op per layer and direction.
-
-
-@CPU
-@pytest.mark.parametrize("name", list(LAYERS))
-def test_compile_fullgraph_runs_one_scan_op_per_layer_and_direction(name: str) -> None:
-    from torch._dynamo.utils import counters
-
-    from test_contract_compile import OpCounter, assert_same, run
-
-    torch.manual_seed(0)
-    module = LAYERS[name](4, 6, num_layers=2, bidirectional=True, engine="cpu")
-    x, lengths = torch.randn(5, 3, 4), torch.tensor([5, 2, 4])
-    want = run(module, x, lengths)
-    counter = OpCounter()
-    counters.clear()
-    torch._dynamo.reset()
-    compiled = torch.compile(module, backend=counter.backend, fullgraph=True)
-    got = run(compiled, x, lengths)
-    assert not counters["graph_break"], dict(counters["graph_break"])
-    assert counter.forward == ["gatedrnn.cpu_linear_scan.default"] * 4  # 2 layers x 2 directions
-    assert counter.backward == ["gatedrnn.cpu_linear_scan.default"] * 4  # the backward scans
-    assert_same(got, want)
-
-
-@CPU
-@pytest.mark.parametrize("name", list(LAYERS))
-def test_export_with_dynamic_batch_and_time(name: str) -> None:
-    from test_contract_export import Tagger, exported
-
-    model = Tagger(LAYERS[name], {}).eval()
-    program = exported(model)
-    ops = [str(n.target) for n in program.graph.nodes if str(n.target).startswith("gatedrnn.")]
-    assert ops == ["gatedrnn.cpu_linear_scan.default"] * 4
-    for B, T in ((2, 9), (7, 3)):
-        x = torch.randn(B, T, 4)
-        lengths = torch.randint(1, T + 1, (B,))
-        lengths[0] = T
-        with torch.no_grad():
-            torch.testing.assert_close(program.module()(x, lengths), model(x, lengths), rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("engine", ["scan", pytest.param("cpu", marks=CPU)])
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_torch_func_transforms_equal_the_sequential_loop(name: str, engine: str) -> None:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .. import training
 from ..layers import GRU, LSTM, RNN
+from ..minimal import MinGRU, MinLSTM
 from ..training import CheckpointError
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,7 +48,7 @@ class CharLMConfig:
 
     # model
     cell: str = "lstm"
-    """``lstm``, ``gru`` or ``rnn``."""
+    """``lstm``, ``gru``, ``rnn``, ``mingru`` or ``minlstm``."""
     layers: int = 2
     hidden: int = 256
     embed: int = 64
@@ -89,7 +90,7 @@ class CharLMConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first option with a bad value."""
-        _choice("cell", self.cell, ("lstm", "gru", "rnn"))
+        _choice("cell", self.cell, tuple(_LAYERS))
         _choice("reset", self.reset, ("after", "before"))
         _choice("schedule", self.schedule, ("cosine", "constant"))
         for name in ("layers", "hidden", "embed", "seq_len", "batch", "eval_every"):
@@ -121,6 +122,8 @@ class CharLMConfig:
             raise ValueError(f"reset: only a GRU has a reset gate, not cell={self.cell!r}")
         if self.coupled and self.forget_bias:
             raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i)")
+        if self.layer_norm and self.cell in _MINIMAL:
+            raise ValueError(f"layer_norm: cell={self.cell!r} has no layer-norm variant")
         training.resolve_dtype(self.dtype)
         try:
             "".encode(self.encoding)
@@ -245,7 +248,8 @@ def stream_length(train_ids: Tensor, config: CharLMConfig, world: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Model
 
-_LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+_LAYERS: dict[str, type[nn.Module]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "mingru": MinGRU, "minlstm": MinLSTM}
+_MINIMAL = ("mingru", "minlstm")
 
 
 class CharLM(nn.Module):
@@ -257,7 +261,7 @@ class CharLM(nn.Module):
 
     def __init__(self, vocab_size: int, config: CharLMConfig) -> None:
         super().__init__()
-        options: dict[str, Any] = {"layer_norm": config.layer_norm}
+        options: dict[str, Any] = {} if config.cell in _MINIMAL else {"layer_norm": config.layer_norm}
         if config.cell == "lstm":
             options.update(peephole=config.peephole, coupled=config.coupled, forget_bias=config.forget_bias)
         if config.cell == "gru":
@@ -682,7 +686,7 @@ DEFAULT_MINUTES = 9.0
 
 _TRAIN_OPTIONS: list[tuple[str, str, Any, str]] = [
     # flag, field, type, help
-    ("--cell", "cell", str, "recurrent cell: lstm, gru or rnn"),
+    ("--cell", "cell", str, "recurrent cell: lstm, gru, rnn, mingru or minlstm"),
     ("--layers", "layers", int, "stacked recurrent layers"),
     ("--hidden", "hidden", int, "hidden units per layer"),
     ("--embed", "embed", int, "character embedding width"),

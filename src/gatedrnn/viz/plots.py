@@ -19,8 +19,11 @@ from torch import Tensor
 from ..inspect import Trace
 from ..training import atomic_write
 
-SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": ()}
+SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": (), "mingru": ("z",),
+                 "minlstm": ("f", "i", "f_norm", "i_norm")}
 """Gates squashed to (0, 1), whose saturation means "fully open" or "fully closed" (Karpathy et al. 2015)."""
+UNBOUNDED = ("c", "h_tilde")
+"""Signals without a fixed range (an LSTM's cell state, the min cells' candidate), coloured on a scale of their own."""
 
 FORMATS = (".png", ".svg")
 
@@ -85,8 +88,8 @@ def gate_heatmaps(trace: Trace, *, sequence: int = 0, text: str | None = None, f
                   size: tuple[int, int] = (1200, 900)) -> Canvas:
     """One heat map per gate (and the cell state ``c`` of an LSTM): unit (rows) × step (columns), one sequence.
 
-    Sigmoid gates are coloured on [0, 1]; ``tanh`` gates (``g``, ``n``, the RNN's ``h``) on [-1, 1]; ``c`` on a
-    scale symmetric around 0. ``text``, the characters that were read, labels the steps when at most 120.
+    Sigmoid gates are coloured on [0, 1]; ``tanh`` gates (``g``, ``n``, the RNN's ``h``) on [-1, 1]; ``c`` and the
+    min cells' candidate ``h_tilde`` on a scale symmetric around 0. ``text``, the characters that were read, labels the steps when at most 120.
     """
     canvas = _canvas(figure, size)
     names = [*trace.gates, *(["c"] if "c" in trace.states else [])]
@@ -96,7 +99,7 @@ def gate_heatmaps(trace: Trace, *, sequence: int = 0, text: str | None = None, f
         if name in SIGMOID_GATES[trace.family]:
             limits, cmap = (0.0, 1.0), "viridis"
         else:
-            bound = 1.0 if name != "c" else max(float(np.abs(values).max()), 1e-6)
+            bound = 1.0 if name not in UNBOUNDED else max(float(np.abs(values).max()), 1e-6)
             limits, cmap = (-bound, bound), "RdBu_r"
         image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, vmin=limits[0],
                           vmax=limits[1], origin="lower")
