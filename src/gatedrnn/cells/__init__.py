@@ -5,6 +5,7 @@ from .gru import GRUSpec
 from .lstm import LSTMSpec
 from .minimal import LinearRecurrenceSpec, MinGRUSpec, MinLSTMSpec
 from .rnn import RNNSpec
+from .slstm import SLSTMSpec
 
 __all__ = ["CellSpec", "Gates", "GRUSpec", "LinearRecurrenceSpec", "LSTMSpec", "MinGRUSpec", "MinLSTMSpec", "ParamDef",
-           "RNNSpec", "State"]
+           "RNNSpec", "SLSTMSpec", "State"]

@@ -318,8 +318,8 @@ def chrono_init_(layer: nn.Module, t_max: int) -> None:
       minLSTM as LSTM (``f' = f / (f + i)`` keeps with ``σ(log f - log i)``);
     - RNN: it has no gate, so nothing changes — which is the point of the comparison.
 
-    The values go into ``bias_ih``; the matching rows of ``bias_hh`` (where there is one) are set to 0. Other biases and all weights
-    keep ``torch.nn``'s initialisation.
+    The values go into ``bias_ih``; the matching rows of ``bias_hh`` (where there is one) are set to 0. Other biases
+    and all weights keep ``torch.nn``'s initialisation.
     """
     spec = layer.spec
     if spec.family == "rnn":

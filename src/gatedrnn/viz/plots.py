@@ -89,7 +89,8 @@ def gate_heatmaps(trace: Trace, *, sequence: int = 0, text: str | None = None, f
     """One heat map per gate (and the cell state ``c`` of an LSTM): unit (rows) × step (columns), one sequence.
 
     Sigmoid gates are coloured on [0, 1]; ``tanh`` gates (``g``, ``n``, the RNN's ``h``) on [-1, 1]; ``c`` and the
-    min cells' candidate ``h_tilde`` on a scale symmetric around 0. ``text``, the characters that were read, labels the steps when at most 120.
+    min cells' candidate ``h_tilde`` on a scale symmetric around 0. ``text``, the characters that were read, labels
+    the steps when at most 120.
     """
     canvas = _canvas(figure, size)
     names = [*trace.gates, *(["c"] if "c" in trace.states else [])]

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ...cells import CellSpec, LinearRecurrenceSpec, State
+from ...cells import CellSpec, GRUSpec, LinearRecurrenceSpec, LSTMSpec, RNNSpec, State
 from .. import scan as linear
 from ..base import Engine
 from . import build, ops  # noqa: F401 - ops registers the custom ops (torch.export.load finds them)
@@ -49,7 +49,8 @@ def empty_cache() -> None:
 
 class CPUEngine(Engine):
     """Fused C++ kernels for every cell family and variant on CPU tensors, float32 and float64; the
-    linear-recurrence cells (minGRU, minLSTM) run as a parallel scan (``csrc/scan.cpp``).
+    linear-recurrence cells (minGRU, minLSTM) run as a parallel scan (``csrc/scan.cpp``). (The sLSTM runs on the
+    reference engine.)
 
     If the kernels cannot be built or loaded, :meth:`status` says why, ``engine="auto"`` falls back to the
     reference engine with one warning, and ``engine="cpu"`` raises that reason.
@@ -70,7 +71,8 @@ class CPUEngine(Engine):
         return available, reason
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec, LinearRecurrenceSpec)))
 
     def run_input(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
                   lengths: Tensor | None) -> tuple[Tensor, State]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ...cells import CellSpec, GRUSpec, LinearRecurrenceSpec, LSTMSpec, RNNSpec, State
+from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from ..base import Engine
 from .tiling import choose_tiling
 
@@ -46,8 +46,8 @@ class GPUEngine(Engine):
         return False, "needs a CUDA device (none found)"
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        # linear-recurrence cells (minGRU, minLSTM) are the scan engine's
-        if not (x.is_cuda and x.dtype in DTYPES) or isinstance(spec, LinearRecurrenceSpec):
+        # the classic families only: minGRU and minLSTM are the scan engine's, sLSTM the reference engine's
+        if not (x.is_cuda and x.dtype in DTYPES and isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec))):
             return False
         if isinstance(spec, GRUSpec) and spec.reset == "before" and x.dim() == 3:  # x: (T, B, I)
             return choose_tiling(x.shape[1], spec.hidden_size, x.device).persistent
