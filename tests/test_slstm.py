@@ -9,6 +9,7 @@ same, which is what the stabiliser promises.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +239,36 @@ def test_bad_arguments_are_named(kwargs: dict, call: object, error: type, messag
         module = gatedrnn.SLSTM(3, 4, **kwargs)
         call(module)  # type: ignore[operator]
     assert message in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wherever a cell is chosen.
+
+
+def test_variants_charlm_explorer_and_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gatedrnn import bench
+    from gatedrnn.cli import main
+    from gatedrnn.tasks import charlm
+    from gatedrnn.variants import VARIANTS
+    from gatedrnn.viz import explorer, plots
+    from test_charlm import TINY
+
+    assert VARIANTS["slstm-exp"].build(3, 4).forget_gate == "exp"
+    text = tmp_path / "play.txt"
+    text.write_text((Path(charlm.__file__).parent.parent / "data" / "macbeth.txt").read_text()[:3000])
+    out = tmp_path / "run"
+    assert main(["charlm", "train", "--text", str(text), *TINY, "--steps", "2", "--out", str(out), "--quiet",
+                 "--cell", "slstm"]) == 0
+    lm = charlm.load(out)
+    assert isinstance(lm.model.rnn, gatedrnn.SLSTM) and len(lm.sample("M", 5)) >= 5
+    data = explorer.explorer_data(lm, "When shall we three meet again?")
+    signals = data["layers"][0]["signals"]
+    assert set(signals) == {"i", "f", "z", "o", "h", "c", "n", "m"}
+    assert {k for k, v in signals.items() if v["kind"] == "gate"} == {"i", "f", "o"}
+    with gatedrnn.inspect.record(lm.model) as rec:
+        lm.model(lm.vocab.encode("When shall", "text").unsqueeze(0))
+    figure = plots.gate_heatmaps(rec.trace(), text="When shall")
+    assert [ax.get_ylabel().split()[0] for ax in figure.axes if ax.get_ylabel()] == ["i", "f", "z", "o", "c", "n", "m"]
+    rows = bench.run(bench.BenchConfig(shapes=[(2, 5, 3, 4)], variants=["slstm"], implementations=[
+        "torch.nn", "reference", "cpu"], modes=["fwd"], repeats=1, warmup=0, block_ms=0))
+    assert [r.implementation for r in rows] == ["reference"]  # no torch.nn twin, no fused kernels

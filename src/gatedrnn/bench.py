@@ -217,7 +217,7 @@ in the default list; ``--impls torch.nn,cpu,gemms`` adds it. ``compiled`` is the
 def _family_baseline(name: str) -> str:
     """The variant whose ``torch.nn`` module a variant is compared with: itself if it has one, else its family's."""
     layer = bench_variants()[name].layer.__name__.lower()
-    baselines = {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "mingru": "gru", "minlstm": "lstm"}
+    baselines = {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "mingru": "gru", "minlstm": "lstm", "slstm": "lstm"}
     return baselines.get(layer, f"{layer.removesuffix('cell')}-cell")
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .layers import GRU, LSTM, RNN
 from .minimal import MinGRU, MinLSTM
+from .slstm import SLSTM
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("gru-layernorm", GRU, {"layer_norm": True}, "LN on W_ih x and W_hh h"),
         Variant("mingru", MinGRU, {}, "z = sigmoid(W_z x); h = (1-z)*h + z*g(W_h x); a parallel scan"),
         Variant("minlstm", MinLSTM, {}, "f, i = sigmoid(W x) scaled to f+i = 1; h = f*h + i*g(W_h x); a parallel scan"),
+        Variant("slstm", SLSTM, {}, "i = exp, f = sigmoid, normaliser n, stabiliser m; h = o*c/n"),
+        Variant("slstm-exp", SLSTM, {"forget_gate": "exp"}, "sLSTM with an exponential forget gate f = exp"),
     ]
 }
 
