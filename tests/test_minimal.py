@@ -10,6 +10,7 @@ the log mode.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -440,3 +441,26 @@ def test_torch_func_transforms_equal_the_sequential_loop(name: str, engine: str)
 
     for got, want in zip(results(fast), results(loop)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_whole_modules_load_with_weights_only(tmp_path: Path) -> None:
+    torch.manual_seed(13)
+    modules = {"mingru": gatedrnn.MinGRU(3, 4, num_layers=2, mode="plain", bidirectional=True),
+               "minlstm": gatedrnn.MinLSTM(3, 4, batch_first=True, engine="scan"),
+               "slstm": gatedrnn.SLSTM(3, 4, num_heads=2, forget_gate="exp")}
+    x = torch.randn(2, 5, 3)
+    torch.save(modules, tmp_path / "models.pt")
+    loaded = torch.load(tmp_path / "models.pt")  # weights_only=True, torch's default
+    for name, module in modules.items():
+        assert type(loaded[name]) is type(module) and loaded[name].spec == module.spec
+        with torch.no_grad():
+            torch.testing.assert_close(loaded[name](x)[0], module(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cpu_autocast_keeps_float32(engine: str) -> None:
+    for module in (gatedrnn.MinGRU(3, 4, engine=engine), gatedrnn.MinLSTM(3, 4, engine=engine)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, h_n = module(torch.randn(5, 2, 3))
+            out.sum().backward()
+        assert out.dtype == h_n.dtype == module.weight_ih_l0.grad.dtype == torch.float32

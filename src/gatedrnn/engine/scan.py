@@ -117,13 +117,16 @@ def run(spec: LinearRecurrenceSpec, gx: Tensor, state: State, lengths: Tensor | 
     """One layer and direction of a linear-recurrence cell (the :class:`~gatedrnn.engine.base.Engine` contract).
 
     Past a sequence's length the step is the identity (``a = 1, b = 0``), so ``h`` keeps its last valid value and
-    the final state is simply the last step's; the outputs there are then set to 0."""
-    a, b = spec.coefficients(gx)  # (T, B, H) each
+    the final state is simply the last step's; the outputs there are then set to 0. The scan runs in the dtype of
+    the state."""
+    h0 = state[0]
+    # in the state's dtype: under CPU autocast the input product comes in bfloat16 while the layer computes in float32
+    a, b = (t.to(h0.dtype) for t in spec.coefficients(gx))  # (T, B, H) each
     if lengths is not None:
         active = (torch.arange(gx.shape[0], device=gx.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
         a = torch.where(active, a, 1.0)
         b = torch.where(active, b, 0.0)
-    h = scan(a, b, state[0])
+    h = scan(a, b, h0)
     out = h if lengths is None else torch.where(active, h, 0.0)
     return out, (h[-1],)
 
