@@ -12,8 +12,8 @@ Derivatives: the backward of a linear scan is a linear scan run backwards in tim
 state), then ``da_t = dh_t h_{t-1}``, ``db_t = dh_t`` and ``dh_0 = a_0 dh_0``. Both directions call the same scan,
 whose derivatives are again these, so every order of derivative is a few scans (:class:`LinearScan`).
 
-The cpu engine runs the same scan in C++ (``cpu/csrc/scan.cpp``); the ``scan`` engine here runs
-:func:`scan_reference` on any device.
+The cpu engine runs the same scan in C++ (``cpu/csrc/scan.cpp``), the gpu engine in Triton (``gpu/scan.py``); the
+``scan`` engine here runs :func:`scan_reference` on any device.
 """
 
 from __future__ import annotations
