@@ -43,7 +43,8 @@ COMBINATIONS = {
     "lstm-proj-coupled-nobias": (gatedrnn.LSTM, {"proj_size": 13, "coupled": True, "bias": False}),
 }
 CLASSIC = (gatedrnn.LSTM, gatedrnn.GRU, gatedrnn.RNN)
-"""The families the gpu engine runs (minGRU and minLSTM are the scan engine's, sLSTM the reference engine's)."""
+"""The families of the recurrence kernels tested here (the scan of minGRU and minLSTM is tested in test_scan_gpu.py;
+sLSTM runs on the reference engine)."""
 CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items() if v.layer in CLASSIC}, **COMBINATIONS}
 
 
