@@ -21,11 +21,28 @@ from gatedrnn.variants import VARIANTS
 pytestmark = pytest.mark.skipif(not build.status()[0], reason="cpu engine not available")
 
 CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items()}, "lstm-proj": (gatedrnn.LSTM, {"proj_size": 3})}
+SCAN_LAYERS = (gatedrnn.MinGRU, gatedrnn.MinLSTM)
+"""Linear-recurrence layers: their one op per layer and direction is the scan, forward and backward."""
+REFERENCE_LAYERS = (gatedrnn.SLSTM,)
+"""Layers without fused kernels: the reference engine's loop, traced as plain ops into the same one graph."""
+
+
+def engine_of(layer_cls: type) -> str:
+    return "reference" if layer_cls in REFERENCE_LAYERS else "cpu"
+
+
+def ops_of(layer_cls: type) -> tuple[list[str], list[str]]:
+    """The custom ops of one layer and direction: forward, backward."""
+    if layer_cls in REFERENCE_LAYERS:
+        return [], []
+    if layer_cls in SCAN_LAYERS:
+        return ["gatedrnn.cpu_linear_scan.default"], ["gatedrnn.cpu_linear_scan.default"]
+    return ["gatedrnn.cpu_recurrence.default"], ["gatedrnn.cpu_recurrence_backward.default"]
 
 
 def fresh(layer_cls: type, options: dict, **kwargs: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    return layer_cls(4, 6, num_layers=2, bidirectional=True, engine="cpu", **options, **kwargs)
+    return layer_cls(4, 6, num_layers=2, bidirectional=True, engine=engine_of(layer_cls), **options, **kwargs)
 
 
 def run(module: torch.nn.Module, x: Tensor, lengths: Tensor) -> list[Tensor]:
@@ -73,8 +90,9 @@ def test_every_variant_traces_into_one_graph_with_one_op_per_layer_and_direction
     compiled = torch.compile(module, backend=counter.backend, fullgraph=True)
     got = run(compiled, x, lengths)
     assert not counters["graph_break"], dict(counters["graph_break"])
-    assert counter.forward == ["gatedrnn.cpu_recurrence.default"] * 4  # 2 layers x 2 directions
-    assert counter.backward == ["gatedrnn.cpu_recurrence_backward.default"] * 4  # the kernels, not a recompute
+    forward, backward = ops_of(layer_cls)
+    assert counter.forward == forward * 4  # 2 layers x 2 directions
+    assert counter.backward == backward * 4  # the kernels, not a recompute
     assert_same(got, want)
 
 

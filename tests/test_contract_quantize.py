@@ -22,7 +22,8 @@ SUPPORTED = [(gatedrnn.LSTM, {"num_layers": 2, "bidirectional": True}, quantized
              (gatedrnn.GRUCell, {}, quantized_dynamic.GRUCell), (gatedrnn.RNNCell, {}, quantized_dynamic.RNNCell)]
 UNSUPPORTED = [(gatedrnn.LSTM, {"peephole": True}, "peephole"), (gatedrnn.LSTM, {"layer_norm": True}, "layer_norm"),
                (gatedrnn.LSTM, {"coupled": True}, "coupled"), (gatedrnn.GRU, {"reset": "before"}, "reset"),
-               (gatedrnn.RNN, {}, "RNN layer")]
+               (gatedrnn.RNN, {}, "RNN layer"), (gatedrnn.MinGRU, {}, "MinGRU layer"),
+               (gatedrnn.MinLSTM, {}, "MinLSTM layer"), (gatedrnn.SLSTM, {}, "SLSTM layer")]
 
 
 def quantized(module: torch.nn.Module) -> torch.nn.Module:

@@ -7,18 +7,21 @@ engine (:func:`engines` lists them).
 import torch as _torch
 
 from . import inspect, quantization
-from .cells import GRUSpec, LSTMSpec, RNNSpec
+from .cells import GRUSpec, LSTMSpec, MinGRUSpec, MinLSTMSpec, RNNSpec, SLSTMSpec
 from .engine import EngineInfo, engines
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .minimal import MinGRU, MinLSTM
 from .onnx import export_onnx
+from .slstm import SLSTM
 
 __version__ = "0.1.0"
 
 # A whole model saved with torch.save(model) loads with torch.load's default (weights_only=True): what a module of
 # gatedrnn pickles is these classes, their cell specs (frozen dataclasses of ints, bools, floats and strings) and
 # the plain types torch allows anyway.
-_torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, GRUSpec, LSTMSpec, RNNSpec])
+_torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, MinGRU, MinLSTM, SLSTM, GRUSpec,
+                                       LSTMSpec, RNNSpec, MinGRUSpec, MinLSTMSpec, SLSTMSpec])
 quantization.register_with_torch()
 
-__all__ = ["GRU", "LSTM", "RNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "export_onnx", "inspect",
-           "__version__"]
+__all__ = ["GRU", "LSTM", "RNN", "EngineInfo", "GRUCell", "LSTMCell", "MinGRU", "MinLSTM", "RNNCell", "SLSTM",
+           "engines", "export_onnx", "inspect", "__version__"]

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from . import __version__, training
+from .cells import LinearRecurrenceSpec
 from .gemm_floor import GemmFloor
 from .layers import GRUCell, LSTMCell, RNNCell
 from .variants import VARIANTS, Variant
@@ -154,6 +155,14 @@ def _is_cell(module: nn.Module) -> bool:
     return isinstance(module, (LSTMCell, GRUCell, RNNCell, nn.RNNCellBase))
 
 
+def _gemm_floor(layer: nn.Module) -> nn.Module | None:
+    """The variant's matrix products alone; None for cells and for linear-recurrence layers (minGRU, minLSTM), whose
+    one product is the input's, with no recurrent product to set a floor."""
+    if _is_cell(layer) or isinstance(getattr(layer, "spec", None), LinearRecurrenceSpec):
+        return None
+    return GemmFloor(layer)
+
+
 def _as_called(layer: nn.Module) -> nn.Module:
     """The module as users call it (``engine="auto"`` for a layer; a cell, which has no engine, itself)."""
     return layer
@@ -192,22 +201,25 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("torch.nn", ("cpu", "cuda"), _torch_twin),
         Implementation("reference", ("cpu", "cuda"), _engine("reference")),
         Implementation("cpu", ("cpu",), _engine("cpu")),
+        Implementation("scan", ("cpu", "cuda"), _engine("scan")),
         Implementation("gpu", ("cuda",), _engine("gpu")),
-        Implementation("gemms", ("cpu",), lambda layer: None if _is_cell(layer) else GemmFloor(layer)),
+        Implementation("gemms", ("cpu",), _gemm_floor),
         Implementation("compiled", ("cpu", "cuda"), _compiled),
         Implementation("gatedrnn", ("cpu", "cuda"), _as_called),
     ]
 }
-"""``gemms`` is no engine: the variant's matrix products alone (:mod:`gatedrnn.gemm_floor`), the floor under any
-engine that runs them with torch's BLAS. Not in the default list; ``--impls torch.nn,cpu,gemms`` adds it.
-``compiled`` is the fused engine's module under ``torch.compile``; ``gatedrnn`` the module as users call it (the
-one way to time cells)."""
+"""``reference`` loops the cell over time (for minGRU and minLSTM, the sequential form of their scan); ``scan`` is
+the plain-PyTorch parallel scan of those two (the cpu engine runs it in C++). ``gemms`` is no engine: the variant's
+matrix products alone (:mod:`gatedrnn.gemm_floor`), the floor under any engine that runs them with torch's BLAS. Not
+in the default list; ``--impls torch.nn,cpu,gemms`` adds it. ``compiled`` is the fused engine's module under
+``torch.compile``; ``gatedrnn`` the module as users call it (the one way to time cells)."""
 
 
 def _family_baseline(name: str) -> str:
     """The variant whose ``torch.nn`` module a variant is compared with: itself if it has one, else its family's."""
     layer = bench_variants()[name].layer.__name__.lower()
-    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru"}.get(layer, f"{layer.removesuffix('cell')}-cell")
+    baselines = {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "mingru": "gru", "minlstm": "lstm", "slstm": "lstm"}
+    return baselines.get(layer, f"{layer.removesuffix('cell')}-cell")
 
 
 # ------------------------------------------------------------------------------------------------------ the runs

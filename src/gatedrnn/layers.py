@@ -56,14 +56,17 @@ def _reject_options(cls: str, options: dict[str, Any]) -> None:
 
 
 def _check_state(hx: Any, spec: CellSpec, leading: tuple[int, ...], batched: bool, x: Tensor) -> list[Tensor]:
-    """Check an initial state ``hx`` (``h_0`` or ``(h_0, c_0)``); return its tensors with a batch dimension."""
+    """Check an initial state ``hx`` (``h_0``, or a tuple such as ``(h_0, c_0)``); return its tensors with a batch
+    dimension."""
     names = spec.state_names
     if len(names) == 1:
         parts = (hx,)
     elif isinstance(hx, (tuple, list)) and len(hx) == len(names):
         parts = tuple(hx)
     else:
-        raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+        count = {2: "two", 4: "four"}.get(len(names), str(len(names)))
+        expected = ", ".join(f"{name}_0" for name in names)
+        raise TypeError(f"hx: expected a tuple ({expected}) of {count} tensors, got {type(hx).__name__}")
     states = []
     for name, width, part in zip(names, spec.state_widths(), parts):
         check_like(f"hx ({name}_0)", part, (*leading, width), x)

@@ -4,8 +4,9 @@ Named in ``qconfig_spec`` (``quantize_dynamic(model, {gatedrnn.LSTM})``), a modu
 has (the standard LSTM, GRU with ``reset="after"``, and the cells, a forget bias folded into ``b_ih``) becomes
 torch's dynamically quantised module of its ``to_torch()`` twin: int8 weights, activations quantised per call, the
 same outputs up to int8 rounding. A variant torch has no form for (peephole, coupled, layer norm, reset-before,
-``proj_size`` cells), and the RNN layer (torch has no dynamically quantised ``nn.RNN``), raise an error saying so
-and how to keep that module in floating point, rather than being skipped.
+``proj_size`` cells), the RNN layer (torch has no dynamically quantised ``nn.RNN``) and the layers without a
+``torch.nn`` counterpart (``MinGRU``, ``MinLSTM``, ``SLSTM``) raise an error saying so and how to keep that module in
+floating point, rather than being skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from torch import nn
 from torch.ao.quantization import quantization_mappings
 
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .minimal import MinGRU, MinLSTM
+from .slstm import SLSTM
 
 
 class _TorchQuantized:
@@ -56,6 +59,9 @@ TORCH_COUNTERPARTS: dict[type[nn.Module], type[_TorchQuantized]] = {
     LSTMCell: _quantized(quantized_dynamic.LSTMCell, "LSTMCell"),
     GRUCell: _quantized(quantized_dynamic.GRUCell, "GRUCell"),
     RNNCell: _quantized(quantized_dynamic.RNNCell, "RNNCell"),
+    MinGRU: _quantized(None, "MinGRU"),
+    MinLSTM: _quantized(None, "MinLSTM"),
+    SLSTM: _quantized(None, "SLSTM"),
 }
 
 

@@ -11,6 +11,8 @@ from typing import Any
 from torch import nn
 
 from .layers import GRU, LSTM, RNN
+from .minimal import MinGRU, MinLSTM
+from .slstm import SLSTM
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ VARIANTS: dict[str, Variant] = {
         Variant("gru", GRU, {}, "reset after the matmul (torch.nn, cuDNN)"),
         Variant("gru-before", GRU, {"reset": "before"}, "reset before the matmul (Cho et al. 2014)"),
         Variant("gru-layernorm", GRU, {"layer_norm": True}, "LN on W_ih x and W_hh h"),
+        Variant("mingru", MinGRU, {}, "z = sigmoid(W_z x); h = (1-z)*h + z*g(W_h x); a parallel scan"),
+        Variant("minlstm", MinLSTM, {}, "f, i = sigmoid(W x) scaled to f+i = 1; h = f*h + i*g(W_h x); a parallel scan"),
+        Variant("slstm", SLSTM, {}, "i = exp, f = sigmoid, normaliser n, stabiliser m; h = o*c/n"),
+        Variant("slstm-exp", SLSTM, {"forget_gate": "exp"}, "sLSTM with an exponential forget gate f = exp"),
     ]
 }
 

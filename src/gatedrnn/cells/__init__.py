@@ -3,6 +3,9 @@
 from .base import CellSpec, Gates, ParamDef, State
 from .gru import GRUSpec
 from .lstm import LSTMSpec
+from .minimal import LinearRecurrenceSpec, MinGRUSpec, MinLSTMSpec
 from .rnn import RNNSpec
+from .slstm import SLSTMSpec
 
-__all__ = ["CellSpec", "Gates", "GRUSpec", "LSTMSpec", "ParamDef", "RNNSpec", "State"]
+__all__ = ["CellSpec", "Gates", "GRUSpec", "LinearRecurrenceSpec", "LSTMSpec", "MinGRUSpec", "MinLSTMSpec", "ParamDef",
+           "RNNSpec", "SLSTMSpec", "State"]

@@ -15,6 +15,7 @@ from .base import Engine
 from .cpu import CPUEngine
 from .gpu import GPUEngine
 from .reference import ReferenceEngine
+from .scan import ScanEngine
 
 _REGISTRY: dict[str, Engine] = {}
 _BY_PRIORITY: list[Engine] = []
@@ -75,6 +76,7 @@ def resolve(name: str, spec: CellSpec, x: Tensor) -> Engine:
 
 
 register(ReferenceEngine())
+register(ScanEngine())
 register(CPUEngine())
 register(GPUEngine())
 

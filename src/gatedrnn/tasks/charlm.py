@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from .. import training
 from ..engine import check_name
 from ..layers import GRU, LSTM, RNN
+from ..minimal import MinGRU, MinLSTM
+from ..slstm import SLSTM
 from ..training import CheckpointError
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -48,7 +50,7 @@ class CharLMConfig:
 
     # model
     cell: str = "lstm"
-    """``lstm``, ``gru`` or ``rnn``."""
+    """``lstm``, ``gru``, ``rnn``, ``mingru``, ``minlstm`` or ``slstm``."""
     layers: int = 2
     hidden: int = 256
     embed: int = 64
@@ -90,7 +92,7 @@ class CharLMConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first option with a bad value."""
-        _choice("cell", self.cell, ("lstm", "gru", "rnn"))
+        _choice("cell", self.cell, tuple(_LAYERS))
         _choice("reset", self.reset, ("after", "before"))
         _choice("schedule", self.schedule, ("cosine", "constant"))
         for name in ("layers", "hidden", "embed", "seq_len", "batch", "eval_every"):
@@ -123,6 +125,8 @@ class CharLMConfig:
             raise ValueError(f"reset: only a GRU has a reset gate, not cell={self.cell!r}")
         if self.coupled and self.forget_bias:
             raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i)")
+        if self.layer_norm and self.cell in _NO_LAYER_NORM:
+            raise ValueError(f"layer_norm: cell={self.cell!r} has no layer-norm variant")
         training.resolve_dtype(self.dtype)
         check_name(self.engine)
         try:
@@ -250,7 +254,9 @@ def stream_length(train_ids: Tensor, config: CharLMConfig, world: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Model
 
-_LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+_LAYERS: dict[str, type[nn.Module]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "mingru": MinGRU, "minlstm": MinLSTM,
+                                       "slstm": SLSTM}
+_NO_LAYER_NORM = ("mingru", "minlstm", "slstm")
 
 
 class CharLM(nn.Module):
@@ -262,7 +268,7 @@ class CharLM(nn.Module):
 
     def __init__(self, vocab_size: int, config: CharLMConfig) -> None:
         super().__init__()
-        options: dict[str, Any] = {"layer_norm": config.layer_norm}
+        options: dict[str, Any] = {} if config.cell in _NO_LAYER_NORM else {"layer_norm": config.layer_norm}
         if config.cell == "lstm":
             options.update(peephole=config.peephole, coupled=config.coupled, forget_bias=config.forget_bias)
         if config.cell == "gru":
@@ -722,7 +728,7 @@ DEFAULT_MINUTES = 9.0
 
 _TRAIN_OPTIONS: list[tuple[str, str, Any, str]] = [
     # flag, field, type, help
-    ("--cell", "cell", str, "recurrent cell: lstm, gru or rnn"),
+    ("--cell", "cell", str, "recurrent cell: lstm, gru, rnn, mingru, minlstm or slstm"),
     ("--layers", "layers", int, "stacked recurrent layers"),
     ("--hidden", "hidden", int, "hidden units per layer"),
     ("--embed", "embed", int, "character embedding width"),

@@ -316,10 +316,12 @@ def chrono_init_(layer: nn.Module, t_max: int) -> None:
 
     - LSTM: ``b_f = log U[1, t_max - 1]``, ``b_i = -b_f`` (coupled, ``f = 1 - i``: ``b_i = -log U[1, t_max - 1]``);
     - GRU: the keep gate ``z`` (``h = (1 - z) * n + z * h``): ``b_z = log U[1, t_max - 1]``;
+    - minGRU: its ``z`` is the share of the candidate (``h = (1 - z) * h + z * h̃``): ``b_z = -log U[1, t_max - 1]``;
+      minLSTM as LSTM (``f' = f / (f + i)`` keeps with ``σ(log f - log i)``);
     - RNN: it has no gate, so nothing changes — which is the point of the comparison.
 
-    The values go into ``bias_ih``; the matching rows of ``bias_hh`` are set to 0. Other biases and all weights
-    keep ``torch.nn``'s initialisation.
+    The values go into ``bias_ih``; the matching rows of ``bias_hh`` (where there is one) are set to 0. Other biases
+    and all weights keep ``torch.nn``'s initialisation.
     """
     spec = layer.spec
     if spec.family == "rnn":
@@ -334,6 +336,8 @@ def chrono_init_(layer: nn.Module, t_max: int) -> None:
             ih = name.startswith("bias_ih")
             if spec.family == "gru":
                 bias[rows["z"]] = keep if ih else 0.0
+            elif spec.family == "mingru":  # its z is the share of the candidate: keep with 1 - z = σ(-b_z)
+                bias[rows["z"]] = -keep
             else:
                 bias[rows["i"]] = -keep if ih else 0.0
                 if "f" in rows:

@@ -21,8 +21,13 @@ from .. import training
 from ..inspect import Trace
 from ..training import atomic_write
 
-SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": ()}
-"""Gates squashed to (0, 1), whose saturation means "fully open" or "fully closed" (Karpathy et al. 2015)."""
+SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": (), "mingru": ("z",),
+                 "minlstm": ("f", "i", "f_norm", "i_norm"), "slstm": ("i", "f", "o")}
+"""Gates squashed to (0, 1), whose saturation means "fully open" or "fully closed" (Karpathy et al. 2015); the
+sLSTM's ``i`` and ``f`` are the stabilised gates, in [0, 1] too."""
+UNBOUNDED = {"lstm": ("c",), "mingru": ("h_tilde",), "minlstm": ("h_tilde",), "slstm": ("c", "n", "m")}
+"""Signals without a fixed range (cell states, the min cells' candidate, the sLSTM's normaliser and stabiliser),
+coloured on a scale of their own."""
 
 FORMATS = (".png", ".svg")
 
@@ -99,20 +104,23 @@ def _time_axis(ax: object, steps: int, text: str | None) -> None:
 
 def gate_heatmaps(trace: Trace, *, sequence: int = 0, text: str | None = None, figure: Canvas | None = None,
                   size: tuple[int, int] = (1200, 900)) -> Canvas:
-    """One heat map per gate (and the cell state ``c`` of an LSTM): unit (rows) × step (columns), one sequence.
+    """One heat map per gate (and the states ``c`` of an LSTM, ``c, n, m`` of an sLSTM): unit (rows) × step
+    (columns), one sequence.
 
-    Sigmoid gates are coloured on [0, 1]; ``tanh`` gates (``g``, ``n``, the RNN's ``h``) on [-1, 1]; ``c`` on a
-    scale symmetric around 0. ``text``, the characters that were read, labels the steps when at most 120.
+    Sigmoid gates are coloured on [0, 1]; ``tanh`` gates (``g``, ``n``, the RNN's ``h``) on [-1, 1]; ``c``, the
+    min cells' candidate ``h_tilde`` and the sLSTM's ``n`` and ``m`` on a scale symmetric around 0. ``text``, the
+    characters that were read, labels the steps when at most 120.
     """
     canvas = _canvas(figure, size)
-    names = [*trace.gates, *(["c"] if "c" in trace.states else [])]
+    names = [*trace.gates, *(name for name in ("c", "n", "m") if name in UNBOUNDED.get(trace.family, ()))]
     axes = canvas.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name in zip(axes, names):
         values = _sequence(trace, name, sequence).T  # (H, T)
         if name in SIGMOID_GATES[trace.family]:
             limits, cmap = (0.0, 1.0), "viridis"
         else:
-            bound = 1.0 if name != "c" else max(float(np.abs(values).max()), 1e-6)
+            unbounded = name in UNBOUNDED.get(trace.family, ())
+            bound = max(float(np.abs(values).max()), 1e-6) if unbounded else 1.0
             limits, cmap = (-bound, bound), "RdBu_r"
         image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, vmin=limits[0],
                           vmax=limits[1], origin="lower")

@@ -12,7 +12,8 @@ measured, and ops that set them), ``csrc/memory.cpp`` (memory on huge pages: the
 GEMM into such a block, and the block cache's ops), ``build.py`` (compile once into a private cache, check the
 library's hash before loading it, explain failures), ``ops.py`` (the kernels as ``torch.library`` custom ops with
 fake implementations and vmap rules, what ``torch.compile``, ``torch.export`` and ``torch.func`` see),
-``functions.py`` (their derivatives, ``RecurrenceFunction``), and the engine here. Each ``.cpp`` is one translation
+``functions.py`` (their derivatives, ``RecurrenceFunction``), ``csrc/scan.cpp`` and ``scan.py`` (the parallel scan of
+the linear-recurrence cells and its op), and the engine here. Each ``.cpp`` is one translation
 unit; every unit parses ATen's headers, which cost more compile time than most units' own code, so small pieces
 share a unit with their kind rather than having their own.
 """
@@ -25,9 +26,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ...cells import CellSpec, State
+from ...cells import CellSpec, GRUSpec, LinearRecurrenceSpec, LSTMSpec, RNNSpec, State
+from .. import scan as linear
 from ..base import Engine
 from . import build, ops  # noqa: F401 - ops registers the custom ops (torch.export.load finds them)
+from . import scan as scan_op
 
 
 def cached_bytes() -> int:
@@ -45,7 +48,9 @@ def empty_cache() -> None:
 
 
 class CPUEngine(Engine):
-    """Fused C++ kernels for every cell family and variant on CPU tensors, float32 and float64.
+    """Fused C++ kernels for every cell family and variant on CPU tensors, float32 and float64; the
+    linear-recurrence cells (minGRU, minLSTM) run as a parallel scan (``csrc/scan.cpp``). (The sLSTM runs on the
+    reference engine.)
 
     If the kernels cannot be built or loaded, :meth:`status` says why, ``engine="auto"`` falls back to the
     reference engine with one warning, and ``engine="cpu"`` raises that reason.
@@ -66,22 +71,29 @@ class CPUEngine(Engine):
         return available, reason
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec, LinearRecurrenceSpec)))
 
     def run_input(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
                   lengths: Tensor | None) -> tuple[Tensor, State]:
+        if isinstance(spec, LinearRecurrenceSpec):
+            return super().run_input(spec, x, params, state, lengths)
         from .functions import recurrence
 
         return recurrence(spec, x, params, state, lengths, from_input=True, fused_norm=spec.layer_norm)
 
     def run(self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
             lengths: Tensor | None) -> tuple[Tensor, State]:
+        if isinstance(spec, LinearRecurrenceSpec):
+            return linear.run(spec, gx, state, lengths, scan_op.linear_scan)
         from .functions import recurrence
 
         return recurrence(spec, gx, params, state, lengths, from_input=False, fused_norm=False)
 
     def run_product(self, spec: CellSpec, a: Tensor, params: Mapping[str, Tensor], state: State,
                     lengths: Tensor | None) -> tuple[Tensor, State]:
+        if isinstance(spec, LinearRecurrenceSpec):
+            return super().run_product(spec, a, params, state, lengths)
         from .functions import recurrence
 
         # LN_ih in the kernels' pass over each step

@@ -1,6 +1,6 @@
 """The gpu engine: the recurrence as fused Triton kernels (``kernels.py``), launched by ``launch.py``, wrapped as
-custom ops with autograd (``ops.py``). The layers reach it through the engine registry (``engine="gpu"``, or
-``"auto"`` for CUDA tensors).
+custom ops with autograd (``ops.py``); ``scan.py`` holds the parallel scan of minGRU and minLSTM. The layers reach
+it through the engine registry (``engine="gpu"``, or ``"auto"`` for CUDA tensors).
 
 Triton ships with PyTorch's CUDA builds and compiles at run time, so users need no CUDA compiler. The kernels are
 imported on first use, so that ``TRITON_INTERPRET=1`` set before that first use runs them on the CPU (tests).
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ...cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from ...cells import CellSpec, GRUSpec, LinearRecurrenceSpec, LSTMSpec, RNNSpec, State
 from ..base import Engine
 from .tiling import choose_tiling
 
@@ -28,8 +28,9 @@ class GPUEngine(Engine):
     """Fused Triton kernels, forward and backward, for CUDA tensors in float32, bfloat16 and float16.
 
     Runs Elman RNNs (tanh, relu), LSTMs (peephole, coupled, forget_bias, proj_size) and GRUs (reset after or
-    before), each with or without layer norm; a reset-before GRU whose grid would not fit on the device at once is
-    left to other engines (its kernel synchronises inside each step).
+    before), each with or without layer norm, and minGRU and minLSTM as a parallel scan (``scan.py``); a
+    reset-before GRU whose grid would not fit on the device at once is left to other engines (its kernel
+    synchronises inside each step).
     Products accumulate in float32 and the LSTM cell state stays in float32 through the sequence.
     """
 
@@ -46,7 +47,9 @@ class GPUEngine(Engine):
         return False, "needs a CUDA device (none found)"
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        if not (x.is_cuda and x.dtype in DTYPES):
+        # sLSTM has no kernels here (the reference engine runs it)
+        if not (x.is_cuda and x.dtype in DTYPES and isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec,
+                                                                        LinearRecurrenceSpec))):
             return False
         if isinstance(spec, GRUSpec) and spec.reset == "before" and x.dim() == 3:  # x: (T, B, I)
             return choose_tiling(x.shape[1], spec.hidden_size, x.device).persistent
@@ -55,6 +58,11 @@ class GPUEngine(Engine):
     def run(
         self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None
     ) -> tuple[Tensor, State]:
+        if isinstance(spec, LinearRecurrenceSpec):
+            from .. import scan as linear
+            from . import scan  # the kernel is compiled (or interpreted) from here on
+
+            return linear.run(spec, gx, state, lengths, scan.linear_scan)
         from . import ops  # the kernels are compiled (or interpreted) from here on
 
         device = gx.device.type
