@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from gatedrnn import LSTM
 from gatedrnn.cli import main
-from gatedrnn.onnx import export_onnx, native_op
+from gatedrnn.onnx import EXPORTED_SPECS, export_onnx, native_op
 from gatedrnn.variants import VARIANTS
 
 onnx = pytest.importorskip("onnx")
@@ -105,10 +105,18 @@ class _LSTMLayer(_Layer):
         return _flat(*self.layer(x, (h0, c0), lengths=lengths))
 
 
+class _StatesLayer(_Layer):
+    """A layer whose state has four parts (sLSTM's ``h, c, n, m``)."""
+
+    def forward(self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, n0: Tensor,  # type: ignore[override]
+                m0: Tensor) -> tuple[Tensor, ...]:
+        return _flat(*self.layer(x, (h0, c0, n0, m0), lengths=lengths))
+
+
 def _wrap(layer: nn.Module) -> tuple[nn.Module, list[str]]:
-    if len(layer.spec.state_names) == 2:
-        return _LSTMLayer(layer), ["x", "lengths", "h0", "c0"]
-    return _Layer(layer), ["x", "lengths", "h0"]
+    names = [f"{name}0" for name in layer.spec.state_names]
+    wrapper = {1: _Layer, 2: _LSTMLayer, 4: _StatesLayer}[len(names)]
+    return wrapper(layer), ["x", "lengths", *names]
 
 
 def _inputs(layer: nn.Module, T: int, B: int, generator: torch.Generator) -> tuple[Tensor, ...]:
@@ -146,7 +154,12 @@ DYNAMO_SKIPS = {"rnn-layernorm", "lstm-layernorm"}
 Scan is tested with ``gru-layernorm`` here and with ``lstm-layernorm`` in ``test_a_loop_over_time_is_not_unrolled``."""
 
 
-@pytest.mark.parametrize(("name", "exporter"), [(name, exporter) for name in VARIANTS for exporter in EXPORTERS
+EXPORTED = [name for name in VARIANTS if isinstance(VARIANTS[name].build(2, 2).spec, EXPORTED_SPECS)]
+"""The variants of the families that export; the others raise an error naming the cell
+(``test_other_families_are_refused_with_a_clear_error``)."""
+
+
+@pytest.mark.parametrize(("name", "exporter"), [(name, exporter) for name in EXPORTED for exporter in EXPORTERS
                                                 if exporter == "torchscript" or name not in DYNAMO_SKIPS])
 def test_every_variant_runs_in_onnxruntime_at_any_shape(name: str, exporter: str, tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(0)
@@ -425,3 +438,16 @@ def test_example_generates_with_onnxruntime_alone(charlm_run: Path, tmp_path: Pa
             expected += lm.vocab.chars[k]
             ids = torch.tensor([[k]])
     assert text == expected
+
+
+@pytest.mark.parametrize("name", [name for name in VARIANTS if name not in EXPORTED])
+def test_other_families_are_refused_with_a_clear_error(name: str, tmp_path: Path) -> None:
+    layer = VARIANTS[name].build(5, 6).eval()
+    model, names = _wrap(layer)
+    generator = torch.Generator().manual_seed(0)
+    message = rf"^ONNX export: {type(layer.spec).__name__} .* has no ONNX form"
+    with pytest.raises(NotImplementedError, match=message):
+        _export(model, _inputs(layer, 4, 2, generator), names, tmp_path / "x.onnx", "torchscript")
+    with pytest.raises(NotImplementedError, match=message):
+        export_onnx(model, _inputs(layer, 4, 2, generator), tmp_path / "x.onnx", input_names=names)
+    assert not (tmp_path / "x.onnx").exists()

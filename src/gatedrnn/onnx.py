@@ -30,6 +30,7 @@ way the graph holds one step's nodes, whatever the sequence length.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Mapping, Sequence
@@ -46,12 +47,39 @@ OPSET = 18
 """The ONNX opset :func:`export_onnx` asks for (onnxruntime runs it; the legacy exporter supports it)."""
 
 
+EXPORTED_SPECS: tuple[type[CellSpec], ...] = (LSTMSpec, GRUSpec, RNNSpec)
+"""The cell specs whose layers export (the classic families, every option); other families raise an error."""
+
+_NATIVE_OPTIONS: dict[type[CellSpec], tuple[str, set[str]]] = {
+    LSTMSpec: ("LSTM", {"hidden_size", "bias", "peephole", "coupled", "forget_bias"}),
+    GRUSpec: ("GRU", {"hidden_size", "bias", "reset"}),
+    RNNSpec: ("RNN", {"hidden_size", "bias", "nonlinearity"}),
+}
+"""Each classic spec's ONNX op and the options that op expresses; an option set outside these runs as a loop."""
+
+
 def native_op(spec: CellSpec) -> str | None:
     """The ONNX recurrent op (``"LSTM"``, ``"GRU"``, ``"RNN"``) that computes ``spec``, or None where none does
-    (layer norm, projection): those run as a ``Scan``/``Loop`` of the cell's step."""
-    if spec.layer_norm or getattr(spec, "proj_size", 0):
+    (layer norm, projection, any other option): those run as a ``Scan``/``Loop`` of the cell's step."""
+    if type(spec) not in _NATIVE_OPTIONS:
         return None
-    return {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[spec.family]
+    op, expressed = _NATIVE_OPTIONS[type(spec)]
+    default = type(spec)(hidden_size=spec.hidden_size)
+    changed = {f.name for f in dataclasses.fields(spec) if getattr(spec, f.name) != getattr(default, f.name)}
+    return op if changed <= expressed else None
+
+
+class NoONNXForm(NotImplementedError, ValueError):
+    """A layer with no ONNX form: a ``NotImplementedError``, and a ``ValueError`` (the command line's one-line
+    error)."""
+
+
+def check_exportable(spec: CellSpec) -> None:
+    """Raise an error naming the cell where its layer has no ONNX form."""
+    if type(spec) not in EXPORTED_SPECS:
+        raise NoONNXForm(
+            f"ONNX export: {type(spec).__name__} ({spec.family}) has no ONNX form yet; the LSTM, GRU and RNN "
+            f"layers (every option) export")
 
 
 def _blocks(t: Tensor, spec: CellSpec) -> dict[str, Tensor]:
@@ -136,6 +164,7 @@ class ExportEngine(Engine):
 
     def run_input(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
                   lengths: Tensor | None) -> tuple[Tensor, State]:
+        check_exportable(spec)
         op = native_op(spec)
         if op is None:
             return super().run_input(spec, x, params, state, lengths)
@@ -270,6 +299,10 @@ def export_onnx(model: nn.Module, args: tuple[Any, ...], path: str | os.PathLike
     unknown = set(dynamic) - set(names)
     if unknown:
         raise ValueError(f"dynamic: no input named {sorted(unknown)[0]!r}; inputs: {', '.join(names)}")
+    for module in model.modules():
+        spec = getattr(module, "spec", None)
+        if isinstance(spec, CellSpec):
+            check_exportable(spec)
     training = model.training
     model.eval()
     try:

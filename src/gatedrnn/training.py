@@ -576,16 +576,19 @@ LAYER_OVERHEAD = 4096
 
 
 def recurrent_bytes(*, layers: int, hidden: int, inputs: int, directions: int = 1, batch: int = 0, steps: int = 0,
-                    dtype: torch.dtype = torch.float32, training: bool = False, overhead: bool = True) -> int:
+                    dtype: torch.dtype = torch.float32, training: bool = False, overhead: bool = True,
+                    recurrent: bool = True) -> int:
     """A lower bound of the memory a recurrent stack of this size takes, for any sizes (plain integer arithmetic).
 
-    Each layer and direction holds at least ``W_ih`` (``H × width``) and ``W_hh`` (``H × H``) — one gate's worth;
-    gated cells hold 3 or 4 times that. Training adds gradients and two Adam moments per weight and keeps the
+    Each layer and direction holds at least ``W_ih`` (``H × width``) and, unless ``recurrent`` is False (the
+    minimal cells, whose gates read the input alone), ``W_hh`` (``H × H``) — one gate's worth; gated cells hold 2
+    to 4 times that. Training adds gradients and two Adam moments per weight and keeps the
     outputs ``(T, B, H)`` of every layer for the backward pass; inference keeps one layer's. ``overhead=False``
     leaves out what is not tensor data (for comparing with a weights file).
     """
     width = directions * hidden
-    weights = directions * (hidden * inputs + hidden * hidden + (layers - 1) * (hidden * width + hidden * hidden))
+    square = hidden * hidden if recurrent else 0
+    weights = directions * (hidden * inputs + square + (layers - 1) * (hidden * width + square))
     kept = steps * batch * width * (layers if training else 1)
     itemsize = torch.empty((), dtype=dtype).element_size()
     return (weights * (4 if training else 1) + kept) * itemsize + layers * directions * LAYER_OVERHEAD * overhead

@@ -257,6 +257,8 @@ def stream_length(train_ids: Tensor, config: CharLMConfig, world: int) -> int:
 _LAYERS: dict[str, type[nn.Module]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "mingru": MinGRU, "minlstm": MinLSTM,
                                        "slstm": SLSTM}
 _NO_LAYER_NORM = ("mingru", "minlstm", "slstm")
+MINIMAL_CELLS = ("mingru", "minlstm")
+"""The cells without recurrent weights (their gates read the input alone)."""
 
 
 class CharLM(nn.Module):
@@ -481,7 +483,8 @@ def model_bytes(config: CharLMConfig, vocab_size: int, dtype: torch.dtype, *, tr
               + rows * (2 * vocab_size + config.embed)) * itemsize + rows * 16  # logits and their gradient; ids
     return around + training.recurrent_bytes(layers=config.layers, hidden=config.hidden, inputs=config.embed,
                                              batch=config.batch if train else 0, steps=config.seq_len,
-                                             dtype=dtype, training=train, overhead=overhead)
+                                             dtype=dtype, training=train, overhead=overhead,
+                                             recurrent=config.cell not in MINIMAL_CELLS)
 
 
 def _config_from(saved: Any, source: Path) -> CharLMConfig:
