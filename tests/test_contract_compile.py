@@ -21,6 +21,8 @@ from gatedrnn.variants import VARIANTS
 pytestmark = pytest.mark.skipif(not build.status()[0], reason="cpu engine not available")
 
 CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items()}, "lstm-proj": (gatedrnn.LSTM, {"proj_size": 3})}
+OPS = {"clockwork": "gatedrnn.cpu_clockwork"}
+"""The cpu engine's op of each variant other than ``gatedrnn.cpu_recurrence``."""
 
 
 def fresh(layer_cls: type, options: dict, **kwargs: object) -> torch.nn.Module:
@@ -73,8 +75,9 @@ def test_every_variant_traces_into_one_graph_with_one_op_per_layer_and_direction
     compiled = torch.compile(module, backend=counter.backend, fullgraph=True)
     got = run(compiled, x, lengths)
     assert not counters["graph_break"], dict(counters["graph_break"])
-    assert counter.forward == ["gatedrnn.cpu_recurrence.default"] * 4  # 2 layers x 2 directions
-    assert counter.backward == ["gatedrnn.cpu_recurrence_backward.default"] * 4  # the kernels, not a recompute
+    op = OPS.get(name, "gatedrnn.cpu_recurrence")
+    assert counter.forward == [f"{op}.default"] * 4  # 2 layers x 2 directions
+    assert counter.backward == [f"{op}_backward.default"] * 4  # the kernels, not a recompute
     assert_same(got, want)
 
 

@@ -7,16 +7,18 @@ engine (:func:`engines` lists them).
 import torch as _torch
 
 from . import inspect, quantization
-from .cells import GRUSpec, LSTMSpec, RNNSpec
+from .cells import ClockworkSpec, GRUSpec, LSTMSpec, RNNSpec
 from .engine import EngineInfo, engines
-from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .layers import GRU, LSTM, RNN, ClockworkRNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
 # A whole model saved with torch.save(model) loads with torch.load's default (weights_only=True): what a module of
 # gatedrnn pickles is these classes, their cell specs (frozen dataclasses of ints, bools, floats and strings) and
 # the plain types torch allows anyway.
-_torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, GRUSpec, LSTMSpec, RNNSpec])
+_torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, GRUSpec, LSTMSpec, RNNSpec,
+                                       ClockworkRNN, ClockworkSpec])
 quantization.register_with_torch()
 
-__all__ = ["GRU", "LSTM", "RNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "inspect", "__version__"]
+__all__ = ["GRU", "LSTM", "RNN", "ClockworkRNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "inspect",
+           "__version__"]

@@ -206,7 +206,8 @@ one way to time cells)."""
 def _family_baseline(name: str) -> str:
     """The variant whose ``torch.nn`` module a variant is compared with: itself if it has one, else its family's."""
     layer = bench_variants()[name].layer.__name__.lower()
-    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru"}.get(layer, f"{layer.removesuffix('cell')}-cell")
+    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "clockworkrnn": "rnn"}.get(
+        layer, f"{layer.removesuffix('cell')}-cell")
 
 
 # ------------------------------------------------------------------------------------------------------ the runs

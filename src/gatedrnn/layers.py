@@ -7,6 +7,7 @@ projection of all time steps in one GEMM, hands the recurrence of each layer and
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import engine as engine_registry
-from .cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from .cells import CellSpec, ClockworkSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from .checks import (
     ShapeError,
     check_bool,
@@ -33,7 +34,8 @@ from .checks import (
 from .sequence import from_padded, reverse_padded, to_padded
 
 Tap = Callable[..., tuple[Tensor, State]]
-"""``tap(engine, layer, direction, gx, params, state, lengths) -> (out, final_state)``; see ``_Recurrent._tap``."""
+"""``tap(spec, engine, layer, direction, gx, params, state, lengths) -> (out, final_state)``; see
+``_Recurrent._tap``."""
 
 _FOREIGN_OPTIONS = {
     "proj_size": "projections exist only for LSTM",
@@ -289,6 +291,12 @@ class _Recurrent(_TorchConversion, nn.Module):
     def forward(
         self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Any]:
+        return self._forward(input, hx, lengths, self.spec)
+
+    def _forward(self, input: Tensor | PackedSequence, hx: Any, lengths: Tensor | None,
+                 spec: CellSpec) -> tuple[Tensor | PackedSequence, Any]:
+        """:meth:`forward` with the cell spec of this call (``self.spec`` but for per-call options: the Clockwork
+        RNN's ``start``)."""
         first = self.layer_params(0)  # layer 0, direction 0: also the dtype and device the input must have
         x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, first["weight_ih"])
         steps, batch = x.shape[0], x.shape[1]
@@ -300,7 +308,7 @@ class _Recurrent(_TorchConversion, nn.Module):
             first = _cast(first, autocast)
         # An empty batch (an empty bucket of a batch sampler) runs as torch.nn's does: an empty output, and a
         # backward of zeros, on the engine that runs any shape.
-        engine = engine_registry.resolve(self.engine if batch else "reference", self.spec, x)
+        engine = engine_registry.resolve(self.engine if batch else "reference", spec, x)
         # Masking is needed only where some sequence ends before T; while tracing (compile, export) that is data the
         # graph cannot branch on, and the mask, correct either way, stays.
         mask = lengths
@@ -313,10 +321,10 @@ class _Recurrent(_TorchConversion, nn.Module):
                 p = _cast(self.layer_params(layer, direction), autocast) if finals else first
                 layer_x = reverse_padded(x, mask) if direction else x
                 if self._tap is None:
-                    out, final = engine.run_input(self.spec, layer_x, p, states[len(finals)], mask)
+                    out, final = engine.run_input(spec, layer_x, p, states[len(finals)], mask)
                 else:  # the tap replays the cells from the normalised gx
-                    gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
-                    out, final = self._tap(engine, layer, direction, gx, p, states[len(finals)], mask)
+                    gx = spec.input_projection(layer_x, p)  # (T, B, G·H)
+                    out, final = self._tap(spec, engine, layer, direction, gx, p, states[len(finals)], mask)
                 outs.append(reverse_padded(out, mask) if direction else out)
                 finals.append(final)
             x = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (T, B, D·state_size)
@@ -480,6 +488,108 @@ class RNN(_RNNOptions, _Recurrent):
         _reject_options("RNN", options)
         spec = self._spec(hidden_size, bias, nonlinearity, layer_norm)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+
+
+def _periods(periods: object, num_modules: object, hidden_size: int) -> tuple[int, ...]:
+    """The Clockwork RNN's module periods, checked: given, or ``2^(i-1)`` for ``i = 1 … num_modules``."""
+    if periods is None:
+        count = check_size("num_modules", 4 if num_modules is None else num_modules)
+        periods = tuple(2**i for i in range(count))
+    else:
+        if isinstance(periods, (str, bytes)) or not isinstance(periods, (tuple, list)):
+            raise TypeError(f"periods: expected a sequence of ints, e.g. (1, 2, 4, 8), got {type(periods).__name__}")
+        periods = tuple(check_size("periods", p) for p in periods)
+        if not periods:
+            raise ValueError("periods: expected at least one period, got an empty sequence")
+        if any(a >= b for a, b in zip(periods, periods[1:])):
+            raise ValueError(f"periods: expected strictly increasing periods (T_1 < … < T_g), got {periods}")
+        if num_modules is not None and check_size("num_modules", num_modules) != len(periods):
+            raise ValueError(f"num_modules: expected len(periods) = {len(periods)} or None, got {num_modules}")
+    if hidden_size < len(periods):
+        raise ValueError(f"hidden_size: expected at least one unit per module ({len(periods)} periods), "
+                         f"got {hidden_size}")
+    return periods
+
+
+class ClockworkRNN(_RNNOptions, _Recurrent):
+    r"""Multi-layer Clockwork RNN (Koutník et al. 2014) over sequences: an Elman RNN whose hidden units are split
+    into modules updating at their own clock periods. The cell's equations are in
+    :class:`gatedrnn.cells.ClockworkSpec`.
+
+    Args:
+        input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, device,
+            dtype: as ``torch.nn.RNN``.
+        periods: the modules' clock periods ``T_1 < … < T_g`` (at most ``hidden_size`` of them). Default
+            ``2^(i-1)`` for ``i = 1 … num_modules``.
+        num_modules: ``g`` when ``periods`` is not given (default 4).
+        engine: ``"auto"`` or an engine's name.
+
+    Parameters are named as ``torch.nn.RNN``'s (``weight_ih_l0``, ``weight_hh_l0`` …). Only the block
+    upper-triangular part of each ``weight_hh`` is used; :meth:`reset_parameters` sets the rest to zero, and its
+    gradient is always zero.
+
+    Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.RNN``; keyword ``lengths`` as LSTM.
+    Every sequence's clock starts at its first step (``t = 0``: all modules update); a reverse direction's at the
+    sequence's last step.
+
+    Example:
+        >>> cw = gatedrnn.ClockworkRNN(1, 64, periods=(1, 2, 4, 8, 16, 32, 64, 128))
+        >>> out, h_n = cw(torch.randn(320, 3, 1))
+    """
+
+    _torch_class = nn.RNN
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None, *, periods: Any = None, num_modules: int | None = None,
+                 engine: str = "auto", **options: Any) -> None:
+        if "layer_norm" in options:
+            raise TypeError("layer_norm: not an option of ClockworkRNN: a layer norm over all units would mix the "
+                            "modules that update with those that keep their state")
+        _reject_options("ClockworkRNN", options)
+        hidden, bias, _ = _common_options(hidden_size, bias, False, cell=False)
+        spec = ClockworkSpec(hidden, bias, periods=_periods(periods, num_modules, hidden),
+                             nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
+        super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    @property
+    def periods(self) -> tuple[int, ...]:
+        """The modules' clock periods ``(T_1, …, T_g)``."""
+        return self.spec.periods  # type: ignore[attr-defined]
+
+    def forward(self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None,
+                start: int = 0) -> tuple[Tensor | PackedSequence, Any]:
+        """As ``torch.nn.RNN``'s; ``start`` is the clocks' time at the first step: a sequence fed on in pieces (one
+        character at a time when sampling) passes the number of steps it has run so far, and its modules update
+        as they would over the whole sequence at once."""
+        start = check_size("start", start, minimum=0)
+        if start and self.bidirectional:
+            raise ValueError(f"start: a bidirectional layer reads whole sequences, whose clocks start at 0; "
+                             f"got {start}")
+        spec = self.spec if not start else dataclasses.replace(self.spec, start=start)
+        return self._forward(input, hx, lengths, spec)
+
+    def reset_parameters(self) -> None:
+        """As ``torch.nn.RNN`` (``U(-1/sqrt(H), 1/sqrt(H))``), with the unused blocks of ``weight_hh`` at zero."""
+        super().reset_parameters()
+        with torch.no_grad():
+            for names in self._names:
+                w = getattr(self, names["weight_hh"])
+                w.masked_fill_(~self.spec.recurrent_mask(w), 0.0)  # type: ignore[attr-defined]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", periods={self.periods}"
+
+    def to_torch(self) -> nn.Module:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Clockwork RNN")
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, **options: Any) -> Any:
+        raise TypeError("module: a Clockwork RNN has no torch.nn counterpart to convert from")
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Clockwork RNN")
 
 
 class _Cell(_TorchConversion, nn.Module):

@@ -1,8 +1,9 @@
 """Cell specs: the math of each cell family, written once (see ``base.py`` for the contract)."""
 
 from .base import CellSpec, Gates, ParamDef, State
+from .clockwork import ClockworkSpec
 from .gru import GRUSpec
 from .lstm import LSTMSpec
 from .rnn import RNNSpec
 
-__all__ = ["CellSpec", "Gates", "GRUSpec", "LSTMSpec", "ParamDef", "RNNSpec", "State"]
+__all__ = ["CellSpec", "ClockworkSpec", "Gates", "GRUSpec", "LSTMSpec", "ParamDef", "RNNSpec", "State"]
