@@ -10,11 +10,14 @@ otherwise.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor
 
 import gatedrnn
+from gatedrnn.cli import main
 from gatedrnn.engine.cpu import build
 from numerics import layer_as_function, relative_error
 
@@ -293,3 +296,37 @@ def test_bad_calls_name_the_argument() -> None:
         layer.to_torch()
     with pytest.raises(ValueError, match="input"):
         layer(torch.randn(4, 2, 5))
+
+
+def test_charlm_trains_samples_and_explores_a_clockwork_model(tmp_path: Path) -> None:
+    from gatedrnn.tasks import charlm
+    from gatedrnn.viz.explorer import explorer_data
+
+    text = tmp_path / "play.txt"
+    text.write_text((Path(charlm.__file__).parent.parent / "data" / "macbeth.txt").read_text()[:3000])
+    out = tmp_path / "run"
+    args = ["charlm", "train", "--text", str(text), "--cell", "clockwork", "--hidden", "8", "--embed", "8",
+            "--seq-len", "16", "--batch", "4", "--eval-every", "2", "--warmup", "1", "--steps", "2", "--out",
+            str(out), "--quiet"]
+    assert main(args) == 0
+    lm = charlm.load(out)
+    assert isinstance(lm.model.rnn, gatedrnn.ClockworkRNN)
+    assert len(lm.sample("M", 12)) == 12
+    # sampling feeds one character at a time with the clocks going on: the logits of the last step equal those of
+    # the whole text read at once
+    ids = lm.vocab.encode("MACBETH", "text").unsqueeze(0)
+    with torch.no_grad():
+        whole, _ = lm.model.eval()(ids)
+        logits, state = lm.model(ids[:, :3])
+        for position in range(3, ids.shape[1]):
+            logits, state = lm.model(ids[:, position:position + 1], state, position)
+    torch.testing.assert_close(logits[0, -1], whole[0, -1])
+    layers = explorer_data(lm, "MACBETH.")["layers"]
+    assert layers[0]["family"] == "clockwork" and layers[0]["signals"]["active"]["kind"] == "gate"
+
+
+def test_charlm_refuses_layer_norm_for_a_clockwork_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["charlm", "train", "--cell", "clockwork", "--layer-norm", "--steps", "1", "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 2
+    assert "layer_norm: a Clockwork RNN has no layer-norm form" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

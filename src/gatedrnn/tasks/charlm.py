@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import training
-from ..layers import GRU, LSTM, RNN
+from ..layers import GRU, LSTM, RNN, ClockworkRNN
 from ..training import CheckpointError
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ class CharLMConfig:
 
     # model
     cell: str = "lstm"
-    """``lstm``, ``gru`` or ``rnn``."""
+    """``lstm``, ``gru``, ``rnn`` or ``clockwork`` (a tanh Clockwork RNN, modules of periods 1, 2, 4, 8)."""
     layers: int = 2
     hidden: int = 256
     embed: int = 64
@@ -89,7 +89,7 @@ class CharLMConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first option with a bad value."""
-        _choice("cell", self.cell, ("lstm", "gru", "rnn"))
+        _choice("cell", self.cell, tuple(_LAYERS))
         _choice("reset", self.reset, ("after", "before"))
         _choice("schedule", self.schedule, ("cosine", "constant"))
         for name in ("layers", "hidden", "embed", "seq_len", "batch", "eval_every"):
@@ -119,6 +119,9 @@ class CharLMConfig:
                 raise ValueError(f"forget_bias: only an LSTM has a forget gate, not cell={self.cell!r}")
         if self.cell != "gru" and self.reset != "after":
             raise ValueError(f"reset: only a GRU has a reset gate, not cell={self.cell!r}")
+        if self.cell == "clockwork" and self.layer_norm:
+            raise ValueError("layer_norm: a Clockwork RNN has no layer-norm form (its modules update at different "
+                             "steps)")
         if self.coupled and self.forget_bias:
             raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i)")
         training.resolve_dtype(self.dtype)
@@ -245,19 +248,21 @@ def stream_length(train_ids: Tensor, config: CharLMConfig, world: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Model
 
-_LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+_LAYERS: dict[str, type[nn.Module]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "clockwork": ClockworkRNN}
 
 
 class CharLM(nn.Module):
     r"""Embedding → dropout → stacked recurrent layers → dropout → linear → softmax over the vocabulary.
 
-    ``forward(ids, state)`` takes ids ``(B, T)`` and the recurrent state (None: zeros) and returns logits
-    ``(B, T, V)`` and the state after the last step, so text can be fed on in pieces of any length.
+    ``forward(ids, state, start)`` takes ids ``(B, T)``, the recurrent state (None: zeros) and, for a Clockwork
+    RNN, the clocks' time at the first of ``ids`` (the characters read before it); it returns logits ``(B, T, V)``
+    and the state after the last step, so text can be fed on in pieces of any length.
     """
 
     def __init__(self, vocab_size: int, config: CharLMConfig) -> None:
         super().__init__()
-        options: dict[str, Any] = {"layer_norm": config.layer_norm}
+        self.clocked = config.cell == "clockwork"
+        options: dict[str, Any] = {} if self.clocked else {"layer_norm": config.layer_norm}
         if config.cell == "lstm":
             options.update(peephole=config.peephole, coupled=config.coupled, forget_bias=config.forget_bias)
         if config.cell == "gru":
@@ -270,9 +275,9 @@ class CharLM(nn.Module):
         )
         self.head = nn.Linear(config.hidden, vocab_size)
 
-    def forward(self, ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+    def forward(self, ids: Tensor, state: Any = None, start: int = 0) -> tuple[Tensor, Any]:
         x = self.drop(self.embed(ids))  # (B, T, E)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        out, state = self.rnn(x, state, start=start) if self.clocked else self.rnn(x, state)  # (B, T, H)
         return self.head(self.drop(out)), state  # (B, T, V)
 
 
@@ -377,11 +382,11 @@ class LanguageModel:
                 seed: int) -> Iterator[str]:
         g = torch.Generator().manual_seed(seed)
         logits, state = self.model(ids)
-        for _ in range(length):
+        for position in range(ids.shape[1], ids.shape[1] + length):
             probs = _next_char_probs(logits[0, -1].float().cpu(), temperature, top_k, top_p)
             nxt = int(torch.multinomial(probs, 1, generator=g))
             yield self.vocab.chars[nxt]
-            logits, state = self.model(torch.tensor([[nxt]], device=self.device), state)
+            logits, state = self.model(torch.tensor([[nxt]], device=self.device), state, position)
 
     def sample(self, prime: str | None = None, length: int = 500, **options: Any) -> str:
         """The whole of :meth:`generate` as one string."""
@@ -629,17 +634,19 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
             fraction = step / config.steps if config.steps is not None else spent / (60 * config.minutes)
             # Randomness (windows, dropout) is a function of (seed, rank, step): resuming redraws it exactly.
             torch.manual_seed(training.fold_seed(config.seed, info.rank, step))
+            start = 0  # where the window starts in its stream: a Clockwork RNN's clocks go on across windows
             if config.stateful:
                 if position + config.seq_len + 1 > length:
                     position, carried = 0, None  # a new pass over the text starts from a zero state
                 x, y = stream_windows(train_ids, config, info.rank, info.world_size, position)
+                start = position
                 position += config.seq_len
             else:
                 x, y = random_windows(train_ids, config, training.fold_seed(config.seed, info.rank, step, 1))
             x, y = x.to(info.device), y.to(info.device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, fraction)
-            logits, new_state = ddp(x, carried)
+            logits, new_state = ddp(x, carried, start)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -682,7 +689,7 @@ DEFAULT_MINUTES = 9.0
 
 _TRAIN_OPTIONS: list[tuple[str, str, Any, str]] = [
     # flag, field, type, help
-    ("--cell", "cell", str, "recurrent cell: lstm, gru or rnn"),
+    ("--cell", "cell", str, "recurrent cell: lstm, gru, rnn or clockwork"),
     ("--layers", "layers", int, "stacked recurrent layers"),
     ("--hidden", "hidden", int, "hidden units per layer"),
     ("--embed", "embed", int, "character embedding width"),
