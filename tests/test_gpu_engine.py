@@ -42,9 +42,11 @@ COMBINATIONS = {
     "lstm-proj-peephole": (gatedrnn.LSTM, {"proj_size": 13, "peephole": True}),
     "lstm-proj-coupled-nobias": (gatedrnn.LSTM, {"proj_size": 13, "coupled": True, "bias": False}),
 }
-# The gpu engine's kernels run the LSTM, GRU and RNN families (the Clockwork RNN runs on the reference engine).
+# The gpu engine's kernels run the LSTM, GRU and RNN families (the Clockwork RNN and the depth-gated LSTM run on
+# the reference engine).
 CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items()
-            if v.layer in (gatedrnn.LSTM, gatedrnn.GRU, gatedrnn.RNN)}, **COMBINATIONS}
+            if v.layer in (gatedrnn.LSTM, gatedrnn.GRU, gatedrnn.RNN) and not v.options.get("depth_gate")},
+         **COMBINATIONS}
 
 
 class InterpretedGPUEngine(GPUEngine):

@@ -7,7 +7,7 @@ engine (:func:`engines` lists them).
 import torch as _torch
 
 from . import inspect, quantization
-from .cells import ClockworkSpec, GRUSpec, LSTMSpec, RNNSpec
+from .cells import ClockworkSpec, DepthGatedLSTMSpec, GRUSpec, LSTMSpec, RNNSpec
 from .engine import EngineInfo, engines
 from .layers import GRU, LSTM, RNN, ClockworkRNN, GRUCell, LSTMCell, RNNCell
 
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # gatedrnn pickles is these classes, their cell specs (frozen dataclasses of ints, bools, floats and strings) and
 # the plain types torch allows anyway.
 _torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, GRUSpec, LSTMSpec, RNNSpec,
-                                       ClockworkRNN, ClockworkSpec])
+                                       ClockworkRNN, ClockworkSpec, DepthGatedLSTMSpec])
 quantization.register_with_torch()
 
 __all__ = ["GRU", "LSTM", "RNN", "ClockworkRNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "inspect",

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import engine as engine_registry
-from .cells import CellSpec, ClockworkSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from .cells import CellSpec, ClockworkSpec, DepthGatedLSTMSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from .checks import (
     ShapeError,
     check_bool,
@@ -44,6 +44,7 @@ _FOREIGN_OPTIONS = {
     "forget_bias": "only LSTM has a forget gate",
     "reset": "the reset gate's placement exists only for GRU",
     "nonlinearity": "the choice of nonlinearity exists only for RNN",
+    "depth_gate": "the depth gate connects the cell states of stacked LSTM layers (gatedrnn.LSTM, num_layers >= 2)",
 }
 
 
@@ -113,12 +114,15 @@ class _LSTMOptions:
 
     @staticmethod
     def _spec(hidden_size: object, bias: object, proj_size: object, peephole: object, coupled: object,
-              layer_norm: object, forget_bias: object, cell: bool = False) -> LSTMSpec:
+              layer_norm: object, forget_bias: object, cell: bool = False, depth_gate: object = False) -> LSTMSpec:
         hidden_size, bias, layer_norm = _common_options(hidden_size, bias, layer_norm, cell)
         proj_size = check_size("proj_size", proj_size, minimum=0)
         if proj_size and proj_size >= hidden_size:
             raise ValueError(f"proj_size: expected proj_size < hidden_size ({hidden_size}), got {proj_size}")
-        spec = LSTMSpec(
+        depth_gate = check_bool("depth_gate", depth_gate)
+        if depth_gate and layer_norm:
+            raise ValueError("layer_norm: the depth-gated LSTM has no layer-norm form; leave layer_norm at False")
+        spec = (DepthGatedLSTMSpec if depth_gate else LSTMSpec)(
             hidden_size,
             bias,
             layer_norm,
@@ -201,7 +205,8 @@ class _TorchConversion:
         reset-before cells have no ``torch.nn`` counterpart and raise ``ValueError``.
         """
         spec = self.spec
-        variants = [name for name in ("peephole", "coupled", "layer_norm") if getattr(spec, name, False)]
+        variants = [name for name in ("peephole", "coupled", "layer_norm", "depth_gate")
+                    if getattr(spec, name, False)]
         if getattr(spec, "reset", "after") != "after":
             variants.append('reset="before"')
         if variants:
@@ -250,7 +255,7 @@ class _Recurrent(_TorchConversion, nn.Module):
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 names = {}
-                for pdef in spec.params(layer_input):
+                for pdef in spec.for_layer(layer).params(layer_input):
                     name = pdef.name + suffix
                     self.register_parameter(name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
                     names[pdef.name] = name
@@ -315,16 +320,23 @@ class _Recurrent(_TorchConversion, nn.Module):
         if lengths is not None and not torch.compiler.is_compiling() and not bool((lengths < steps).any()):
             mask = None
         finals: list[State] = []
+        # The cell states a depth-gated layer hands to the layer above, per direction, in processing order.
+        below: list[Tensor | None] = [None] * self.num_directions
         for layer in range(self.num_layers):
             outs = []
+            layer_spec = spec.for_layer(layer)
             for direction in range(self.num_directions):
                 p = _cast(self.layer_params(layer, direction), autocast) if finals else first
+                if below[direction] is not None:
+                    p = {**p, "cell_below": below[direction]}
                 layer_x = reverse_padded(x, mask) if direction else x
                 if self._tap is None:
-                    out, final = engine.run_input(spec, layer_x, p, states[len(finals)], mask)
+                    out, final = engine.run_input(layer_spec, layer_x, p, states[len(finals)], mask)
                 else:  # the tap replays the cells from the normalised gx
-                    gx = spec.input_projection(layer_x, p)  # (T, B, G·H)
-                    out, final = self._tap(spec, engine, layer, direction, gx, p, states[len(finals)], mask)
+                    gx = layer_spec.input_projection(layer_x, p)  # (T, B, G·H)
+                    out, final = self._tap(layer_spec, engine, layer, direction, gx, p, states[len(finals)], mask)
+                if layer_spec.output_size != layer_spec.state_size:  # out is [h | c]: c goes to the layer above
+                    out, below[direction] = out.split([layer_spec.state_size, layer_spec.hidden_size], dim=2)
                 outs.append(reverse_padded(out, mask) if direction else out)
                 finals.append(final)
             x = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (T, B, D·state_size)
@@ -373,7 +385,7 @@ class _Recurrent(_TorchConversion, nn.Module):
 def _variant_repr(spec: CellSpec) -> str:
     parts = []
     for name, default in (("proj_size", 0), ("peephole", False), ("coupled", False), ("layer_norm", False),
-                          ("forget_bias", 0.0), ("reset", "after"), ("nonlinearity", "tanh")):
+                          ("forget_bias", 0.0), ("reset", "after"), ("nonlinearity", "tanh"), ("depth_gate", False)):
         value = getattr(spec, name, default)
         if value != default:
             parts.append(f"{name}={value!r}")
@@ -392,6 +404,10 @@ class LSTM(_LSTMOptions, _Recurrent):
         coupled: coupled input-forget gate ``f = 1 - i``; gate blocks ``i|g|o``.
         layer_norm: layer-normalise the input and recurrent pre-activations and the cell state.
         forget_bias: constant added to the forget gate's pre-activation.
+        depth_gate: the depth-gated LSTM (Yao et al. 2015): each layer above the first also receives the cell
+            state of the layer below at the same step through a depth gate ``d``
+            (:class:`gatedrnn.cells.DepthGatedLSTMSpec`; parameters ``weight_xd``, ``bias_d``, ``weight_cd``,
+            ``weight_ld`` in those layers). Runs on the reference engine.
         engine: ``"auto"`` (best available, see :func:`gatedrnn.engines`) or an engine's name.
 
     Inputs: ``input, (h_0, c_0)`` exactly as ``torch.nn.LSTM`` (``(T, B, I)``, ``(B, T, I)`` if batch_first,
@@ -410,10 +426,20 @@ class LSTM(_LSTMOptions, _Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device: Any = None, dtype: Any = None, *, peephole: bool = False, coupled: bool = False,
-                 layer_norm: bool = False, forget_bias: float = 0.0, engine: str = "auto", **options: Any) -> None:
+                 layer_norm: bool = False, forget_bias: float = 0.0, depth_gate: bool = False, engine: str = "auto",
+                 **options: Any) -> None:
         _reject_options("LSTM", options)
-        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias)
+        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias,
+                          depth_gate=depth_gate)
+        if depth_gate and num_layers == 1:
+            warnings.warn("depth_gate=True has no effect with num_layers=1: the depth gate connects each layer's cell "
+                          "to the cell of the layer below", stacklevel=2)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    @property
+    def depth_gate(self) -> bool:
+        """Whether each layer above the first reads the cell state of the layer below through a depth gate."""
+        return isinstance(self.spec, DepthGatedLSTMSpec)
 
     def _lowers_on_cpu(self, packed: bool) -> bool:
         return not packed  # torch.nn.LSTM on a PackedSequence stays float32 under CPU autocast

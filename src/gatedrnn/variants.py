@@ -38,6 +38,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("lstm-coupled", LSTM, {"coupled": True}, "coupled input-forget gate: f = 1 - i"),
         Variant("lstm-layernorm", LSTM, {"layer_norm": True}, "LN on W_ih x, W_hh h and c"),
         Variant("lstm-forgetbias", LSTM, {"forget_bias": 1.0}, "f = sigmoid(a_f + 1)"),
+        Variant("lstm-depthgated", LSTM, {"depth_gate": True}, "c += d*c_below: a depth gate to the layer below"),
         Variant("gru", GRU, {}, "reset after the matmul (torch.nn, cuDNN)"),
         Variant("gru-before", GRU, {"reset": "before"}, "reset before the matmul (Cho et al. 2014)"),
         Variant("gru-layernorm", GRU, {"layer_norm": True}, "LN on W_ih x and W_hh h"),

@@ -94,6 +94,21 @@ class CellSpec:
         """Width of each state tensor, in ``state_names`` order."""
         return (self.state_size,)
 
+    def for_layer(self, layer: int) -> CellSpec:
+        """The spec of layer ``layer`` (from 0) of a stack: this one, but where the bottom layer differs (the
+        depth-gated LSTM's has no layer below)."""
+        return self
+
+    def output(self, state: State) -> Tensor:
+        """What a step hands on, stacked over time by the engines: ``h`` (``state[0]``), or for a cell whose layer
+        above also reads its cell state, ``[h | c]``."""
+        return state[0]
+
+    @property
+    def output_size(self) -> int:
+        """Width of :meth:`output`."""
+        return self.state_size
+
     def params(self, input_size: int) -> list[ParamDef]:
         """Parameters of one layer and direction, in ``torch.nn``'s registration order."""
         defs = [

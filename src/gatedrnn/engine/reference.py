@@ -50,10 +50,10 @@ def loop(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
             new_state = (new_state[0] + probe_t, *new_state[1:])
         if lengths is None:
             state = new_state
-            outputs.append(state[0])
+            outputs.append(spec.output(state))
         else:
             # Sequences that have ended keep their last state, so the final state is taken at their last step.
             active = (t < lengths).unsqueeze(1)  # (B, 1)
             state = tuple(torch.where(active, new, old) for new, old in zip(new_state, state))
-            outputs.append(torch.where(active, state[0], 0.0))
-    return torch.stack(outputs), state  # (T, B, state_size)
+            outputs.append(torch.where(active, spec.output(state), 0.0))
+    return torch.stack(outputs), state  # (T, B, output_size)

@@ -46,7 +46,7 @@ class GPUEngine(Engine):
         return False, "needs a CUDA device (none found)"
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        if not (x.is_cuda and x.dtype in DTYPES) or not isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec)):
+        if not (x.is_cuda and x.dtype in DTYPES) or type(spec) not in (LSTMSpec, GRUSpec, RNNSpec):
             return False
         if isinstance(spec, GRUSpec) and spec.reset == "before" and x.dim() == 3:  # x: (T, B, I)
             return choose_tiling(x.shape[1], spec.hidden_size, x.device).persistent
