@@ -330,3 +330,16 @@ def test_charlm_refuses_layer_norm_for_a_clockwork_model(tmp_path: Path, capsys:
                  str(tmp_path / "run"), "--quiet"]) == 2
     assert "layer_norm: a Clockwork RNN has no layer-norm form" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_times_the_clockwork_rnn_against_torch_nn_rnn_of_the_same_hidden_size() -> None:
+    from gatedrnn import bench
+
+    config = bench.BenchConfig(shapes=[(2, 9, 3, 8)], variants=["clockwork", "rnn"],
+                               implementations=["torch.nn", "reference", "cpu"] if build.status()[0]
+                               else ["torch.nn", "reference"], modes=["fwd"], repeats=1, warmup=0, block_ms=0)
+    entries = {(e["variant"], e["implementation"]): e for e in bench.ratios(bench.run(config))}
+    assert ("clockwork", "torch.nn") not in entries  # torch.nn has no Clockwork RNN
+    for impl in config.implementations[1:]:
+        entry = entries[("clockwork", impl)]
+        assert entry["family_baseline"] == "rnn" and entry["vs_torch_nn_family"] is not None

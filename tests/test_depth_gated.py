@@ -11,12 +11,14 @@ bottom layer is an LSTM.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor
 
 import gatedrnn
+from gatedrnn.cli import main
 from numerics import layer_as_function, relative_error
 
 TOLERANCE = 1e-12
@@ -218,3 +220,23 @@ def test_bad_arguments_name_the_argument() -> None:
         warnings.simplefilter("always")
         gatedrnn.LSTM(3, 4, depth_gate=True)
     assert any("depth_gate=True has no effect with num_layers=1" in str(w.message) for w in caught)
+
+
+def test_charlm_trains_samples_and_explores_a_depth_gated_model(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from gatedrnn.tasks import charlm
+    from gatedrnn.viz.explorer import explorer_data
+
+    text = tmp_path / "play.txt"
+    text.write_text((Path(charlm.__file__).parent.parent / "data" / "macbeth.txt").read_text()[:3000])
+    out = tmp_path / "run"
+    args = ["charlm", "train", "--text", str(text), "--depth-gate", "--layers", "2", "--hidden", "8", "--embed", "8",
+            "--seq-len", "16", "--batch", "4", "--eval-every", "2", "--warmup", "1", "--steps", "2", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    lm = charlm.load(out)
+    assert lm.model.rnn.depth_gate and len(lm.sample("M", 8)) == 8
+    layers = explorer_data(lm, "MACBETH.")["layers"]
+    assert layers[1]["signals"]["d"]["kind"] == "gate" and "d" not in layers[0]["signals"]
+    assert main([*args, "--layers", "1", "--out", str(tmp_path / "one")]) == 2  # the last --layers counts
+    assert "depth_gate: the depth gate connects adjacent layers; expected layers >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()

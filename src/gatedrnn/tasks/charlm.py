@@ -57,6 +57,9 @@ class CharLMConfig:
     coupled: bool = False
     layer_norm: bool = False
     forget_bias: float = 0.0
+    depth_gate: bool = False
+    """LSTM: each layer above the first reads the cell state of the layer below through a depth gate (Yao et al.
+    2015)."""
     reset: str = "after"
     """GRU only: ``after`` (torch.nn, cuDNN) or ``before`` (Cho et al. 2014)."""
     engine: str = "auto"
@@ -112,13 +115,18 @@ class CharLMConfig:
         if not (_number(self.forget_bias) and math.isfinite(self.forget_bias)):
             raise ValueError(f"forget_bias: expected a finite number, got {self.forget_bias!r}")
         if self.cell != "lstm":
-            for name in ("peephole", "coupled"):
+            for name in ("peephole", "coupled", "depth_gate"):
                 if getattr(self, name):
                     raise ValueError(f"{name}: only an LSTM has this option, not cell={self.cell!r}")
             if self.forget_bias:
                 raise ValueError(f"forget_bias: only an LSTM has a forget gate, not cell={self.cell!r}")
         if self.cell != "gru" and self.reset != "after":
             raise ValueError(f"reset: only a GRU has a reset gate, not cell={self.cell!r}")
+        if self.depth_gate and self.layer_norm:
+            raise ValueError("layer_norm: the depth-gated LSTM has no layer-norm form")
+        if self.depth_gate and self.layers < 2:
+            raise ValueError(f"depth_gate: the depth gate connects adjacent layers; expected layers >= 2, "
+                             f"got {self.layers}")
         if self.cell == "clockwork" and self.layer_norm:
             raise ValueError("layer_norm: a Clockwork RNN has no layer-norm form (its modules update at different "
                              "steps)")
@@ -264,7 +272,8 @@ class CharLM(nn.Module):
         self.clocked = config.cell == "clockwork"
         options: dict[str, Any] = {} if self.clocked else {"layer_norm": config.layer_norm}
         if config.cell == "lstm":
-            options.update(peephole=config.peephole, coupled=config.coupled, forget_bias=config.forget_bias)
+            options.update(peephole=config.peephole, coupled=config.coupled, forget_bias=config.forget_bias,
+                           depth_gate=config.depth_gate)
         if config.cell == "gru":
             options.update(reset=config.reset)
         self.embed = nn.Embedding(vocab_size, config.embed)
@@ -717,6 +726,7 @@ _TRAIN_OPTIONS: list[tuple[str, str, Any, str]] = [
 _TRAIN_FLAGS = [
     ("--peephole", "peephole", "LSTM: peephole connections (gates read the cell state)"),
     ("--coupled", "coupled", "LSTM: coupled input-forget gate, f = 1 - i"),
+    ("--depth-gate", "depth_gate", "LSTM: depth gates between the cells of adjacent layers (Yao et al. 2015)"),
     ("--layer-norm", "layer_norm", "layer-normalised cell"),
     ("--stateful", "stateful", "carry the hidden state across consecutive windows (truncated BPTT, as char-rnn)"),
 ]
