@@ -15,13 +15,14 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
 
 import gatedrnn
-from gatedrnn.engine.cpu import build
+from gatedrnn.engine.cpu import CPUEngine, build
 from gatedrnn.variants import VARIANTS
 
 pytestmark = pytest.mark.skipif(not build.status()[0], reason="cpu engine not available")
 
-# Every variant the cpu engine runs (the depth-gated LSTM runs on the reference engine).
-CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items() if not v.options.get("depth_gate")},
+# Every variant the cpu engine runs (the depth-gated and Grid LSTMs run on the reference engine).
+CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items()
+            if CPUEngine().covers(v.build(4, 4, num_layers=2).spec, torch.zeros(1))},
          "lstm-proj": (gatedrnn.LSTM, {"proj_size": 3})}
 OPS = {"clockwork": "gatedrnn.cpu_clockwork"}
 """The cpu engine's op of each variant other than ``gatedrnn.cpu_recurrence``."""

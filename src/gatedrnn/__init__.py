@@ -7,9 +7,9 @@ engine (:func:`engines` lists them).
 import torch as _torch
 
 from . import inspect, quantization
-from .cells import ClockworkSpec, DepthGatedLSTMSpec, GRUSpec, LSTMSpec, RNNSpec
+from .cells import ClockworkSpec, DepthGatedLSTMSpec, GridLSTMSpec, GRUSpec, LSTMSpec, RNNSpec
 from .engine import EngineInfo, engines
-from .layers import GRU, LSTM, RNN, ClockworkRNN, GRUCell, LSTMCell, RNNCell
+from .layers import GRU, LSTM, RNN, ClockworkRNN, GridLSTM, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
@@ -17,8 +17,8 @@ __version__ = "0.1.0"
 # gatedrnn pickles is these classes, their cell specs (frozen dataclasses of ints, bools, floats and strings) and
 # the plain types torch allows anyway.
 _torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, GRUSpec, LSTMSpec, RNNSpec,
-                                       ClockworkRNN, ClockworkSpec, DepthGatedLSTMSpec])
+                                       ClockworkRNN, ClockworkSpec, DepthGatedLSTMSpec, GridLSTM, GridLSTMSpec])
 quantization.register_with_torch()
 
-__all__ = ["GRU", "LSTM", "RNN", "ClockworkRNN", "EngineInfo", "GRUCell", "LSTMCell", "RNNCell", "engines", "inspect",
-           "__version__"]
+__all__ = ["GRU", "LSTM", "RNN", "ClockworkRNN", "EngineInfo", "GridLSTM", "GRUCell", "LSTMCell", "RNNCell", "engines",
+           "inspect", "__version__"]

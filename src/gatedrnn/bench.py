@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cells import GRUSpec, LSTMSpec, RNNSpec
 from .gemm_floor import GemmFloor
 from .layers import GRUCell, LSTMCell, RNNCell
 from .variants import VARIANTS, Variant
@@ -153,6 +154,12 @@ def _is_cell(module: nn.Module) -> bool:
     return isinstance(module, (LSTMCell, GRUCell, RNNCell, nn.RNNCellBase))
 
 
+def _has_gemm_floor(layer: nn.Module) -> bool:
+    """Whether :class:`GemmFloor` knows the layer's products: the LSTM, GRU and RNN layers (the Clockwork RNN's and
+    the depth-gated and Grid LSTMs' are others)."""
+    return not _is_cell(layer) and type(layer.spec) in (LSTMSpec, GRUSpec, RNNSpec)  # type: ignore[attr-defined]
+
+
 def _as_called(layer: nn.Module) -> nn.Module:
     """The module as users call it (``engine="auto"`` for a layer; a cell, which has no engine, itself)."""
     return layer
@@ -192,7 +199,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("reference", ("cpu", "cuda"), _engine("reference")),
         Implementation("cpu", ("cpu",), _engine("cpu")),
         Implementation("gpu", ("cuda",), _engine("gpu")),
-        Implementation("gemms", ("cpu",), lambda layer: None if _is_cell(layer) else GemmFloor(layer)),
+        Implementation("gemms", ("cpu",), lambda layer: GemmFloor(layer) if _has_gemm_floor(layer) else None),
         Implementation("compiled", ("cpu", "cuda"), _compiled),
         Implementation("gatedrnn", ("cpu", "cuda"), _as_called),
     ]
@@ -206,7 +213,7 @@ one way to time cells)."""
 def _family_baseline(name: str) -> str:
     """The variant whose ``torch.nn`` module a variant is compared with: itself if it has one, else its family's."""
     layer = bench_variants()[name].layer.__name__.lower()
-    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "clockworkrnn": "rnn"}.get(
+    return {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "clockworkrnn": "rnn", "gridlstm": "lstm"}.get(
         layer, f"{layer.removesuffix('cell')}-cell")
 
 

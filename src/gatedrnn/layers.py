@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import engine as engine_registry
-from .cells import CellSpec, ClockworkSpec, DepthGatedLSTMSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from .cells import CellSpec, ClockworkSpec, DepthGatedLSTMSpec, GridLSTMSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from .checks import (
     ShapeError,
     check_bool,
@@ -303,7 +303,7 @@ class _Recurrent(_TorchConversion, nn.Module):
         """:meth:`forward` with the cell spec of this call (``self.spec`` but for per-call options: the Clockwork
         RNN's ``start``)."""
         first = self.layer_params(0)  # layer 0, direction 0: also the dtype and device the input must have
-        x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, first["weight_ih"])
+        x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, next(iter(first.values())))
         steps, batch = x.shape[0], x.shape[1]
         states = self._initial_states(hx, batch, layout.batched, x)
         autocast = _autocast_dtype(x, self._lowers_on_cpu(layout.packed is not None))
@@ -617,6 +617,88 @@ class ClockworkRNN(_RNNOptions, _Recurrent):
     def _torch_kwargs(self) -> dict[str, Any]:
         raise ValueError("to_torch: torch.nn has no counterpart for a Clockwork RNN")
 
+
+class GridLSTM(_Recurrent):
+    r"""2-D Grid LSTM over sequences (Kalchbrenner, Danihelka and Graves 2015): a grid of blocks over time × depth,
+    each with an LSTM along time and one along depth, so that depth has memory cells and gates of its own. The
+    equations are in :class:`gatedrnn.cells.GridLSTMSpec`.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype: as
+            ``torch.nn.LSTM`` (``num_layers``: the grid's depth; ``dropout`` on the depth outputs between layers).
+        depth: ``"lstm"`` (default), or ``"tanh"``/``"relu"`` for a non-LSTM depth dimension.
+        tied: every layer shares the bottom layer's weights (the paper's tied Grid LSTM; not with bidirectional).
+        engine: ``"auto"`` or an engine's name (the reference engine runs it).
+
+    Inputs: ``input, (h_0, c_0)`` as ``torch.nn.LSTM``: the time dimension's hidden and memory vectors of each layer
+    (zeros if omitted); keyword ``lengths`` as LSTM. Outputs: ``output, (h_n, c_n)``: ``output`` ``(T, B, D·H)`` is
+    the top layer's depth output ``h^d`` of every step, ``h_n, c_n`` ``(L·D, B, H)`` the time dimension's last
+    hidden and memory vectors.
+
+    Example:
+        >>> grid = gatedrnn.GridLSTM(10, 32, num_layers=4, tied=True)
+        >>> out, (h_n, c_n) = grid(torch.randn(5, 3, 10))
+    """
+
+    _torch_class = nn.LSTM
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device: Any = None,
+                 dtype: Any = None, *, depth: str = "lstm", tied: bool = False, engine: str = "auto",
+                 **options: Any) -> None:
+        _reject_options("GridLSTM", options)
+        hidden, bias, _ = _common_options(hidden_size, bias, False, cell=False)
+        spec = GridLSTMSpec(hidden, bias, depth=check_choice("depth", depth, ("lstm", "tanh", "relu")),
+                            tied=check_bool("tied", tied))
+        if spec.tied and check_bool("bidirectional", bidirectional):
+            raise ValueError("tied: a bidirectional grid's layers above the first read both directions (2H wide), "
+                             "the first layer H: their weights cannot be tied; use tied=False")
+        super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    @property
+    def depth(self) -> str:
+        """``"lstm"``, ``"tanh"`` or ``"relu"``: the depth dimension's transform."""
+        return self.spec.depth  # type: ignore[attr-defined]
+
+    @property
+    def tied(self) -> bool:
+        """Whether every layer uses the bottom layer's weights."""
+        return self.spec.tied  # type: ignore[attr-defined]
+
+    def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
+        if self.tied and layer > 0:  # the bottom layer's transforms, without its input projection
+            return {k: v for k, v in super().layer_params(0, direction).items() if not k.endswith("_in")}
+        return super().layer_params(layer, direction)
+
+    def _initial_states(self, hx: Any, batch: int, batched: bool, x: Tensor) -> list[State]:
+        """``(h_0, c_0)`` of the time dimension checked as an LSTM's; the depth outputs start at zero (each step
+        overwrites them before they are read)."""
+        count = self.num_layers * self.num_directions
+        if hx is None:
+            return [self.spec.zero_state(batch, x)] * count
+        H = self.hidden_size
+        states = _check_state(hx, LSTMSpec(H), (count, batch) if batched else (count,), batched, x)
+        depth = self.spec.zero_state(states[0].shape[-2], x)[2:]
+        return [(states[0][k], states[1][k], *depth) for k in range(count)]
+
+    def forward(self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None
+                ) -> tuple[Tensor | PackedSequence, Any]:
+        output, states = self._forward(input, hx, lengths, self.spec)
+        return output, states[:2]  # the time dimension's (h_n, c_n)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", depth={self.depth!r}" if self.depth != "lstm" else "") + (", tied=True" if self.tied else "")
+
+    def to_torch(self) -> nn.Module:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Grid LSTM")
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, **options: Any) -> Any:
+        raise TypeError("module: a Grid LSTM has no torch.nn counterpart to convert from")
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Grid LSTM")
 
 class _Cell(_TorchConversion, nn.Module):
     """One step of a cell: ``spec.input_projection`` then ``spec.step``, the same math the engines run."""

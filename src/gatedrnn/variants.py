@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from .layers import GRU, LSTM, RNN, ClockworkRNN
+from .layers import GRU, LSTM, RNN, ClockworkRNN, GridLSTM
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("gru-before", GRU, {"reset": "before"}, "reset before the matmul (Cho et al. 2014)"),
         Variant("gru-layernorm", GRU, {"layer_norm": True}, "LN on W_ih x and W_hh h"),
         Variant("clockwork", ClockworkRNN, {}, "tanh RNN in 4 modules of periods 1,2,4,8; block-triangular W_hh"),
+        Variant("grid-lstm", GridLSTM, {}, "2-D grid: an LSTM along time and one along depth in every block"),
     ]
 }
 

@@ -3,9 +3,10 @@
 from .base import CellSpec, Gates, ParamDef, State
 from .clockwork import ClockworkSpec
 from .depth_gated import DepthGatedLSTMSpec
+from .grid import GridLSTMSpec
 from .gru import GRUSpec
 from .lstm import LSTMSpec
 from .rnn import RNNSpec
 
-__all__ = ["CellSpec", "ClockworkSpec", "DepthGatedLSTMSpec", "Gates", "GRUSpec", "LSTMSpec", "ParamDef", "RNNSpec",
-           "State"]
+__all__ = ["CellSpec", "ClockworkSpec", "DepthGatedLSTMSpec", "Gates", "GridLSTMSpec", "GRUSpec", "LSTMSpec",
+           "ParamDef", "RNNSpec", "State"]

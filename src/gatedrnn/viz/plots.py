@@ -19,7 +19,8 @@ from torch import Tensor
 from ..inspect import Trace
 from ..training import atomic_write
 
-SIGMOID_GATES = {"lstm": ("i", "f", "o", "d"), "gru": ("r", "z"), "rnn": (), "clockwork": ("active",)}
+SIGMOID_GATES = {"lstm": ("i", "f", "o", "d"), "gru": ("r", "z"), "rnn": (), "clockwork": ("active",),
+                 "grid": ("i", "f", "o", "i_depth", "f_depth", "o_depth")}
 """Gates squashed to (0, 1), whose saturation means "fully open" or "fully closed" (Karpathy et al. 2015)."""
 
 FORMATS = (".png", ".svg")

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ...cells import CellSpec, ClockworkSpec, DepthGatedLSTMSpec, State
+from ...cells import CellSpec, ClockworkSpec, DepthGatedLSTMSpec, GridLSTMSpec, State
 from ..base import Engine
 from . import build, clockwork, ops  # noqa: F401 - registers the custom ops (torch.export.load finds them)
 
@@ -67,9 +67,10 @@ class CPUEngine(Engine):
         return available, reason
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        # The depth-gated LSTM hands its cell states to the layer above, which the kernels do not return.
+        # The depth-gated LSTM and the Grid LSTM hand their cell states to the layer above, which the kernels do not
+        # return.
         return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and not isinstance(spec, DepthGatedLSTMSpec))
+                and not isinstance(spec, (DepthGatedLSTMSpec, GridLSTMSpec)))
 
     def run_input(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
                   lengths: Tensor | None) -> tuple[Tensor, State]:
