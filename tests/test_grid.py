@@ -223,3 +223,12 @@ def test_bad_arguments_name_the_argument() -> None:
         gatedrnn.GridLSTM(3, 4).to_torch()
     with pytest.raises(ValueError, match="engine: 'cpu' does not run"):
         gatedrnn.GridLSTM(3, 4, engine="cpu")(torch.randn(2, 1, 3))
+
+
+def test_quantize_dynamic_refuses_the_new_layers_by_name() -> None:
+    model = torch.nn.Sequential(gatedrnn.GridLSTM(3, 4), gatedrnn.ClockworkRNN(4, 4),
+                                gatedrnn.LSTM(4, 4, num_layers=2, depth_gate=True))
+    for cls, name in ((gatedrnn.GridLSTM, "GridLSTM"), (gatedrnn.ClockworkRNN, "ClockworkRNN"),
+                      (gatedrnn.LSTM, "depth_gate")):
+        with pytest.raises(NotImplementedError, match=name):
+            torch.ao.quantization.quantize_dynamic(model, {cls})
