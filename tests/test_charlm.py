@@ -250,7 +250,8 @@ def test_bad_training_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--text", str(tmp_path / "one.txt")], "has 1 character(s); a language model needs a longer text"),
         (["--text", str(tmp_path / "short.txt")], "has 54 characters, too short for one window of --seq-len 64"),
         (["--text", str(tmp_path / "latin.txt")], "is not valid utf-8 (byte 0xe0 at offset 18); pass --encoding"),
-        (["--cell", "transformer"], "cell: expected one of lstm, gru, rnn, mingru, minlstm, slstm, got 'transformer'"),
+        (["--cell", "transformer"], "cell: expected one of lstm, gru, rnn, mingru, minlstm, slstm, clockwork, got "
+                                    "'transformer'"),
         (["--cell", "gru", "--peephole"], "peephole: only an LSTM has this option, not cell='gru'"),
         (["--dropout", "1.5"], "dropout: expected a probability in [0, 1), got 1.5"),
         (["--val-frac", "0"], "val_frac: expected a fraction in (0, 1), got 0.0"),

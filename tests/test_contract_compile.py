@@ -15,7 +15,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
 
 import gatedrnn
-from gatedrnn.engine.cpu import build
+from gatedrnn.engine.cpu import CPUEngine, build
 from gatedrnn.variants import VARIANTS
 
 pytestmark = pytest.mark.skipif(not build.status()[0], reason="cpu engine not available")
@@ -23,26 +23,33 @@ pytestmark = pytest.mark.skipif(not build.status()[0], reason="cpu engine not av
 CASES = {**{name: (v.layer, v.options) for name, v in VARIANTS.items()}, "lstm-proj": (gatedrnn.LSTM, {"proj_size": 3})}
 SCAN_LAYERS = (gatedrnn.MinGRU, gatedrnn.MinLSTM)
 """Linear-recurrence layers: their one op per layer and direction is the scan, forward and backward."""
-REFERENCE_LAYERS = (gatedrnn.SLSTM,)
-"""Layers without fused kernels: the reference engine's loop, traced as plain ops into the same one graph."""
+OPS = {gatedrnn.ClockworkRNN: "gatedrnn.cpu_clockwork"}
+"""The cpu engine's op of each layer class other than ``gatedrnn.cpu_recurrence`` (and its ``_backward``)."""
 
 
-def engine_of(layer_cls: type) -> str:
-    return "reference" if layer_cls in REFERENCE_LAYERS else "cpu"
+def fused(layer_cls: type, options: dict) -> bool:
+    """Whether the cpu engine runs the layer (sLSTM, the depth-gated and Grid LSTMs run on the reference engine,
+    whose loop is traced as plain ops into the same one graph)."""
+    return CPUEngine().covers(layer_cls(4, 4, num_layers=2, **options).spec, torch.zeros(1))
 
 
-def ops_of(layer_cls: type) -> tuple[list[str], list[str]]:
+def engine_of(layer_cls: type, options: dict) -> str:
+    return "cpu" if fused(layer_cls, options) else "reference"
+
+
+def ops_of(layer_cls: type, options: dict) -> tuple[list[str], list[str]]:
     """The custom ops of one layer and direction: forward, backward."""
-    if layer_cls in REFERENCE_LAYERS:
+    if not fused(layer_cls, options):
         return [], []
     if layer_cls in SCAN_LAYERS:
         return ["gatedrnn.cpu_linear_scan.default"], ["gatedrnn.cpu_linear_scan.default"]
-    return ["gatedrnn.cpu_recurrence.default"], ["gatedrnn.cpu_recurrence_backward.default"]
+    op = OPS.get(layer_cls, "gatedrnn.cpu_recurrence")
+    return [f"{op}.default"], [f"{op}_backward.default"]
 
 
 def fresh(layer_cls: type, options: dict, **kwargs: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    return layer_cls(4, 6, num_layers=2, bidirectional=True, engine=engine_of(layer_cls), **options, **kwargs)
+    return layer_cls(4, 6, num_layers=2, bidirectional=True, engine=engine_of(layer_cls, options), **options, **kwargs)
 
 
 def run(module: torch.nn.Module, x: Tensor, lengths: Tensor) -> list[Tensor]:
@@ -90,7 +97,7 @@ def test_every_variant_traces_into_one_graph_with_one_op_per_layer_and_direction
     compiled = torch.compile(module, backend=counter.backend, fullgraph=True)
     got = run(compiled, x, lengths)
     assert not counters["graph_break"], dict(counters["graph_break"])
-    forward, backward = ops_of(layer_cls)
+    forward, backward = ops_of(layer_cls, options)
     assert counter.forward == forward * 4  # 2 layers x 2 directions
     assert counter.backward == backward * 4  # the kernels, not a recompute
     assert_same(got, want)

@@ -25,6 +25,9 @@ def test_every_module_loads_with_weights_only_in_a_fresh_process(tmp_path: Path)
         "lstm-cell": gatedrnn.LSTMCell(3, 4, peephole=True),
         "gru-cell": gatedrnn.GRUCell(3, 4, reset="before"),
         "rnn-cell": gatedrnn.RNNCell(3, 4, layer_norm=True),
+        "clockwork": gatedrnn.ClockworkRNN(3, 4, periods=(1, 3), bidirectional=True),
+        "lstm-depthgated": gatedrnn.LSTM(3, 4, num_layers=2, depth_gate=True),
+        "grid-lstm": gatedrnn.GridLSTM(3, 4, num_layers=2, tied=True, depth="relu"),
     }
     modules["lstm"].eval()
     x_seq, x_step = torch.randn(2, 5, 3), torch.randn(2, 3)

@@ -7,9 +7,19 @@ engine (:func:`engines` lists them).
 import torch as _torch
 
 from . import inspect, quantization
-from .cells import GRUSpec, LSTMSpec, MinGRUSpec, MinLSTMSpec, RNNSpec, SLSTMSpec
+from .cells import (
+                    ClockworkSpec,
+                    DepthGatedLSTMSpec,
+                    GridLSTMSpec,
+                    GRUSpec,
+                    LSTMSpec,
+                    MinGRUSpec,
+                    MinLSTMSpec,
+                    RNNSpec,
+                    SLSTMSpec,
+)
 from .engine import EngineInfo, engines
-from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .layers import GRU, LSTM, RNN, ClockworkRNN, GridLSTM, GRUCell, LSTMCell, RNNCell
 from .minimal import MinGRU, MinLSTM
 from .onnx import export_onnx
 from .slstm import SLSTM
@@ -20,8 +30,9 @@ __version__ = "0.1.0"
 # gatedrnn pickles is these classes, their cell specs (frozen dataclasses of ints, bools, floats and strings) and
 # the plain types torch allows anyway.
 _torch.serialization.add_safe_globals([GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, MinGRU, MinLSTM, SLSTM, GRUSpec,
-                                       LSTMSpec, RNNSpec, MinGRUSpec, MinLSTMSpec, SLSTMSpec])
+                                       LSTMSpec, RNNSpec, MinGRUSpec, MinLSTMSpec, SLSTMSpec, ClockworkRNN,
+                                       ClockworkSpec, DepthGatedLSTMSpec, GridLSTM, GridLSTMSpec])
 quantization.register_with_torch()
 
-__all__ = ["GRU", "LSTM", "RNN", "EngineInfo", "GRUCell", "LSTMCell", "MinGRU", "MinLSTM", "RNNCell", "SLSTM",
-           "engines", "export_onnx", "inspect", "__version__"]
+__all__ = ["GRU", "LSTM", "RNN", "ClockworkRNN", "EngineInfo", "GridLSTM", "GRUCell", "LSTMCell", "MinGRU", "MinLSTM",
+           "RNNCell", "SLSTM", "engines", "export_onnx", "inspect", "__version__"]

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from . import __version__, training
-from .cells import LinearRecurrenceSpec
+from .cells import GRUSpec, LinearRecurrenceSpec, LSTMSpec, RNNSpec
 from .gemm_floor import GemmFloor
 from .layers import GRUCell, LSTMCell, RNNCell
 from .variants import VARIANTS, Variant
@@ -156,11 +156,12 @@ def _is_cell(module: nn.Module) -> bool:
 
 
 def _gemm_floor(layer: nn.Module) -> nn.Module | None:
-    """The variant's matrix products alone; None for cells and for linear-recurrence layers (minGRU, minLSTM), whose
-    one product is the input's, with no recurrent product to set a floor."""
+    """The variant's matrix products alone, where :class:`GemmFloor` knows them: the LSTM, GRU and RNN layers. None
+    for cells, for linear-recurrence layers (minGRU, minLSTM: their one product is the input's, with no recurrent
+    product to set a floor) and for the other families (sLSTM, the Clockwork RNN, the depth-gated and Grid LSTMs)."""
     if _is_cell(layer) or isinstance(getattr(layer, "spec", None), LinearRecurrenceSpec):
         return None
-    return GemmFloor(layer)
+    return GemmFloor(layer) if type(layer.spec) in (LSTMSpec, GRUSpec, RNNSpec) else None  # type: ignore[attr-defined]
 
 
 def _as_called(layer: nn.Module) -> nn.Module:
@@ -218,7 +219,8 @@ in the default list; ``--impls torch.nn,cpu,gemms`` adds it. ``compiled`` is the
 def _family_baseline(name: str) -> str:
     """The variant whose ``torch.nn`` module a variant is compared with: itself if it has one, else its family's."""
     layer = bench_variants()[name].layer.__name__.lower()
-    baselines = {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "mingru": "gru", "minlstm": "lstm", "slstm": "lstm"}
+    baselines = {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "mingru": "gru", "minlstm": "lstm", "slstm": "lstm",
+                 "clockworkrnn": "rnn", "gridlstm": "lstm"}
     return baselines.get(layer, f"{layer.removesuffix('cell')}-cell")
 
 

@@ -151,7 +151,7 @@ def _tapped(model: nn.Module, make_tap: Callable[[str, _Recurrent, Tap], Tap]) -
     previous = [m._tap for _, m in modules]
     try:
         for (name, module), inner in zip(modules, previous):
-            module._tap = make_tap(name, module, inner or _engine_run(module.spec))
+            module._tap = make_tap(name, module, inner or _engine_run)
         yield
     finally:
         for (_, module), inner in zip(modules, previous):
@@ -161,12 +161,9 @@ def _tapped(model: nn.Module, make_tap: Callable[[str, _Recurrent, Tap], Tap]) -
                 module._tap = inner
 
 
-def _engine_run(spec: CellSpec) -> Tap:
-    def run(engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor], state: State,
-            lengths: Tensor | None) -> tuple[Tensor, State]:
-        return engine.run(spec, gx, p, state, lengths)
-
-    return run
+def _engine_run(spec: CellSpec, engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor],
+                state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+    return engine.run(spec, gx, p, state, lengths)
 
 
 def _calls() -> Callable[[int, int], int]:
@@ -209,11 +206,11 @@ def record(model: nn.Module, *, pre_activations: bool = False) -> Iterator[Recor
     recording = Recording()
 
     def make_tap(name: str, module: _Recurrent, inner: Tap) -> Tap:
-        spec, call = module.spec, _calls()
+        call = _calls()
 
-        def tap(engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor], state: State,
-                lengths: Tensor | None) -> tuple[Tensor, State]:
-            result = inner(engine, layer, direction, gx, p, state, lengths)
+        def tap(spec: CellSpec, engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor],
+                state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+            result = inner(spec, engine, layer, direction, gx, p, state, lengths)
             gates, pre, states = (
                 {k: _to_input_order(v, direction, lengths) for k, v in part.items()}
                 for part in _replay(spec, gx, p, state, lengths, pre_activations)
@@ -233,14 +230,15 @@ def record(model: nn.Module, *, pre_activations: bool = False) -> Iterator[Recor
 
 def _replay(spec: CellSpec, gx: Tensor, p: Mapping[str, Tensor], state: State, lengths: Tensor | None,
             pre_activations: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-    """Loop ``spec.step_with_gates`` over time as the reference engine loops ``spec.step``; stack ``(T, B, ·)``."""
+    """Loop ``spec.step_with_gates_at`` over time as the reference engine loops ``spec.step_at``; stack
+    ``(T, B, ·)``."""
     gates: dict[str, list[Tensor]] = {}
     pre: dict[str, list[Tensor]] = {}
     states: dict[str, list[Tensor]] = {name: [] for name in spec.state_names}
     with torch.no_grad():
         state = tuple(s.detach() for s in state)
         for t in range(gx.shape[0]):
-            new_state, step_gates, step_pre = spec.step_with_gates(gx[t].detach(), state, p)
+            new_state, step_gates, step_pre = spec.step_with_gates_at(t, gx[t].detach(), state, p)
             if lengths is None:
                 state = new_state
             else:
@@ -293,10 +291,10 @@ def gradient_flow(model: nn.Module, x: Any, loss_fn: Callable[[Any], Tensor], **
     probes: dict[str, tuple[Tensor, int, Tensor | None]] = {}
 
     def make_tap(name: str, module: _Recurrent, inner: Tap) -> Tap:
-        spec, call = module.spec, _calls()
+        call = _calls()
 
-        def tap(engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor], state: State,
-                lengths: Tensor | None) -> tuple[Tensor, State]:
+        def tap(spec: CellSpec, engine: Engine, layer: int, direction: int, gx: Tensor, p: Mapping[str, Tensor],
+                state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
             steps, batch = gx.shape[0], gx.shape[1]
             probe = gx.new_zeros(steps, batch, spec.state_size, requires_grad=True)  # (T, B, P): δ_t
             probes[_key(name, layer, direction, call(layer, direction))] = (probe, direction, lengths)

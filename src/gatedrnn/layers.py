@@ -7,6 +7,7 @@ projection of all time steps in one GEMM, hands the recurrence of each layer and
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
@@ -18,7 +19,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import engine as engine_registry
 from . import onnx as onnx_export
-from .cells import CellSpec, GRUSpec, LSTMSpec, RNNSpec, State
+from .cells import CellSpec, ClockworkSpec, DepthGatedLSTMSpec, GridLSTMSpec, GRUSpec, LSTMSpec, RNNSpec, State
 from .checks import (
     ShapeError,
     check_bool,
@@ -36,7 +37,8 @@ from .sequence import from_padded, reverse_padded, to_padded
 _Module = TypeVar("_Module", bound="_TorchConversion")
 
 Tap = Callable[..., tuple[Tensor, State]]
-"""``tap(engine, layer, direction, gx, params, state, lengths) -> (out, final_state)``; see ``_Recurrent._tap``."""
+"""``tap(spec, engine, layer, direction, gx, params, state, lengths) -> (out, final_state)``; see
+``_Recurrent._tap``."""
 
 _FOREIGN_OPTIONS = {
     "proj_size": "projections exist only for LSTM",
@@ -45,6 +47,7 @@ _FOREIGN_OPTIONS = {
     "forget_bias": "only LSTM has a forget gate",
     "reset": "the reset gate's placement exists only for GRU",
     "nonlinearity": "the choice of nonlinearity exists only for RNN",
+    "depth_gate": "the depth gate connects the cell states of stacked LSTM layers (gatedrnn.LSTM, num_layers >= 2)",
 }
 
 
@@ -117,12 +120,15 @@ class _LSTMOptions:
 
     @staticmethod
     def _spec(hidden_size: object, bias: object, proj_size: object, peephole: object, coupled: object,
-              layer_norm: object, forget_bias: object, cell: bool = False) -> LSTMSpec:
+              layer_norm: object, forget_bias: object, cell: bool = False, depth_gate: object = False) -> LSTMSpec:
         hidden_size, bias, layer_norm = _common_options(hidden_size, bias, layer_norm, cell)
         proj_size = check_size("proj_size", proj_size, minimum=0)
         if proj_size and proj_size >= hidden_size:
             raise ValueError(f"proj_size: expected proj_size < hidden_size ({hidden_size}), got {proj_size}")
-        spec = LSTMSpec(
+        depth_gate = check_bool("depth_gate", depth_gate)
+        if depth_gate and layer_norm:
+            raise ValueError("layer_norm: the depth-gated LSTM has no layer-norm form; leave layer_norm at False")
+        spec = (DepthGatedLSTMSpec if depth_gate else LSTMSpec)(
             hidden_size,
             bias,
             layer_norm,
@@ -205,7 +211,8 @@ class _TorchConversion:
         reset-before cells have no ``torch.nn`` counterpart and raise ``ValueError``.
         """
         spec = self.spec
-        variants = [name for name in ("peephole", "coupled", "layer_norm") if getattr(spec, name, False)]
+        variants = [name for name in ("peephole", "coupled", "layer_norm", "depth_gate")
+                    if getattr(spec, name, False)]
         if getattr(spec, "reset", "after") != "after":
             variants.append('reset="before"')
         if variants:
@@ -254,7 +261,7 @@ class _Recurrent(_TorchConversion, nn.Module):
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 names = {}
-                for pdef in spec.params(layer_input):
+                for pdef in spec.for_layer(layer).params(layer_input):
                     name = pdef.name + suffix
                     self.register_parameter(name, nn.Parameter(torch.empty(pdef.shape, device=device, dtype=dtype)))
                     names[pdef.name] = name
@@ -295,8 +302,14 @@ class _Recurrent(_TorchConversion, nn.Module):
     def forward(
         self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Any]:
+        return self._forward(input, hx, lengths, self.spec)
+
+    def _forward(self, input: Tensor | PackedSequence, hx: Any, lengths: Tensor | None,
+                 spec: CellSpec) -> tuple[Tensor | PackedSequence, Any]:
+        """:meth:`forward` with the cell spec of this call (``self.spec`` but for per-call options: the Clockwork
+        RNN's ``start``)."""
         first = self.layer_params(0)  # layer 0, direction 0: also the dtype and device the input must have
-        x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, first["weight_ih"])
+        x, lengths, layout = to_padded(input, lengths, self.batch_first, self.input_size, next(iter(first.values())))
         steps, batch = x.shape[0], x.shape[1]
         states = self._initial_states(hx, batch, layout.batched, x)
         autocast = _autocast_dtype(x, self._lowers_on_cpu(layout.packed is not None))
@@ -311,7 +324,7 @@ class _Recurrent(_TorchConversion, nn.Module):
         if exporting:
             engine = onnx_export.ENGINE
         else:
-            engine = engine_registry.resolve(self.engine if batch else "reference", self.spec, x)
+            engine = engine_registry.resolve(self.engine if batch else "reference", spec, x)
         # Masking is needed only where some sequence ends before T; while tracing (compile, export) that is data the
         # graph cannot branch on, and the mask, correct either way, stays.
         mask = lengths
@@ -319,16 +332,23 @@ class _Recurrent(_TorchConversion, nn.Module):
                 and not bool((lengths < steps).any())):
             mask = None
         finals: list[State] = []
+        # The cell states a depth-gated layer hands to the layer above, per direction, in processing order.
+        below: list[Tensor | None] = [None] * self.num_directions
         for layer in range(self.num_layers):
             outs = []
+            layer_spec = spec.for_layer(layer)
             for direction in range(self.num_directions):
                 p = _cast(self.layer_params(layer, direction), autocast) if finals else first
+                if below[direction] is not None:
+                    p = {**p, "cell_below": below[direction]}
                 layer_x = reverse_padded(x, mask) if direction else x
                 if self._tap is None:
-                    out, final = engine.run_input(self.spec, layer_x, p, states[len(finals)], mask)
+                    out, final = engine.run_input(layer_spec, layer_x, p, states[len(finals)], mask)
                 else:  # the tap replays the cells from the normalised gx
-                    gx = self.spec.input_projection(layer_x, p)  # (T, B, G·H)
-                    out, final = self._tap(engine, layer, direction, gx, p, states[len(finals)], mask)
+                    gx = layer_spec.input_projection(layer_x, p)  # (T, B, G·H)
+                    out, final = self._tap(layer_spec, engine, layer, direction, gx, p, states[len(finals)], mask)
+                if layer_spec.output_size != layer_spec.state_size:  # out is [h | c]: c goes to the layer above
+                    out, below[direction] = out.split([layer_spec.state_size, layer_spec.hidden_size], dim=2)
                 outs.append(reverse_padded(out, mask) if direction else out)
                 finals.append(final)
             x = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (T, B, D·state_size)
@@ -377,7 +397,7 @@ class _Recurrent(_TorchConversion, nn.Module):
 def _variant_repr(spec: CellSpec) -> str:
     parts = []
     for name, default in (("proj_size", 0), ("peephole", False), ("coupled", False), ("layer_norm", False),
-                          ("forget_bias", 0.0), ("reset", "after"), ("nonlinearity", "tanh")):
+                          ("forget_bias", 0.0), ("reset", "after"), ("nonlinearity", "tanh"), ("depth_gate", False)):
         value = getattr(spec, name, default)
         if value != default:
             parts.append(f"{name}={value!r}")
@@ -398,6 +418,10 @@ class LSTM(_LSTMOptions, _Recurrent):
         coupled: coupled input-forget gate ``f = 1 - i``; gate blocks ``i|g|o``.
         layer_norm: layer-normalise the input and recurrent pre-activations and the cell state.
         forget_bias: constant added to the forget gate's pre-activation.
+        depth_gate: the depth-gated LSTM (Yao et al. 2015): each layer above the first also receives the cell
+            state of the layer below at the same step through a depth gate ``d``
+            (:class:`gatedrnn.cells.DepthGatedLSTMSpec`; parameters ``weight_xd``, ``bias_d``, ``weight_cd``,
+            ``weight_ld`` in those layers). Runs on the reference engine.
         engine: ``"auto"`` (best available, see :func:`gatedrnn.engines`) or an engine's name.
 
     Inputs: ``input, (h_0, c_0)`` exactly as ``torch.nn.LSTM`` (``(T, B, I)``, ``(B, T, I)`` if batch_first,
@@ -416,10 +440,20 @@ class LSTM(_LSTMOptions, _Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device: Any = None, dtype: Any = None, *, peephole: bool = False, coupled: bool = False,
-                 layer_norm: bool = False, forget_bias: float = 0.0, engine: str = "auto", **options: Any) -> None:
+                 layer_norm: bool = False, forget_bias: float = 0.0, depth_gate: bool = False, engine: str = "auto",
+                 **options: Any) -> None:
         _reject_options("LSTM", options)
-        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias)
+        spec = self._spec(hidden_size, bias, proj_size, peephole, coupled, layer_norm, forget_bias,
+                          depth_gate=depth_gate)
+        if depth_gate and num_layers == 1:
+            warnings.warn("depth_gate=True has no effect with num_layers=1: the depth gate connects each layer's cell "
+                          "to the cell of the layer below", stacklevel=2)
         super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    @property
+    def depth_gate(self) -> bool:
+        """Whether each layer above the first reads the cell state of the layer below through a depth gate."""
+        return isinstance(self.spec, DepthGatedLSTMSpec)
 
     def _lowers_on_cpu(self, packed: bool) -> bool:
         return not packed  # torch.nn.LSTM on a PackedSequence stays float32 under CPU autocast
@@ -527,6 +561,190 @@ class RNN(_RNNOptions, _Recurrent):
                      lengths: Tensor | None = None) -> tuple[PackedSequence, Tensor]: ...
         def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
+
+
+def _periods(periods: object, num_modules: object, hidden_size: int) -> tuple[int, ...]:
+    """The Clockwork RNN's module periods, checked: given, or ``2^(i-1)`` for ``i = 1 … num_modules``."""
+    if periods is None:
+        count = check_size("num_modules", 4 if num_modules is None else num_modules)
+        periods = tuple(2**i for i in range(count))
+    else:
+        if isinstance(periods, (str, bytes)) or not isinstance(periods, (tuple, list)):
+            raise TypeError(f"periods: expected a sequence of ints, e.g. (1, 2, 4, 8), got {type(periods).__name__}")
+        periods = tuple(check_size("periods", p) for p in periods)
+        if not periods:
+            raise ValueError("periods: expected at least one period, got an empty sequence")
+        if any(a >= b for a, b in zip(periods, periods[1:])):
+            raise ValueError(f"periods: expected strictly increasing periods (T_1 < … < T_g), got {periods}")
+        if num_modules is not None and check_size("num_modules", num_modules) != len(periods):
+            raise ValueError(f"num_modules: expected len(periods) = {len(periods)} or None, got {num_modules}")
+    if hidden_size < len(periods):
+        raise ValueError(f"hidden_size: expected at least one unit per module ({len(periods)} periods), "
+                         f"got {hidden_size}")
+    return periods
+
+
+class ClockworkRNN(_RNNOptions, _Recurrent):
+    r"""Multi-layer Clockwork RNN (Koutník et al. 2014) over sequences: an Elman RNN whose hidden units are split
+    into modules updating at their own clock periods. The cell's equations are in
+    :class:`gatedrnn.cells.ClockworkSpec`.
+
+    Args:
+        input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, device,
+            dtype: as ``torch.nn.RNN``.
+        periods: the modules' clock periods ``T_1 < … < T_g`` (at most ``hidden_size`` of them). Default
+            ``2^(i-1)`` for ``i = 1 … num_modules``.
+        num_modules: ``g`` when ``periods`` is not given (default 4).
+        engine: ``"auto"`` or an engine's name.
+
+    Parameters are named as ``torch.nn.RNN``'s (``weight_ih_l0``, ``weight_hh_l0`` …). Only the block
+    upper-triangular part of each ``weight_hh`` is used; :meth:`reset_parameters` sets the rest to zero, and its
+    gradient is always zero.
+
+    Inputs: ``input, h_0``; outputs: ``output, h_n``, shaped as ``torch.nn.RNN``; keyword ``lengths`` as LSTM.
+    Every sequence's clock starts at its first step (``t = 0``: all modules update); a reverse direction's at the
+    sequence's last step.
+
+    Example:
+        >>> cw = gatedrnn.ClockworkRNN(1, 64, periods=(1, 2, 4, 8, 16, 32, 64, 128))
+        >>> out, h_n = cw(torch.randn(320, 3, 1))
+    """
+
+    _torch_class = nn.RNN
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None, *, periods: Any = None, num_modules: int | None = None,
+                 engine: str = "auto", **options: Any) -> None:
+        if "layer_norm" in options:
+            raise TypeError("layer_norm: not an option of ClockworkRNN: a layer norm over all units would mix the "
+                            "modules that update with those that keep their state")
+        _reject_options("ClockworkRNN", options)
+        hidden, bias, _ = _common_options(hidden_size, bias, False, cell=False)
+        spec = ClockworkSpec(hidden, bias, periods=_periods(periods, num_modules, hidden),
+                             nonlinearity=check_choice("nonlinearity", nonlinearity, ("tanh", "relu")))
+        super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    @property
+    def periods(self) -> tuple[int, ...]:
+        """The modules' clock periods ``(T_1, …, T_g)``."""
+        return self.spec.periods  # type: ignore[attr-defined]
+
+    def forward(self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None,
+                start: int = 0) -> tuple[Tensor | PackedSequence, Any]:
+        """As ``torch.nn.RNN``'s; ``start`` is the clocks' time at the first step: a sequence fed on in pieces (one
+        character at a time when sampling) passes the number of steps it has run so far, and its modules update
+        as they would over the whole sequence at once."""
+        start = check_size("start", start, minimum=0)
+        if start and self.bidirectional:
+            raise ValueError(f"start: a bidirectional layer reads whole sequences, whose clocks start at 0; "
+                             f"got {start}")
+        spec = self.spec if not start else dataclasses.replace(self.spec, start=start)
+        return self._forward(input, hx, lengths, spec)
+
+    def reset_parameters(self) -> None:
+        """As ``torch.nn.RNN`` (``U(-1/sqrt(H), 1/sqrt(H))``), with the unused blocks of ``weight_hh`` at zero."""
+        super().reset_parameters()
+        with torch.no_grad():
+            for names in self._names:
+                w = getattr(self, names["weight_hh"])
+                w.masked_fill_(~self.spec.recurrent_mask(w), 0.0)  # type: ignore[attr-defined]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", periods={self.periods}"
+
+    def to_torch(self) -> nn.Module:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Clockwork RNN")
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, **options: Any) -> Any:
+        raise TypeError("module: a Clockwork RNN has no torch.nn counterpart to convert from")
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Clockwork RNN")
+
+
+class GridLSTM(_Recurrent):
+    r"""2-D Grid LSTM over sequences (Kalchbrenner, Danihelka and Graves 2015): a grid of blocks over time × depth,
+    each with an LSTM along time and one along depth, so that depth has memory cells and gates of its own. The
+    equations are in :class:`gatedrnn.cells.GridLSTMSpec`.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype: as
+            ``torch.nn.LSTM`` (``num_layers``: the grid's depth; ``dropout`` on the depth outputs between layers).
+        depth: ``"lstm"`` (default), or ``"tanh"``/``"relu"`` for a non-LSTM depth dimension.
+        tied: every layer shares the bottom layer's weights (the paper's tied Grid LSTM; not with bidirectional).
+        engine: ``"auto"`` or an engine's name (the reference engine runs it).
+
+    Inputs: ``input, (h_0, c_0)`` as ``torch.nn.LSTM``: the time dimension's hidden and memory vectors of each layer
+    (zeros if omitted); keyword ``lengths`` as LSTM. Outputs: ``output, (h_n, c_n)``: ``output`` ``(T, B, D·H)`` is
+    the top layer's depth output ``h^d`` of every step, ``h_n, c_n`` ``(L·D, B, H)`` the time dimension's last
+    hidden and memory vectors.
+
+    Example:
+        >>> grid = gatedrnn.GridLSTM(10, 32, num_layers=4, tied=True)
+        >>> out, (h_n, c_n) = grid(torch.randn(5, 3, 10))
+    """
+
+    _torch_class = nn.LSTM
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device: Any = None,
+                 dtype: Any = None, *, depth: str = "lstm", tied: bool = False, engine: str = "auto",
+                 **options: Any) -> None:
+        _reject_options("GridLSTM", options)
+        hidden, bias, _ = _common_options(hidden_size, bias, False, cell=False)
+        spec = GridLSTMSpec(hidden, bias, depth=check_choice("depth", depth, ("lstm", "tanh", "relu")),
+                            tied=check_bool("tied", tied))
+        if spec.tied and check_bool("bidirectional", bidirectional):
+            raise ValueError("tied: a bidirectional grid's layers above the first read both directions (2H wide), "
+                             "the first layer H: their weights cannot be tied; use tied=False")
+        super().__init__(spec, input_size, num_layers, batch_first, dropout, bidirectional, engine, device, dtype)
+
+    @property
+    def depth(self) -> str:
+        """``"lstm"``, ``"tanh"`` or ``"relu"``: the depth dimension's transform."""
+        return self.spec.depth  # type: ignore[attr-defined]
+
+    @property
+    def tied(self) -> bool:
+        """Whether every layer uses the bottom layer's weights."""
+        return self.spec.tied  # type: ignore[attr-defined]
+
+    def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
+        if self.tied and layer > 0:  # the bottom layer's transforms, without its input projection
+            return {k: v for k, v in super().layer_params(0, direction).items() if not k.endswith("_in")}
+        return super().layer_params(layer, direction)
+
+    def _initial_states(self, hx: Any, batch: int, batched: bool, x: Tensor) -> list[State]:
+        """``(h_0, c_0)`` of the time dimension checked as an LSTM's; the depth outputs start at zero (each step
+        overwrites them before they are read)."""
+        count = self.num_layers * self.num_directions
+        if hx is None:
+            return [self.spec.zero_state(batch, x)] * count
+        H = self.hidden_size
+        states = _check_state(hx, LSTMSpec(H), (count, batch) if batched else (count,), batched, x)
+        depth = self.spec.zero_state(states[0].shape[-2], x)[2:]
+        return [(states[0][k], states[1][k], *depth) for k in range(count)]
+
+    def forward(self, input: Tensor | PackedSequence, hx: Any = None, *, lengths: Tensor | None = None
+                ) -> tuple[Tensor | PackedSequence, Any]:
+        output, states = self._forward(input, hx, lengths, self.spec)
+        return output, states[:2]  # the time dimension's (h_n, c_n)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", depth={self.depth!r}" if self.depth != "lstm" else "") + (", tied=True" if self.tied else "")
+
+    def to_torch(self) -> nn.Module:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Grid LSTM")
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, **options: Any) -> Any:
+        raise TypeError("module: a Grid LSTM has no torch.nn counterpart to convert from")
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        raise ValueError("to_torch: torch.nn has no counterpart for a Grid LSTM")
 
 class _Cell(_TorchConversion, nn.Module):
     """One step of a cell: ``spec.input_projection`` then ``spec.step``, the same math the engines run."""

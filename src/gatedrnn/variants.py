@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, ClockworkRNN, GridLSTM
 from .minimal import MinGRU, MinLSTM
 from .slstm import SLSTM
 
@@ -40,6 +40,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("lstm-coupled", LSTM, {"coupled": True}, "coupled input-forget gate: f = 1 - i"),
         Variant("lstm-layernorm", LSTM, {"layer_norm": True}, "LN on W_ih x, W_hh h and c"),
         Variant("lstm-forgetbias", LSTM, {"forget_bias": 1.0}, "f = sigmoid(a_f + 1)"),
+        Variant("lstm-depthgated", LSTM, {"depth_gate": True}, "c += d*c_below: a depth gate to the layer below"),
         Variant("gru", GRU, {}, "reset after the matmul (torch.nn, cuDNN)"),
         Variant("gru-before", GRU, {"reset": "before"}, "reset before the matmul (Cho et al. 2014)"),
         Variant("gru-layernorm", GRU, {"layer_norm": True}, "LN on W_ih x and W_hh h"),
@@ -47,6 +48,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("minlstm", MinLSTM, {}, "f, i = sigmoid(W x) scaled to f+i = 1; h = f*h + i*g(W_h x); a parallel scan"),
         Variant("slstm", SLSTM, {}, "i = exp, f = sigmoid, normaliser n, stabiliser m; h = o*c/n"),
         Variant("slstm-exp", SLSTM, {"forget_gate": "exp"}, "sLSTM with an exponential forget gate f = exp"),
+        Variant("clockwork", ClockworkRNN, {}, "tanh RNN in 4 modules of periods 1,2,4,8; block-triangular W_hh"),
+        Variant("grid-lstm", GridLSTM, {}, "2-D grid: an LSTM along time and one along depth in every block"),
     ]
 }
 

@@ -8,7 +8,9 @@ A *cell spec* is a frozen description of one cell family with its variant option
   ``input_product`` (the GEMM) and ``normalise_input`` (LN_ih and ``b_ih``), which a fast engine may fuse into its
   kernel (``Engine.run_product``);
 - ``step(gx_t, state, p)``: one step of the recurrence given that step's input projection (``step_with_gates``
-  also returns the gate activations and pre-activations of that step);
+  also returns the gate activations and pre-activations of that step); engines call it as ``step_at(t, gx_t, state,
+  p)`` with the step's index ``t`` in processing order (from 0), which a cell whose step depends on time (the
+  Clockwork RNN's module clocks) overrides, and which is ``step`` for every other cell;
 - ``zero_state(batch, like)``: the state used when no initial state is given.
 
 Engines run ``step`` over time (the reference engine literally, fast engines by an equivalent fused kernel).
@@ -93,6 +95,21 @@ class CellSpec:
         """Width of each state tensor, in ``state_names`` order."""
         return (self.state_size,)
 
+    def for_layer(self, layer: int) -> CellSpec:
+        """The spec of layer ``layer`` (from 0) of a stack: this one, but where the bottom layer differs (the
+        depth-gated LSTM's has no layer below)."""
+        return self
+
+    def output(self, state: State) -> Tensor:
+        """What a step hands on, stacked over time by the engines: ``h`` (``state[0]``), or for a cell whose layer
+        above also reads its cell state, ``[h | c]``."""
+        return state[0]
+
+    @property
+    def output_size(self) -> int:
+        """Width of :meth:`output`."""
+        return self.state_size
+
     def params(self, input_size: int) -> list[ParamDef]:
         """Parameters of one layer and direction, in ``torch.nn``'s registration order."""
         defs = [
@@ -168,6 +185,16 @@ class CellSpec:
     def step(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
         """One step: ``gx`` is this step's input projection ``(B, G·H)``; returns the new state."""
         return self.step_with_gates(gx, state, p)[0]
+
+    def step_at(self, t: int, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> State:
+        """Step ``t`` of a sequence (from 0, in processing order): what engines loop over time. It is :meth:`step`
+        for cells whose step does not depend on time."""
+        return self.step_with_gates_at(t, gx, state, p)[0]
+
+    def step_with_gates_at(self, t: int, gx: Tensor, state: State,
+                           p: Mapping[str, Tensor]) -> tuple[State, Gates, Gates]:
+        """:meth:`step_with_gates` at step ``t``, as :meth:`step_at`; a cell whose step depends on time overrides it."""
+        return self.step_with_gates(gx, state, p)
 
     def step_with_gates(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> tuple[State, Gates, Gates]:
         """One step, also returning what happened inside: ``(state, gates, pre)``.

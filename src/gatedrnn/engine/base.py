@@ -24,7 +24,8 @@ class Engine(ABC):
     lengths   ``(B,)`` int64      valid steps of each sequence (``1 <= lengths <= T``), or None
     ========  ==================  ===========================================================
 
-    Returns ``(out, state)``: ``out`` ``(T, B, state_size)`` holds ``h_t`` of every step, zero at
+    Returns ``(out, state)``: ``out`` ``(T, B, output_size)`` holds ``spec.output`` of every step (``h_t``; ``[h_t |
+    c_t]`` for a depth-gated LSTM, whose layer above reads ``c_t``), zero at
     ``t >= lengths[b]``; ``state`` is the state after each sequence's last valid step. The result must be
     differentiable with respect to ``gx``, every tensor in ``params`` and ``state``, and equal (up to rounding)
     to looping ``spec.step`` over time.

@@ -34,8 +34,8 @@ class ReferenceEngine(Engine):
 
 def loop(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State, lengths: Tensor | None,
          probe: Tensor | None = None) -> tuple[Tensor, State]:
-    """``spec.step`` over the T steps of ``gx`` (T, B, G·H); outputs past ``lengths`` are 0 and final states are taken
-    at each sequence's last step.
+    """``spec.step_at`` over the T steps of ``gx`` (T, B, G·H); outputs past ``lengths`` are 0 and final states are
+    taken at each sequence's last step.
 
     With ``probe`` (T, B, H), ``h_t + probe_t`` stands in for ``h_t``: the values are unchanged for a zero probe, and
     ``∂L/∂probe_t = ∂L/∂h_t``, the gradient that flows back through time to step t (``gatedrnn.inspect``).
@@ -45,15 +45,15 @@ def loop(spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
     # unbind, not gx[t]: the backward of one unbind stacks the step gradients once, where T separate
     # selections would each scatter into a zero tensor of the whole (T, B, G·H) shape (O(T²) work).
     for t, (gx_t, probe_t) in enumerate(zip(gx.unbind(0), probes)):
-        new_state = spec.step(gx_t, state, params)
+        new_state = spec.step_at(t, gx_t, state, params)
         if probe_t is not None:
             new_state = (new_state[0] + probe_t, *new_state[1:])
         if lengths is None:
             state = new_state
-            outputs.append(state[0])
+            outputs.append(spec.output(state))
         else:
             # Sequences that have ended keep their last state, so the final state is taken at their last step.
             active = (t < lengths).unsqueeze(1)  # (B, 1)
             state = tuple(torch.where(active, new, old) for new, old in zip(new_state, state))
-            outputs.append(torch.where(active, state[0], 0.0))
-    return torch.stack(outputs), state  # (T, B, state_size)
+            outputs.append(torch.where(active, spec.output(state), 0.0))
+    return torch.stack(outputs), state  # (T, B, output_size)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .. import training
 from ..engine import check_name
-from ..layers import GRU, LSTM, RNN
+from ..layers import GRU, LSTM, RNN, ClockworkRNN
 from ..minimal import MinGRU, MinLSTM
 from ..slstm import SLSTM
 from ..training import CheckpointError
@@ -50,7 +50,8 @@ class CharLMConfig:
 
     # model
     cell: str = "lstm"
-    """``lstm``, ``gru``, ``rnn``, ``mingru``, ``minlstm`` or ``slstm``."""
+    """``lstm``, ``gru``, ``rnn``, ``mingru``, ``minlstm``, ``slstm`` or ``clockwork`` (a tanh Clockwork RNN, modules
+    of periods 1, 2, 4, 8)."""
     layers: int = 2
     hidden: int = 256
     embed: int = 64
@@ -60,6 +61,9 @@ class CharLMConfig:
     coupled: bool = False
     layer_norm: bool = False
     forget_bias: float = 0.0
+    depth_gate: bool = False
+    """LSTM: each layer above the first reads the cell state of the layer below through a depth gate (Yao et al.
+    2015)."""
     reset: str = "after"
     """GRU only: ``after`` (torch.nn, cuDNN) or ``before`` (Cho et al. 2014)."""
     engine: str = "auto"
@@ -116,13 +120,21 @@ class CharLMConfig:
         if not (_number(self.forget_bias) and math.isfinite(self.forget_bias)):
             raise ValueError(f"forget_bias: expected a finite number, got {self.forget_bias!r}")
         if self.cell != "lstm":
-            for name in ("peephole", "coupled"):
+            for name in ("peephole", "coupled", "depth_gate"):
                 if getattr(self, name):
                     raise ValueError(f"{name}: only an LSTM has this option, not cell={self.cell!r}")
             if self.forget_bias:
                 raise ValueError(f"forget_bias: only an LSTM has a forget gate, not cell={self.cell!r}")
         if self.cell != "gru" and self.reset != "after":
             raise ValueError(f"reset: only a GRU has a reset gate, not cell={self.cell!r}")
+        if self.depth_gate and self.layer_norm:
+            raise ValueError("layer_norm: the depth-gated LSTM has no layer-norm form")
+        if self.depth_gate and self.layers < 2:
+            raise ValueError(f"depth_gate: the depth gate connects adjacent layers; expected layers >= 2, "
+                             f"got {self.layers}")
+        if self.cell == "clockwork" and self.layer_norm:
+            raise ValueError("layer_norm: a Clockwork RNN has no layer-norm form (its modules update at different "
+                             "steps)")
         if self.coupled and self.forget_bias:
             raise ValueError("forget_bias: a coupled LSTM has no forget gate (f = 1 - i)")
         if self.layer_norm and self.cell in _NO_LAYER_NORM:
@@ -255,8 +267,8 @@ def stream_length(train_ids: Tensor, config: CharLMConfig, world: int) -> int:
 # 3. Model
 
 _LAYERS: dict[str, type[nn.Module]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "mingru": MinGRU, "minlstm": MinLSTM,
-                                       "slstm": SLSTM}
-_NO_LAYER_NORM = ("mingru", "minlstm", "slstm")
+                                       "slstm": SLSTM, "clockwork": ClockworkRNN}
+_NO_LAYER_NORM = ("mingru", "minlstm", "slstm", "clockwork")
 MINIMAL_CELLS = ("mingru", "minlstm")
 """The cells without recurrent weights (their gates read the input alone)."""
 
@@ -264,15 +276,18 @@ MINIMAL_CELLS = ("mingru", "minlstm")
 class CharLM(nn.Module):
     r"""Embedding → dropout → stacked recurrent layers → dropout → linear → softmax over the vocabulary.
 
-    ``forward(ids, state)`` takes ids ``(B, T)`` and the recurrent state (None: zeros) and returns logits
-    ``(B, T, V)`` and the state after the last step, so text can be fed on in pieces of any length.
+    ``forward(ids, state, start)`` takes ids ``(B, T)``, the recurrent state (None: zeros) and, for a Clockwork
+    RNN, the clocks' time at the first of ``ids`` (the characters read before it); it returns logits ``(B, T, V)``
+    and the state after the last step, so text can be fed on in pieces of any length.
     """
 
     def __init__(self, vocab_size: int, config: CharLMConfig) -> None:
         super().__init__()
+        self.clocked = config.cell == "clockwork"
         options: dict[str, Any] = {} if config.cell in _NO_LAYER_NORM else {"layer_norm": config.layer_norm}
         if config.cell == "lstm":
-            options.update(peephole=config.peephole, coupled=config.coupled, forget_bias=config.forget_bias)
+            options.update(peephole=config.peephole, coupled=config.coupled, forget_bias=config.forget_bias,
+                           depth_gate=config.depth_gate)
         if config.cell == "gru":
             options.update(reset=config.reset)
         self.embed = nn.Embedding(vocab_size, config.embed)
@@ -283,9 +298,9 @@ class CharLM(nn.Module):
         )
         self.head = nn.Linear(config.hidden, vocab_size)
 
-    def forward(self, ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+    def forward(self, ids: Tensor, state: Any = None, start: int = 0) -> tuple[Tensor, Any]:
         x = self.drop(self.embed(ids))  # (B, T, E)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        out, state = self.rnn(x, state, start=start) if self.clocked else self.rnn(x, state)  # (B, T, H)
         return self.head(self.drop(out)), state  # (B, T, V)
 
 
@@ -390,11 +405,11 @@ class LanguageModel:
                 seed: int) -> Iterator[str]:
         g = torch.Generator().manual_seed(seed)
         logits, state = self.model(ids)
-        for _ in range(length):
+        for position in range(ids.shape[1], ids.shape[1] + length):
             probs = _next_char_probs(logits[0, -1].float().cpu(), temperature, top_k, top_p)
             nxt = int(torch.multinomial(probs, 1, generator=g))
             yield self.vocab.chars[nxt]
-            logits, state = self.model(torch.tensor([[nxt]], device=self.device), state)
+            logits, state = self.model(torch.tensor([[nxt]], device=self.device), state, position)
 
     def sample(self, prime: str | None = None, length: int = 500, **options: Any) -> str:
         """The whole of :meth:`generate` as one string."""
@@ -672,17 +687,19 @@ def _train(config: CharLMConfig, raw: str, text_path: str | None, source: str, v
             fraction = step / config.steps if config.steps is not None else spent / (60 * config.minutes)
             # Randomness (windows, dropout) is a function of (seed, rank, step): resuming redraws it exactly.
             torch.manual_seed(training.fold_seed(config.seed, info.rank, step))
+            start = 0  # where the window starts in its stream: a Clockwork RNN's clocks go on across windows
             if config.stateful:
                 if position + config.seq_len + 1 > length:
                     position, carried = 0, None  # a new pass over the text starts from a zero state
                 x, y = stream_windows(train_ids, config, info.rank, info.world_size, position)
+                start = position
                 position += config.seq_len
             else:
                 x, y = random_windows(train_ids, config, training.fold_seed(config.seed, info.rank, step, 1))
             x, y = x.to(info.device), y.to(info.device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, fraction)
-            logits, new_state = ddp(x, carried)
+            logits, new_state = ddp(x, carried, start)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -731,7 +748,7 @@ DEFAULT_MINUTES = 9.0
 
 _TRAIN_OPTIONS: list[tuple[str, str, Any, str]] = [
     # flag, field, type, help
-    ("--cell", "cell", str, "recurrent cell: lstm, gru, rnn, mingru, minlstm or slstm"),
+    ("--cell", "cell", str, "recurrent cell: lstm, gru, rnn, mingru, minlstm, slstm or clockwork"),
     ("--layers", "layers", int, "stacked recurrent layers"),
     ("--hidden", "hidden", int, "hidden units per layer"),
     ("--embed", "embed", int, "character embedding width"),
@@ -759,6 +776,7 @@ _TRAIN_OPTIONS: list[tuple[str, str, Any, str]] = [
 _TRAIN_FLAGS = [
     ("--peephole", "peephole", "LSTM: peephole connections (gates read the cell state)"),
     ("--coupled", "coupled", "LSTM: coupled input-forget gate, f = 1 - i"),
+    ("--depth-gate", "depth_gate", "LSTM: depth gates between the cells of adjacent layers (Yao et al. 2015)"),
     ("--layer-norm", "layer_norm", "layer-normalised cell"),
     ("--stateful", "stateful", "carry the hidden state across consecutive windows (truncated BPTT, as char-rnn)"),
 ]

@@ -21,7 +21,8 @@ from .. import training
 from ..inspect import Trace
 from ..training import atomic_write
 
-SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": (), "mingru": ("z",),
+SIGMOID_GATES = {"lstm": ("i", "f", "o", "d"), "gru": ("r", "z"), "rnn": (), "clockwork": ("active",),
+                 "grid": ("i", "f", "o", "i_depth", "f_depth", "o_depth"), "mingru": ("z",),
                  "minlstm": ("f", "i", "f_norm", "i_norm"), "slstm": ("i", "f", "o")}
 """Gates squashed to (0, 1), whose saturation means "fully open" or "fully closed" (Karpathy et al. 2015); the
 sLSTM's ``i`` and ``f`` are the stabilised gates, in [0, 1] too."""
@@ -163,7 +164,8 @@ def saturation(traces: Sequence[Trace], *, low: float = 0.1, high: float = 0.9, 
         raise ValueError("traces: expected at least one trace")
     if not 0.0 < low < high < 1.0:
         raise ValueError(f"low, high: expected 0 < low < high < 1, got low={low!r}, high={high!r}")
-    gates = SIGMOID_GATES[traces[0].family]
+    # the gates some layer has (the depth-gated LSTM's bottom layer has no depth gate d)
+    gates = [g for g in SIGMOID_GATES[traces[0].family] if any(g in trace.gates for trace in traces)]
     if not gates:
         raise ValueError(f"traces: a {traces[0].family.upper()} has no sigmoid gates to saturate")
     canvas = _canvas(figure, size)
@@ -171,6 +173,9 @@ def saturation(traces: Sequence[Trace], *, low: float = 0.1, high: float = 0.9, 
     bins = np.linspace(0.0, 1.0, 21)
     for row, trace in zip(axes, traces):
         for ax, gate in zip(row, gates):
+            if gate not in trace.gates:
+                ax.set_axis_off()
+                continue
             values = trace[gate].double().cpu().numpy()  # (B, T, H), NaN past each length
             steps = np.sum(~np.isnan(values), axis=(0, 1))  # (H,)
             closed = np.sum(values < low, axis=(0, 1)) / steps

@@ -1,6 +1,6 @@
 """The cpu engine: the whole recurrence, forward and backward, in fused C++ kernels.
 
-Layout, one layer per file: ``csrc/{lstm,gru,rnn}.cpp`` (the kernels, one fused pass over the gates per step
+Layout, one layer per file: ``csrc/{lstm,gru,rnn,clockwork}.cpp`` (the kernels, one fused pass over the gates per step
 around one recurrent product), ``csrc/activations.h`` (σ, tanh and relu, right for every input, ±inf included, in
 strict IEEE arithmetic, and vectorisable; ``csrc/activations.cpp`` makes σ and tanh ops for the tests),
 ``csrc/common.h`` (what they share; each weight is prepared once per call: packed for its own matrix-vector kernel at
@@ -12,8 +12,9 @@ measured, and ops that set them), ``csrc/memory.cpp`` (memory on huge pages: the
 GEMM into such a block, and the block cache's ops), ``build.py`` (compile once into a private cache, check the
 library's hash before loading it, explain failures), ``ops.py`` (the kernels as ``torch.library`` custom ops with
 fake implementations and vmap rules, what ``torch.compile``, ``torch.export`` and ``torch.func`` see),
-``functions.py`` (their derivatives, ``RecurrenceFunction``), ``csrc/scan.cpp`` and ``scan.py`` (the parallel scan of
-the linear-recurrence cells and its op), and the engine here. Each ``.cpp`` is one translation
+``functions.py`` (their derivatives, ``RecurrenceFunction``), ``clockwork.py`` (the Clockwork RNN's ops and their
+derivatives), ``csrc/scan.cpp`` and ``scan.py`` (the parallel scan of the linear-recurrence cells and its op), and the
+engine here. Each ``.cpp`` is one translation
 unit; every unit parses ATen's headers, which cost more compile time than most units' own code, so small pieces
 share a unit with their kind rather than having their own.
 """
@@ -26,10 +27,20 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ...cells import CellSpec, GRUSpec, LinearRecurrenceSpec, LSTMSpec, RNNSpec, State
+from ...cells import (
+    CellSpec,
+    ClockworkSpec,
+    DepthGatedLSTMSpec,
+    GridLSTMSpec,
+    GRUSpec,
+    LinearRecurrenceSpec,
+    LSTMSpec,
+    RNNSpec,
+    State,
+)
 from .. import scan as linear
 from ..base import Engine
-from . import build, ops  # noqa: F401 - ops registers the custom ops (torch.export.load finds them)
+from . import build, clockwork, ops  # noqa: F401 - registers the custom ops (torch.export.load finds them)
 from . import scan as scan_op
 
 
@@ -71,8 +82,11 @@ class CPUEngine(Engine):
         return available, reason
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
+        # The depth-gated LSTM and the Grid LSTM hand their cell states to the layer above, which the kernels do not
+        # return; sLSTM has no kernels here.
         return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec, LinearRecurrenceSpec)))
+                and isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec, LinearRecurrenceSpec, ClockworkSpec))
+                and not isinstance(spec, (DepthGatedLSTMSpec, GridLSTMSpec)))
 
     def run_input(self, spec: CellSpec, x: Tensor, params: Mapping[str, Tensor], state: State,
                   lengths: Tensor | None) -> tuple[Tensor, State]:
@@ -80,6 +94,8 @@ class CPUEngine(Engine):
             return super().run_input(spec, x, params, state, lengths)
         from .functions import recurrence
 
+        if isinstance(spec, ClockworkSpec):
+            return self.run(spec, spec.input_projection(x, params), params, state, lengths)
         return recurrence(spec, x, params, state, lengths, from_input=True, fused_norm=spec.layer_norm)
 
     def run(self, spec: CellSpec, gx: Tensor, params: Mapping[str, Tensor], state: State,
@@ -88,6 +104,8 @@ class CPUEngine(Engine):
             return linear.run(spec, gx, state, lengths, scan_op.linear_scan)
         from .functions import recurrence
 
+        if isinstance(spec, ClockworkSpec):
+            return clockwork.recurrence(spec, gx, params, state, lengths)
         return recurrence(spec, gx, params, state, lengths, from_input=False, fused_norm=False)
 
     def run_product(self, spec: CellSpec, a: Tensor, params: Mapping[str, Tensor], state: State,
@@ -96,5 +114,7 @@ class CPUEngine(Engine):
             return super().run_product(spec, a, params, state, lengths)
         from .functions import recurrence
 
+        if isinstance(spec, ClockworkSpec):
+            return self.run(spec, a, params, state, lengths)  # no LN_ih: a is gx
         # LN_ih in the kernels' pass over each step
         return recurrence(spec, a, params, state, lengths, from_input=False, fused_norm=spec.layer_norm)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp", "memory.cpp", "rules.cpp", "activations.cpp", "scan.cpp")
+SOURCES = ("lstm.cpp", "gru.cpp", "rnn.cpp", "clockwork.cpp", "memory.cpp", "rules.cpp", "activations.cpp", "scan.cpp")
 """The translation units, largest first (ninja starts them in this order)."""
 HEADERS = ("activations.h", "common.h", "rules.h", "team.h")
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp")

@@ -47,9 +47,10 @@ class GPUEngine(Engine):
         return False, "needs a CUDA device (none found)"
 
     def covers(self, spec: CellSpec, x: Tensor) -> bool:
-        # sLSTM has no kernels here (the reference engine runs it)
-        if not (x.is_cuda and x.dtype in DTYPES and isinstance(spec, (LSTMSpec, GRUSpec, RNNSpec,
-                                                                        LinearRecurrenceSpec))):
+        # Kernels for the classic families exactly and the linear recurrences (the scan); sLSTM, the Clockwork RNN,
+        # the depth-gated and Grid LSTMs run on the reference engine.
+        if not (x.is_cuda and x.dtype in DTYPES
+                and (type(spec) in (LSTMSpec, GRUSpec, RNNSpec) or isinstance(spec, LinearRecurrenceSpec))):
             return False
         if isinstance(spec, GRUSpec) and spec.reset == "before" and x.dim() == 3:  # x: (T, B, I)
             return choose_tiling(x.shape[1], spec.hidden_size, x.device).persistent
