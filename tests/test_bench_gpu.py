@@ -49,4 +49,5 @@ def test_engine_without_the_variant_is_left_out() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_without_a_device_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--device", "cuda", "--repeats", "1"]) == 2
-    assert capsys.readouterr().err == "gatedrnn: error: device: 'cuda' asked for, but torch sees no CUDA device\n"
+    assert capsys.readouterr().err == ("gatedrnn: error: device: 'cuda' requested but CUDA is not available on this "
+                                       "machine\n")

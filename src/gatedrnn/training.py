@@ -44,9 +44,9 @@ Checks before anything is written or allocated (each a one-line ``ValueError`` n
                                          compute for any size (checked before a model is built).
     ``check_weights_header(path, module)`` the names, shapes and dtypes of a safetensors file against a module
                                          (built on the ``meta`` device: nothing allocated), from the header alone.
-    ``build_and_load(path, build, what=, nbytes=, device=)``
-                                         memory, then header, then build and load: a checkpoint whose
-                                         configuration was edited to a huge size is refused before allocating.
+    ``build_and_load(path, build, what=, nbytes=, weights=, device=)``
+                                         memory, then the header's size and shapes, then build and load: a
+                                         checkpoint whose configuration was edited is refused before allocating.
 
 Run directories (a directory is a complete run or nothing)
     ``open_run_dir(option, out, resume=, what=)`` → bool
@@ -54,6 +54,7 @@ Run directories (a directory is a complete run or nothing)
                                          there is a trainer state to resume.
     ``begin_run(out, files, log)``       right before a fresh run's first write: clear what a run stopped before
                                          its first checkpoint left (saying so) and stale ``.tmp`` files.
+    ``remove_stale_temporaries(out)``    the temporary files of writes a kill interrupted (before a resume).
 
 Running
     ``Budget(steps=, minutes=)``         when to stop: a step count, a wall-clock budget, or both (first wins).
