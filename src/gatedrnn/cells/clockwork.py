@@ -70,8 +70,10 @@ class ClockworkSpec(CellSpec):
 
     def unit_modules(self, like: Tensor) -> Tensor:
         """``(H,)`` int64 on ``like``'s device: the module of each unit."""
-        sizes = torch.tensor(self.module_sizes(), device=like.device)
-        return torch.arange(len(self.periods), device=like.device).repeat_interleave(sizes)
+        # From a list, not repeat_interleave: a model is also built on the meta device (to check a checkpoint's
+        # shapes before allocating), where repeat_interleave cannot size its output.
+        units = [module for module, size in enumerate(self.module_sizes()) for _ in range(size)]
+        return torch.tensor(units, dtype=torch.int64, device=like.device)
 
     def recurrent_mask(self, like: Tensor) -> Tensor:
         """``M`` ``(H, H)`` bool, on ``like``'s device: True where module ``i`` (rows) reads module ``j >= i``."""
