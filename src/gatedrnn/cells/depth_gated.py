@@ -90,30 +90,9 @@ class DepthGatedLSTMSpec(LSTMSpec):
         H = self.hidden_size
         h, c = state
         a_ih, a_d, c_below = gx.split([self.gate_size, H, H], dim=1)
-        a = a_ih + self.recurrent_projection(h, p)  # (B, G·H)
-        if self.coupled:
-            a_i, a_g, a_o = a.chunk(3, dim=1)
-        else:
-            a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
-        if self.peephole:
-            a_i = a_i + p["weight_ci"] * c
-        i = torch.sigmoid(a_i)
-        pre = {"i": a_i}
-        if self.coupled:
-            f = 1 - i
-        else:
-            if self.peephole:
-                a_f = a_f + p["weight_cf"] * c
-            pre["f"] = a_f = a_f + self.forget_bias
-            f = torch.sigmoid(a_f)
-        g = torch.tanh(a_g)
+        gates, pre, a_o = self.cell_gates(a_ih + self.recurrent_projection(h, p), c, p)
         a_d = a_d + p["weight_cd"] * c + p["weight_ld"] * c_below
         d = torch.sigmoid(a_d)
-        c = d * c_below + f * c + i * g
-        if self.peephole:
-            a_o = a_o + p["weight_co"] * c
-        o = torch.sigmoid(a_o)
-        h = o * torch.tanh(c)
-        if self.proj_size:
-            h = F.linear(h, p["weight_hr"])
-        return (h, c), {"i": i, "f": f, "g": g, "o": o, "d": d}, {**pre, "g": a_g, "o": a_o, "d": a_d}
+        c = d * c_below + gates["f"] * c + gates["i"] * gates["g"]
+        h, o, a_o = self.hidden_output(a_o, c, p)
+        return (h, c), {**gates, "o": o, "d": d}, {**pre, "o": a_o, "d": a_d}

@@ -92,7 +92,14 @@ class LSTMSpec(CellSpec):
 
     def step_with_gates(self, gx: Tensor, state: State, p: Mapping[str, Tensor]) -> tuple[State, Gates, Gates]:
         h, c = state
-        a = gx + self.recurrent_projection(h, p)  # (B, G·H)
+        gates, pre, a_o = self.cell_gates(gx + self.recurrent_projection(h, p), c, p)
+        c = gates["f"] * c + gates["i"] * gates["g"]
+        h, o, a_o = self.hidden_output(a_o, c, p)
+        return (h, c), {**gates, "o": o}, {**pre, "o": a_o}
+
+    def cell_gates(self, a: Tensor, c: Tensor, p: Mapping[str, Tensor]) -> tuple[Gates, Gates, Tensor]:
+        """The gates that update the cell, from the pre-activations ``a`` ``(B, G·H)`` and ``c_{t-1}``:
+        ``({"i", "f", "g"}, their pre-activations, a_o)``; ``a_o`` waits for ``c_t`` (its peephole reads it)."""
         if self.coupled:
             a_i, a_g, a_o = a.chunk(3, dim=1)
         else:
@@ -109,7 +116,11 @@ class LSTMSpec(CellSpec):
             pre["f"] = a_f = a_f + self.forget_bias
             f = torch.sigmoid(a_f)
         g = torch.tanh(a_g)
-        c = f * c + i * g
+        return {"i": i, "f": f, "g": g}, {**pre, "g": a_g}, a_o
+
+    def hidden_output(self, a_o: Tensor, c: Tensor, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(h_t, o, a_o)`` from the output gate's pre-activation and the new cell state ``c_t`` (``a_o`` with its
+        peephole term, the argument of ``o``'s sigmoid)."""
         if self.peephole:
             a_o = a_o + p["weight_co"] * c
         o = torch.sigmoid(a_o)
@@ -117,4 +128,4 @@ class LSTMSpec(CellSpec):
         h = o * torch.tanh(c_norm)
         if self.proj_size:
             h = F.linear(h, p["weight_hr"])
-        return (h, c), {"i": i, "f": f, "g": g, "o": o}, {**pre, "g": a_g, "o": a_o}
+        return h, o, a_o
