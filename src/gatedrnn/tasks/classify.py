@@ -348,20 +348,7 @@ def train(config: ClassifyConfig, loop: supervised.Loop, out: Path, *, resume: b
 
 def load_config(out: Path) -> ClassifyConfig:
     """The configuration of the run in ``out``, every field checked (a ``CheckpointError`` naming the file)."""
-    path = out / supervised.CONFIG
-    saved = training.read_json(path)
-    known = {f.name for f in fields(ClassifyConfig)}
-    if not isinstance(saved, dict) or set(saved) - known:
-        raise training.CheckpointError(f"{path}: not a classify configuration")
-    if set(known) - set(saved):
-        raise training.CheckpointError(f"{path}: missing {', '.join(sorted(set(known) - set(saved)))}")
-    try:
-        config = ClassifyConfig(**saved)
-        config.check()
-        config.check_fitted()
-    except (TypeError, ValueError) as error:
-        raise training.CheckpointError(f"{path}: invalid configuration ({error})") from None
-    return config
+    return supervised.load_config(out, ClassifyConfig, "classify")
 
 
 def load_vocab(out: Path, config: ClassifyConfig) -> Vocabulary | None:

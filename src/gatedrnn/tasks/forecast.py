@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -289,20 +289,7 @@ def train(config: ForecastConfig, loop: supervised.Loop, out: Path, *, resume: b
 
 def load_config(out: Path) -> ForecastConfig:
     """The configuration of the run in ``out``, every field checked (a ``CheckpointError`` naming the file)."""
-    path = out / supervised.CONFIG
-    saved = training.read_json(path)
-    known = {f.name for f in fields(ForecastConfig)}
-    if not isinstance(saved, dict) or set(saved) - known:
-        raise training.CheckpointError(f"{path}: not a forecast configuration")
-    if known - set(saved):
-        raise training.CheckpointError(f"{path}: missing {', '.join(sorted(known - set(saved)))}")
-    try:
-        config = ForecastConfig(**saved)
-        config.check()
-        config.check_fitted()
-    except (TypeError, ValueError) as error:
-        raise training.CheckpointError(f"{path}: invalid configuration ({error})") from None
-    return config
+    return supervised.load_config(out, ForecastConfig, "forecast")
 
 
 def model_bytes(config: ForecastConfig, *, train: bool = False, overhead: bool = True) -> int:

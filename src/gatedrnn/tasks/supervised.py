@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -227,3 +227,25 @@ def loop_from(args: Any) -> Loop:
     loop = Loop(args.steps, args.minutes, args.lr, args.weight_decay, args.eval_every)
     loop.check()
     return loop
+
+
+_Config = TypeVar("_Config")
+
+
+def load_config(out: Path, config_class: type[_Config], task: str) -> _Config:
+    """The ``config_class`` of the run in ``out`` (``CONFIG``), every field there and checked (``check()`` and
+    ``check_fitted()``): a ``CheckpointError`` naming the file otherwise. ``task`` names the run's kind in it."""
+    path = out / CONFIG
+    saved = training.read_json(path)
+    known = {f.name for f in fields(config_class)}  # type: ignore[arg-type]
+    if not isinstance(saved, dict) or set(saved) - known:
+        raise training.CheckpointError(f"{path}: not a {task} configuration")
+    if known - set(saved):
+        raise training.CheckpointError(f"{path}: missing {', '.join(sorted(known - set(saved)))}")
+    try:
+        config = config_class(**saved)
+        config.check()  # type: ignore[attr-defined]
+        config.check_fitted()  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as error:
+        raise training.CheckpointError(f"{path}: invalid configuration ({error})") from None
+    return config
